@@ -1,0 +1,35 @@
+# Every target runs through uv; uv itself is bootstrapped with pip when missing,
+# so a machine with only python3, pip and make can run all of them.
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+RUN := $(UV) run --quiet
+
+.PHONY: run test test-unit test-integration test-all lint typecheck bench uv
+
+uv:
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+
+run: uv
+	$(RUN) python main.py
+
+test: uv
+	$(RUN) pytest -q tests/unit tests/integration
+
+test-unit: uv
+	$(RUN) pytest -q tests/unit
+
+test-integration: uv
+	$(RUN) pytest -q tests/integration
+
+test-all: uv
+	$(RUN) pytest -q tests -m ''
+
+lint: uv
+	$(RUN) ruff check src tests benchmarks examples main.py
+	$(RUN) ruff format --check src tests benchmarks examples main.py
+
+typecheck: uv
+	$(RUN) mypy
+
+bench: uv
+	$(RUN) python -m benchmarks

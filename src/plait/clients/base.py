@@ -1,0 +1,57 @@
+"""The client protocol every LLM backend implements.
+
+The execution layer only ever sees :class:`ChatRequest`, :class:`ChatResponse`
+and :class:`LLMClient`; which HTTP stack sits behind them is a per-endpoint
+choice. Requests and responses are slotted dataclasses because one of each is
+built per LLM call and the hot path cannot afford pydantic here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """One chat-completions call, before an endpoint is chosen.
+
+    ``model`` is filled in by the resource layer from the chosen endpoint, so
+    modules never name models, only aliases.
+    """
+
+    messages: list[dict[str, Any]]
+    model: str = ""
+    temperature: float | None = None
+    max_tokens: int | None = None
+    response_format: type[BaseModel] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ChatResponse:
+    """The parts of a chat-completions reply that plait uses."""
+
+    content: str
+    model: str
+    finish_reason: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    parsed: BaseModel | None = None
+
+
+@runtime_checkable
+class LLMClient(Protocol):
+    """Sends chat requests to one endpoint.
+
+    Implementations raise :class:`plait.errors.RateLimitError` on 429,
+    :class:`plait.errors.TransientError` on connection failures, timeouts, 5xx
+    and unreadable bodies, and :class:`plait.errors.PermanentError` on any
+    other refusal, so the scheduler can decide between retry and failure.
+    """
+
+    async def complete(self, request: ChatRequest) -> ChatResponse: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,158 @@
+"""ExecutionSettings: how runs execute, scoped by ``with`` blocks.
+
+Settings live in a context variable, so a ``with ExecutionSettings(...)`` block
+applies to everything called inside it (including in tasks it spawns) and
+nothing outside. Blocks nest; an inner block overrides only the fields it sets.
+The full order, strongest first: call-time keywords (``run``, ``batch``), then
+``bind()``, then the innermost block, then outer blocks, then the defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, fields, replace
+from types import TracebackType
+from typing import Any, Self
+
+from plait.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedSettings:
+    """Every setting with its effective value for one call."""
+
+    resources: Any = None
+    max_concurrent: int = 256
+    max_inflight: int = 512
+    task_timeout: float | None = None
+    max_task_retries: int = 3
+    task_retry_delay: float = 0.5
+    streaming: bool = False
+    preserve_order: bool = False
+    on_progress: Callable[[int, int | None], Any] | None = None
+    progress: bool = False
+    on_task_complete: Callable[[str, Any], Any] | None = None
+    on_task_failed: Callable[[str, BaseException], Any] | None = None
+
+
+SETTING_NAMES = frozenset(field.name for field in fields(ResolvedSettings))
+
+_POSITIVE_INT = ("max_concurrent", "max_inflight")
+_NON_NEGATIVE_INT = ("max_task_retries",)
+_POSITIVE_FLOAT_OR_NONE = ("task_timeout",)
+_NON_NEGATIVE_FLOAT = ("task_retry_delay",)
+_BOOL = ("streaming", "preserve_order", "progress")
+_CALLABLE = ("on_progress", "on_task_complete", "on_task_failed")
+
+
+def check_setting_names(settings: Mapping[str, Any], *, where: str) -> None:
+    """Reject unknown names and bad values up front, naming the offending field."""
+    unknown = sorted(set(settings) - SETTING_NAMES)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown setting(s) {unknown}; known settings are {sorted(SETTING_NAMES)}"
+        )
+    for name, value in settings.items():
+        _check_value(name, value, where)
+
+
+def _check_value(name: str, value: Any, where: str) -> None:
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{where}: {name} must be {expected}, got {value!r}")
+
+    if name in _POSITIVE_INT and (not _is_int(value) or value < 1):
+        raise bad("a positive int")
+    if name in _NON_NEGATIVE_INT and (not _is_int(value) or value < 0):
+        raise bad("an int >= 0")
+    if (
+        name in _POSITIVE_FLOAT_OR_NONE
+        and value is not None
+        and (not _is_number(value) or value <= 0)
+    ):
+        raise bad("a number > 0 or None")
+    if name in _NON_NEGATIVE_FLOAT and (not _is_number(value) or value < 0):
+        raise bad("a number >= 0")
+    if name in _BOOL and not isinstance(value, bool):
+        raise bad("True or False")
+    if name in _CALLABLE and value is not None and not callable(value):
+        raise bad("callable or None")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+_stack: ContextVar[tuple[ExecutionSettings, ...]] = ContextVar("plait_settings", default=())
+
+
+class ExecutionSettings:
+    """A scope of execution settings; use as ``with`` or ``async with``."""
+
+    def __init__(self, **settings: Any) -> None:
+        check_setting_names(settings, where="ExecutionSettings")
+        if settings.get("resources") is not None:
+            from plait.execution.resources import as_resource_manager
+
+            settings["resources"] = as_resource_manager(settings["resources"])
+        self.settings: dict[str, Any] = settings
+        self._tokens: list[Token[tuple[ExecutionSettings, ...]]] = []
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{key}={value!r}" for key, value in self.settings.items())
+        return f"ExecutionSettings({shown})"
+
+    def __enter__(self) -> Self:
+        self._tokens.append(_stack.set((*_stack.get(), self)))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _stack.reset(self._tokens.pop())
+
+    async def __aenter__(self) -> Self:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def active_settings() -> tuple[ExecutionSettings, ...]:
+    """The enclosing ExecutionSettings blocks, outermost first."""
+    return _stack.get()
+
+
+def resolve_settings(
+    call: Mapping[str, Any] | None = None,
+    bound: Mapping[str, Any] | None = None,
+    bound_resources: Any = None,
+) -> ResolvedSettings:
+    """Merge defaults, context blocks, ``bind()`` and call-time keywords, in that order."""
+    merged: dict[str, Any] = {}
+    for scope in _stack.get():
+        merged.update(scope.settings)
+    if bound_resources is not None:
+        merged["resources"] = bound_resources
+    if bound:
+        merged.update(bound)
+    if call:
+        merged.update(call)
+    if not merged:
+        return _DEFAULTS
+    return replace(_DEFAULTS, **merged)
+
+
+_DEFAULTS = ResolvedSettings()

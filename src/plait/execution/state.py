@@ -1,0 +1,283 @@
+"""Execution state of one graph for one input.
+
+The per-graph facts every input needs (dependency counts, priorities, which
+nodes are ready at the start, descendants) are computed once in
+:class:`GraphPlan`; an :class:`ExecutionState` copies only the counters, which
+keeps starting an input cheap when a batch has hundreds of thousands of them.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+from plait.errors import CancelledNodeError
+from plait.graph import GraphNode, InferenceGraph, NodeKind, NodeRef, ParamRef, Template
+from plait.values import to_text
+
+
+class GraphPlan:
+    """Precomputed scheduling data for one graph, shared by all its inputs."""
+
+    __slots__ = (
+        "_descendants",
+        "aliases",
+        "graph",
+        "initial_ready",
+        "input_ids",
+        "keys",
+        "node_count",
+        "nodes",
+        "output",
+        "remaining",
+    )
+
+    def __init__(self, graph: InferenceGraph) -> None:
+        self.graph = graph
+        self.nodes: dict[str, GraphNode] = graph.nodes
+        self.input_ids = tuple(graph.input_ids)
+        self.output = graph.output
+        inputs = set(self.input_ids)
+        order = {nid: index for index, nid in enumerate(graph.topological_order())}
+        self.keys: dict[str, tuple[int, int, str]] = {
+            nid: (-node.priority, order[nid], nid) for nid, node in self.nodes.items()
+        }
+        self.remaining: dict[str, int] = {
+            nid: sum(1 for dep in node.dependencies if dep not in inputs)
+            for nid, node in self.nodes.items()
+            if nid not in inputs
+        }
+        self.initial_ready = tuple(nid for nid, count in self.remaining.items() if count == 0)
+        self.node_count = len(self.remaining)
+        self.aliases = tuple(
+            sorted({node.module.alias for node in self.nodes.values() if node.kind is NodeKind.LLM})
+        )
+        self._descendants: dict[str, frozenset[str]] = {}
+
+    def descendants(self, node_id: str) -> frozenset[str]:
+        found = self._descendants.get(node_id)
+        if found is None:
+            found = self._descendants[node_id] = frozenset(self.graph.descendants(node_id))
+        return found
+
+
+def plan_for(graph: InferenceGraph) -> GraphPlan:
+    """The plan for ``graph``, built on first use and kept on the graph."""
+    plan: GraphPlan | None = getattr(graph, "_plait_plan", None)
+    if plan is None:
+        plan = GraphPlan(graph)
+        graph._plait_plan = plan  # type: ignore[attr-defined]
+    return plan
+
+
+def resolve(spec: Any, results: dict[str, Any]) -> Any:
+    """Replace placeholders in ``spec`` by upstream results and current parameter values."""
+    cls = spec.__class__
+    if cls is NodeRef:
+        return results[spec.id]
+    if cls is Template:
+        return "".join(
+            [
+                part
+                if part.__class__ is str
+                else to_text(results[part.id])
+                if part.__class__ is NodeRef
+                else part.param.value
+                for part in spec.parts
+            ]
+        )
+    if cls is ParamRef:
+        return spec.param.value
+    if cls is tuple:
+        return tuple([resolve(item, results) for item in spec])
+    if cls is list:
+        return [resolve(item, results) for item in spec]
+    if cls is dict:
+        return {key: resolve(item, results) for key, item in spec.items()}
+    return spec
+
+
+class ExecutionState:
+    """Where one input's graph stands: pending, running, done, failed, cancelled."""
+
+    __slots__ = (
+        "_stale",
+        "attempts",
+        "cancelled",
+        "failed",
+        "in_progress",
+        "index",
+        "input",
+        "outstanding",
+        "pending",
+        "plan",
+        "rate_limited",
+        "remaining",
+        "results",
+    )
+
+    def __init__(
+        self,
+        plan: GraphPlan,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        index: int = 0,
+        input: Any = None,
+    ) -> None:
+        self.plan = plan
+        self.index = index
+        self.input = input
+        results: dict[str, Any] = {}
+        for position, value in enumerate(args):
+            results[f"input:{position}"] = value
+        if kwargs:
+            for key, value in kwargs.items():
+                results[f"input:{key}"] = value
+        self.results = results
+        self.remaining = dict(plan.remaining)
+        keys = plan.keys
+        self.pending: list[tuple[int, int, str]] = [keys[nid] for nid in plan.initial_ready]
+        heapq.heapify(self.pending)
+        self.in_progress: set[str] = set()
+        self.failed: dict[str, BaseException] = {}
+        self.cancelled: set[str] = set()
+        self.attempts: dict[str, int] = {}
+        self.rate_limited: dict[str, int] = {}
+        self.outstanding = plan.node_count
+        self._stale: dict[str, int] = {}
+
+    @property
+    def completed(self) -> dict[str, Any]:
+        """Results of finished nodes (input nodes included)."""
+        return self.results
+
+    @property
+    def done(self) -> bool:
+        return self.outstanding == 0 and not self.in_progress
+
+    def next_key(self) -> tuple[int, int, str] | None:
+        """Priority key of the next pending node, without taking it."""
+        while self.pending and self.pending[0][2] in self.cancelled:
+            heapq.heappop(self.pending)
+        return self.pending[0] if self.pending else None
+
+    def pop_next(self) -> str | None:
+        """Take the most urgent pending node and mark it in progress."""
+        while self.pending:
+            node_id = heapq.heappop(self.pending)[2]
+            if node_id not in self.cancelled:
+                self.in_progress.add(node_id)
+                return node_id
+        return None
+
+    def args_for(self, node: GraphNode) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        results = self.results
+        args = tuple([resolve(arg, results) for arg in node.args]) if node.args else ()
+        kwargs = (
+            {key: resolve(arg, results) for key, arg in node.kwargs.items()} if node.kwargs else {}
+        )
+        return args, kwargs
+
+    def mark_complete(self, node_id: str, value: Any) -> list[str]:
+        """Record a result; returns the nodes that this made ready (already queued)."""
+        self.in_progress.discard(node_id)
+        if self._consume_stale(node_id):
+            return []
+        self.results[node_id] = value
+        self.outstanding -= 1
+        ready = []
+        remaining = self.remaining
+        keys = self.plan.keys
+        for dependent in self.plan.nodes[node_id].dependents:
+            count = remaining[dependent] - 1
+            remaining[dependent] = count
+            if count == 0 and dependent not in self.cancelled:
+                heapq.heappush(self.pending, keys[dependent])
+                ready.append(dependent)
+        return ready
+
+    def mark_failed(self, node_id: str, error: BaseException) -> list[str]:
+        """Record a failure and cancel its descendants (only); returns the newly cancelled."""
+        self.in_progress.discard(node_id)
+        if self._consume_stale(node_id):
+            return []
+        self.failed[node_id] = error
+        self.outstanding -= 1
+        newly = []
+        for descendant in self.plan.descendants(node_id):
+            if (
+                descendant not in self.cancelled
+                and descendant not in self.failed
+                and descendant not in self.results
+            ):
+                self.cancelled.add(descendant)
+                self.outstanding -= 1
+                newly.append(descendant)
+        return newly
+
+    def requeue(self, node_id: str) -> None:
+        """Put ``node_id`` back in the queue and forget everything downstream of it.
+
+        Downstream nodes that are running keep running, but their results are
+        dropped when they arrive; they run again once ``node_id`` completes.
+        """
+        if node_id in self.in_progress:
+            self.in_progress.discard(node_id)
+        else:
+            self._forget(node_id)
+        for descendant in self.plan.descendants(node_id):
+            if descendant in self.in_progress:
+                self._stale[descendant] = self._stale.get(descendant, 0) + 1
+                self.in_progress.discard(descendant)
+            else:
+                self._forget(descendant)
+        self.pending = [key for key in self.pending if key[2] not in self.plan.descendants(node_id)]
+        heapq.heapify(self.pending)
+        for descendant in self.plan.descendants(node_id) | {node_id}:
+            deps = self.plan.nodes[descendant].dependencies
+            self.remaining[descendant] = sum(
+                1 for dep in deps if dep not in self.results and dep not in self.plan.input_ids
+            )
+        heapq.heappush(self.pending, self.plan.keys[node_id])
+
+    def _forget(self, node_id: str) -> None:
+        if node_id in self.results:
+            del self.results[node_id]
+            self.outstanding += 1
+        elif node_id in self.failed:
+            del self.failed[node_id]
+            self.outstanding += 1
+        elif node_id in self.cancelled:
+            self.cancelled.discard(node_id)
+            self.outstanding += 1
+
+    def _consume_stale(self, node_id: str) -> bool:
+        count = self._stale.get(node_id)
+        if not count:
+            return False
+        if count == 1:
+            del self._stale[node_id]
+        else:
+            self._stale[node_id] = count - 1
+        return True
+
+    def output(self) -> Any:
+        """The value ``forward`` returned, with real results in place of placeholders."""
+        return resolve(self.plan.output, self.results)
+
+    def error(self) -> BaseException | None:
+        """Why this input has no output, or None when it has one.
+
+        A cancelled output points at the failure upstream of it, so the user
+        sees the root cause rather than "cancelled".
+        """
+        for ref in self.plan.graph.output_ids:
+            if ref in self.failed:
+                return self.failed[ref]
+            if ref in self.cancelled:
+                for ancestor in self.plan.graph.topological_order():
+                    if ancestor in self.failed and ref in self.plan.descendants(ancestor):
+                        return self.failed[ancestor]
+                return CancelledNodeError(f"node {ref!r} was cancelled")
+        return None

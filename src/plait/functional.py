@@ -1,0 +1,51 @@
+"""Stateless, graph-aware operations, conventionally imported as ``F``.
+
+Inside a traced ``forward`` each call records a node whose work happens at run
+time on real values; outside tracing it runs at once. Use these where plain
+Python would need a traced value's contents (selecting a field, joining texts,
+parsing JSON).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from plait.tracing.context import current_tracer
+from plait.tracing.ops import Concat, Format, Op, ParseStructured, Render, Select
+from plait.values import Value
+
+__all__ = ["concat", "format", "parse_structured", "render", "select"]
+
+
+def _apply(op: Op, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    tracer = current_tracer()
+    if tracer is not None:
+        return tracer.record(op, args, kwargs, name=name)
+    return op.forward(*args, **kwargs)  # type: ignore[attr-defined]
+
+
+def select(value: Any, key: Any) -> Any:
+    """``value[key]`` for dicts and lists, the field ``key`` for pydantic models."""
+    return _apply(Select(key), "select", (value,), {})
+
+
+def concat(*parts: Any, sep: str = "") -> Any:
+    """The texts of ``parts`` joined by ``sep`` (structured values render as JSON)."""
+    return _apply(Concat(sep), "concat", parts, {})
+
+
+def format(template: str, *args: Any, **kwargs: Any) -> Any:
+    """``template.format(...)`` with the texts of the arguments."""
+    return _apply(Format(template), "format", args, kwargs)
+
+
+def render(template: str, **values: Any) -> Any:
+    """Fill ``{name}`` fields, leaving other braces (JSON examples) untouched."""
+    return _apply(Render(template), "render", (), values)
+
+
+def parse_structured(text: Any, model: type[BaseModel] | None = None) -> Value | Any:
+    """Parse JSON text into a structured Value, or an error Value that says why not."""
+    return _apply(ParseStructured(model), "parse_structured", (text,), {})

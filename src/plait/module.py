@@ -1,0 +1,398 @@
+"""Module and LLMInference: the user-facing building blocks.
+
+``Module`` mirrors ``torch.nn.Module``: assigning a Module or Parameter to an
+attribute registers it, so ``named_parameters()`` and ``state_dict()`` find
+every prompt in a pipeline without the user listing them. Calling a module
+does one of three things depending on context: inside a traced ``forward`` it
+records a graph node; when bound to resources (or when it makes LLM calls) it
+traces and runs on the execution engine and returns an awaitable; otherwise it
+is plain Python and simply runs ``forward``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+from pydantic import BaseModel
+
+from plait.clients.base import ChatRequest, ChatResponse
+from plait.errors import ConfigError
+from plait.graph import InferenceGraph, NodeKind
+from plait.optimization.backward import BackwardContext, BackwardResult
+from plait.parameter import Parameter
+from plait.tracing.context import current_tracer
+from plait.tracing.tracer import Tracer
+from plait.values import to_text
+
+if TYPE_CHECKING:
+    from plait.execution.runner import Call
+
+
+class _StructureVersion:
+    """Bumped whenever any module's children or parameters change, so cached
+    graphs traced before the change are never reused after it."""
+
+    value = 0
+
+
+class Module:
+    """Base class of every plait pipeline component; subclasses define ``forward``."""
+
+    _plait_node_kind = NodeKind.OP
+    training: bool
+    _modules: dict[str, Module]
+    _parameters: dict[str, Parameter]
+    _bound_resources: Any
+    _bound_settings: dict[str, Any]
+    _plait_cache: dict[tuple[str, int], bool]
+    _plait_graphs: dict[tuple[Any, ...], InferenceGraph]
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "training", False)
+        object.__setattr__(self, "_bound_resources", None)
+        object.__setattr__(self, "_bound_settings", {})
+        object.__setattr__(self, "_plait_cache", {})
+        object.__setattr__(self, "_plait_graphs", {})
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"{type(self).__name__} must define forward()")
+
+    # -- registration ---------------------------------------------------------
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        modules: dict[str, Module] | None = self.__dict__.get("_modules")
+        if modules is None:
+            raise AttributeError(
+                f"cannot assign {name!r} on {type(self).__name__} before Module.__init__() ran; "
+                "call super().__init__() first in __init__"
+            )
+        parameters: dict[str, Parameter] = self.__dict__["_parameters"]
+        if isinstance(value, Module):
+            parameters.pop(name, None)
+            modules[name] = value
+            _StructureVersion.value += 1
+        elif isinstance(value, Parameter):
+            modules.pop(name, None)
+            parameters[name] = value
+            _StructureVersion.value += 1
+        elif name in modules or name in parameters:
+            modules.pop(name, None)
+            parameters.pop(name, None)
+            _StructureVersion.value += 1
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if (
+            self._modules.pop(name, None) is not None
+            or self._parameters.pop(name, None) is not None
+        ):
+            _StructureVersion.value += 1
+        object.__delattr__(self, name)
+
+    def register_module(self, name: str, module: Module) -> None:
+        """Register a child under ``name`` (for names that are not identifiers)."""
+        if not isinstance(module, Module):
+            raise TypeError(
+                f"register_module({name!r}, ...) needs a Module, got {type(module).__name__}"
+            )
+        self._modules[name] = module
+        _StructureVersion.value += 1
+
+    def register_parameter(self, name: str, param: Parameter) -> None:
+        if not isinstance(param, Parameter):
+            raise TypeError(
+                f"register_parameter({name!r}, ...) needs a Parameter, got {type(param).__name__}"
+            )
+        self._parameters[name] = param
+        _StructureVersion.value += 1
+
+    # -- iteration ------------------------------------------------------------
+
+    def children(self) -> Iterator[Module]:
+        yield from self._modules.values()
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        yield from self._modules.items()
+
+    def modules(self) -> Iterator[Module]:
+        for _, module in self.named_modules():
+            yield module
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """This module and every descendant once each, with dotted names."""
+        seen: set[int] = set()
+        stack: list[tuple[str, Module]] = [(prefix, self)]
+        while stack:
+            name, module = stack.pop()
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            yield name, module
+            children = [
+                (f"{name}.{child_name}" if name else child_name, child)
+                for child_name, child in module._modules.items()
+            ]
+            stack.extend(reversed(children))
+
+    def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
+        for _, param in self.named_parameters(recurse=recurse):
+            yield param
+
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True
+    ) -> Iterator[tuple[str, Parameter]]:
+        """Every Parameter once, named by its dotted path from this module."""
+        seen: set[int] = set()
+        owners = self.named_modules(prefix) if recurse else iter([(prefix, self)])
+        for owner_name, owner in owners:
+            for name, param in owner._parameters.items():
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    yield (f"{owner_name}.{name}" if owner_name else name), param
+
+    # -- state ----------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, str]:
+        """Parameter values by dotted name: plain strings, so JSON holds them."""
+        return {name: param.value for name, param in self.named_parameters()}
+
+    def load_state_dict(self, state: Mapping[str, str], strict: bool = True) -> None:
+        """Set parameter values by name.
+
+        With ``strict`` (the default) a missing or unexpected key is an error
+        and nothing is changed, so a state saved from another pipeline cannot
+        half-apply.
+        """
+        params = dict(self.named_parameters())
+        unknown = sorted(set(state) - set(params))
+        missing = sorted(set(params) - set(state))
+        if strict and (unknown or missing):
+            problems = []
+            if unknown:
+                problems.append(f"unexpected keys {unknown}")
+            if missing:
+                problems.append(f"missing keys {missing}")
+            raise ConfigError(
+                f"load_state_dict for {type(self).__name__}: {'; '.join(problems)} "
+                "(pass strict=False to load the keys that match)"
+            )
+        for name, value in state.items():
+            if name in params:
+                if not isinstance(value, str):
+                    raise ConfigError(f"load_state_dict: value for {name!r} must be a str")
+                params[name].value = value
+
+    def save(self, path: str | Path) -> None:
+        """Write ``state_dict()`` as JSON."""
+        Path(path).write_text(json.dumps(self.state_dict(), indent=2, ensure_ascii=False) + "\n")
+
+    def load(self, path: str | Path, strict: bool = True) -> Self:
+        """Read a JSON file written by ``save`` into this module's parameters."""
+        try:
+            state = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ConfigError(f"cannot load parameters from {path}: {error}") from error
+        if not isinstance(state, dict):
+            raise ConfigError(f"cannot load parameters from {path}: expected a JSON object")
+        self.load_state_dict(state, strict=strict)
+        return self
+
+    def train(self, mode: bool = True) -> Self:
+        for module in self.modules():
+            object.__setattr__(module, "training", mode)
+        return self
+
+    def eval(self) -> Self:
+        return self.train(False)
+
+    # -- execution ------------------------------------------------------------
+
+    def bind(self, resources: Any = None, **settings: Any) -> Self:
+        """Attach resources and default execution settings; returns ``self``.
+
+        ``resources`` may be a ResourceConfig, a plain mapping for one, or a
+        ResourceManager (to share limits and usage counters between modules).
+        """
+        from plait.execution.resources import as_resource_manager
+        from plait.execution.settings import check_setting_names
+
+        check_setting_names(settings, where=f"{type(self).__name__}.bind()")
+        if "resources" in settings:
+            raise ConfigError("bind() takes resources as its first argument, not as a setting")
+        if resources is not None:
+            resources = as_resource_manager(resources)
+        object.__setattr__(self, "_bound_resources", resources)
+        object.__setattr__(self, "_bound_settings", dict(settings))
+        return self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        tracer = current_tracer()
+        if tracer is not None:
+            return tracer.call_module(self, args, kwargs)
+        if self._bound_resources is not None or self._bound_settings or self._uses_llm():
+            return self._call(args, kwargs)
+        return self.forward(*args, **kwargs)
+
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+        from plait.execution.runner import Call
+
+        if len(args) == 1 and not kwargs and isinstance(args[0], list):
+            return Call.for_batch(self, [((item,), {}) for item in args[0]], {})
+        return Call.single(self, args, kwargs, {})
+
+    def batch(self, inputs: Any, **settings: Any) -> Call:
+        """Run every element of ``inputs`` concurrently; results keep input order.
+
+        An element that is a tuple is unpacked as positional arguments, a dict
+        as keyword arguments, anything else is the single argument. To pass a
+        dict or tuple as one argument, wrap it: ``(my_dict,)``. ``inputs`` may
+        also be an (async) iterable, which is consumed lazily.
+        """
+        from plait.execution.runner import Call, batch_items
+        from plait.execution.settings import check_setting_names
+
+        check_setting_names(settings, where=f"{type(self).__name__}.batch()")
+        return Call.for_batch(self, batch_items(inputs), settings)
+
+    def run_sync(self, *args: Any, **kwargs: Any) -> Any:
+        """The blocking form of ``await module(...)``; works inside Jupyter too."""
+        from plait.execution.runner import run_blocking
+
+        return run_blocking(self._call(args, kwargs))
+
+    def _plait_is_leaf(self) -> bool:
+        return not self._modules
+
+    def _plait_graph(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> InferenceGraph:
+        """The graph for calls of this shape, traced once and reused.
+
+        The shape is the number of positional arguments and the keyword names;
+        values never matter, which is why one trace serves a whole batch.
+        """
+        key = (len(args), tuple(kwargs), _StructureVersion.value)
+        graphs: dict[tuple[Any, ...], InferenceGraph] = self._plait_graphs
+        graph = graphs.get(key)
+        if graph is None:
+            if any(cached[2] != key[2] for cached in graphs):
+                graphs.clear()
+            graph = graphs[key] = Tracer().trace(self, *args, **kwargs)
+        return graph
+
+    def _uses_llm(self) -> bool:
+        cache = self._plait_cache
+        key = ("uses_llm", _StructureVersion.value)
+        found = cache.get(key)
+        if found is None:
+            found = any(module._plait_node_kind is NodeKind.LLM for module in self.modules())
+            cache.clear()
+            cache[key] = found
+        return bool(found)
+
+    # -- backward -------------------------------------------------------------
+
+    def backward(self, feedback: str, ctx: BackwardContext) -> BackwardResult:
+        """Default textual backward: every input is blamed with the same feedback."""
+        return BackwardResult(inputs=dict.fromkeys(ctx.inputs, feedback))
+
+    # -- display --------------------------------------------------------------
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"({name}): {_indent(repr(child))}" for name, child in self._modules.items()]
+        lines += [f"({name}): {param!r}" for name, param in self._parameters.items()]
+        extra = self.extra_repr()
+        if not lines:
+            return f"{type(self).__name__}({extra})"
+        body = "\n  ".join(([extra] if extra else []) + lines)
+        return f"{type(self).__name__}(\n  {body}\n)"
+
+
+def _indent(text: str) -> str:
+    return text.replace("\n", "\n  ")
+
+
+class LLMInference(Module):
+    """One chat-completions call against the endpoint pool named ``alias``.
+
+    ``forward`` does not talk to the network: it builds the request, and the
+    execution engine sends it through the resource manager, which owns rate
+    limits, retries and endpoint choice. That split is what lets one batch
+    respect an endpoint's limits across thousands of concurrent calls.
+    """
+
+    _plait_node_kind = NodeKind.LLM
+
+    def __init__(
+        self,
+        alias: str,
+        system_prompt: str | Parameter = "",
+        temperature: float | None = 1.0,
+        max_tokens: int | None = None,
+        response_format: type[BaseModel] | None = None,
+        **request_options: Any,
+    ) -> None:
+        super().__init__()
+        if not isinstance(alias, str) or not alias:
+            raise ConfigError(f"LLMInference alias must be a non-empty str, got {alias!r}")
+        if not isinstance(system_prompt, str | Parameter):
+            raise ConfigError(
+                "LLMInference system_prompt must be a str or Parameter, got "
+                f"{type(system_prompt).__name__}"
+            )
+        if response_format is not None and not (
+            isinstance(response_format, type) and issubclass(response_format, BaseModel)
+        ):
+            raise ConfigError(
+                "LLMInference response_format must be a pydantic model class, got "
+                f"{response_format!r}"
+            )
+        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+            raise ConfigError(f"LLMInference max_tokens must be a positive int, got {max_tokens!r}")
+        self.alias = alias
+        self.system_prompt = system_prompt
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.response_format = response_format
+        self.request_options = request_options
+
+    def _plait_is_leaf(self) -> bool:
+        return True
+
+    def forward(self, prompt: Any) -> ChatRequest:
+        """Build the request for ``prompt`` (text, or a list of chat messages)."""
+        system = str(self.system_prompt)
+        if isinstance(prompt, list):
+            messages = [dict(message) for message in prompt]
+            if system and not (messages and messages[0].get("role") == "system"):
+                messages.insert(0, {"role": "system", "content": system})
+        else:
+            text = to_text(prompt)
+            messages = [{"role": "user", "content": text}]
+            if system:
+                messages.insert(0, {"role": "system", "content": system})
+        return ChatRequest(
+            messages=messages,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            response_format=self.response_format,
+            options=self.request_options,
+        )
+
+    def parse_response(self, response: ChatResponse) -> Any:
+        """The node's output: the validated model with ``response_format``, else the text."""
+        if self.response_format is not None and response.parsed is not None:
+            return response.parsed
+        return response.content
+
+    def extra_repr(self) -> str:
+        parts = [f"alias={self.alias!r}"]
+        if self.response_format is not None:
+            parts.append(f"response_format={self.response_format.__name__}")
+        return ", ".join(parts)
