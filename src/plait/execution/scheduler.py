@@ -2,10 +2,8 @@
 
 It is driven entirely by events. Starting an input, a node finishing and a
 retry delay expiring each push work and call :meth:`Scheduler.dispatch`, which
-starts nodes until ``max_concurrent`` are running. Nothing sleeps in a polling
-loop, and no worker coroutines sit idle; an LLM node is one asyncio task from
-start to finish, and every other node runs inline the moment it is ready, since
-it is plain Python on values already in memory.
+wakes or starts workers until ``max_concurrent`` are busy. Nothing sleeps in a
+polling loop: an idle worker waits on a future that new work resolves.
 """
 
 from __future__ import annotations
@@ -14,12 +12,13 @@ import asyncio
 import heapq
 import inspect
 import random
-from collections.abc import Callable
-from functools import partial
+from collections import deque
+from collections.abc import Awaitable, Callable
 from itertools import count
 from typing import Any
 
 from plait.errors import (
+    ExecutionError,
     PlaitError,
     RateLimitError,
     ResourcesNotBoundError,
@@ -36,7 +35,14 @@ MAX_RATE_LIMIT_REQUEUES = 50
 
 
 class Scheduler:
-    """Runs the nodes of admitted :class:`ExecutionState` s; reports finished inputs."""
+    """Runs the nodes of admitted :class:`ExecutionState` s; reports finished inputs.
+
+    Work is done by up to ``max_concurrent`` worker tasks that take ready
+    nodes from one priority queue shared by every input. A worker that finds
+    the queue empty parks on a future until new work arrives; a busy worker
+    moves straight on to the next node. Compared with one task per node this
+    avoids creating, scheduling and finalising a task for every LLM call.
+    """
 
     def __init__(
         self,
@@ -51,9 +57,9 @@ class Scheduler:
         self._loop = asyncio.get_running_loop()
         self._heap: list[tuple[int, int, int, int, ExecutionState]] = []
         self._tiebreak = count()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._workers: set[asyncio.Task[None]] = set()
+        self._parked: deque[asyncio.Future[None]] = deque()
         self._timers: set[asyncio.TimerHandle] = set()
-        self._dispatching = False
         self.running = 0
         self.peak_running = 0
         self.closed = False
@@ -77,57 +83,61 @@ class Scheduler:
     # -- dispatch -------------------------------------------------------------
 
     def dispatch(self) -> None:
-        """Start queued nodes while there is capacity.
-
-        Re-entrant calls (a node completing inline while we dispatch) only
-        queue work; the outer loop picks it up, so the stack never grows.
-        """
-        if self._dispatching or self.closed:
+        """Make sure queued work has workers: wake parked ones, then start new ones."""
+        if self.closed:
             return
-        self._dispatching = True
-        try:
-            heap = self._heap
-            while heap and self.running < self.max_concurrent:
-                state = heapq.heappop(heap)[4]
-                node_id = state.pop_next()
-                if node_id is not None:
-                    self._start(state, node_id)
-        finally:
-            self._dispatching = False
+        waiting = len(self._heap)
+        parked = self._parked
+        while waiting and parked:
+            future = parked.popleft()
+            if not future.done():
+                future.set_result(None)
+                waiting -= 1
+        workers = self._workers
+        while waiting and len(workers) < self.max_concurrent:
+            worker = self._loop.create_task(self._work())
+            workers.add(worker)
+            worker.add_done_callback(workers.discard)
+            waiting -= 1
 
-    def _start(self, state: ExecutionState, node_id: str) -> None:
-        node = state.plan.nodes[node_id]
-        if node.kind is NodeKind.LLM:
-            coro = self._run_llm(state, node_id)
-        else:
+    async def _work(self) -> None:
+        heap = self._heap
+        loop = self._loop
+        while not self.closed:
+            if not heap:
+                future: asyncio.Future[None] = loop.create_future()
+                self._parked.append(future)
+                await future
+                continue
+            state = heapq.heappop(heap)[4]
+            node_id = state.pop_next()
+            if node_id is None:
+                continue
+            self.running += 1
+            if self.running > self.peak_running:
+                self.peak_running = self.running
             try:
-                args, kwargs = state.args_for(node)
-                result = node.module.forward(*args, **kwargs)
+                value = await self._run_node(state, node_id)
+            except asyncio.CancelledError:
+                if self.closed:
+                    raise
+                self._fail(state, node_id, ExecutionError(f"node {node_id!r} was cancelled"))
             except Exception as error:
-                self._fail(state, node_id, error)
-                return
-            if not inspect.isawaitable(result):
-                self._complete(state, node_id, result)
-                return
-            coro = self._await_op(result)
-        self.running += 1
-        if self.running > self.peak_running:
-            self.peak_running = self.running
-        task = self._loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(partial(self._on_task_done, state, node_id))
+                self._handle_error(state, node_id, error)
+            else:
+                self._complete(state, node_id, value)
+            finally:
+                self.running -= 1
 
-    async def _await_op(self, awaitable: Any) -> Any:
-        timeout = self.settings.task_timeout
-        if timeout is None:
-            return await awaitable
-        async with asyncio.timeout(timeout):
-            return await awaitable
-
-    async def _run_llm(self, state: ExecutionState, node_id: str) -> Any:
+    async def _run_node(self, state: ExecutionState, node_id: str) -> Any:
         node = state.plan.nodes[node_id]
-        module = node.module
         args, kwargs = state.args_for(node)
+        module = node.module
+        if node.kind is not NodeKind.LLM:
+            result = module.forward(*args, **kwargs)
+            if inspect.isawaitable(result):
+                return await self._bounded(node_id, result)
+            return result
         request = module.forward(*args, **kwargs)
         resources = self.resources
         if resources is None:
@@ -136,40 +146,32 @@ class Scheduler:
                 "use module.bind(resources=...), ExecutionSettings(resources=...) or "
                 "plait.run(module, ..., resources=...)"
             )
-        attempt = state.attempts.get(node_id, 0)
+        call = resources.complete(module.alias, request, attempt=state.attempts.get(node_id, 0))
+        response = await (
+            call if self.settings.task_timeout is None else self._bounded(node_id, call)
+        )
+        return module.parse_response(response)
+
+    async def _bounded(self, node_id: str, awaitable: Awaitable[Any]) -> Any:
         timeout = self.settings.task_timeout
         if timeout is None:
-            response = await resources.complete(module.alias, request, attempt=attempt)
-        else:
-            try:
-                async with asyncio.timeout(timeout):
-                    response = await resources.complete(module.alias, request, attempt=attempt)
-            except TimeoutError as error:
-                raise TaskTimeoutError(
-                    f"node {node_id!r} took longer than task_timeout={timeout}s"
-                ) from error
-        return module.parse_response(response)
+            return await awaitable
+        try:
+            async with asyncio.timeout(timeout):
+                return await awaitable
+        except TimeoutError as error:
+            raise TaskTimeoutError(
+                f"node {node_id!r} took longer than task_timeout={timeout}s"
+            ) from error
 
     # -- completion -----------------------------------------------------------
 
-    def _on_task_done(self, state: ExecutionState, node_id: str, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        self.running -= 1
-        if self.closed:
-            return
-        if task.cancelled():
-            self._fail(state, node_id, asyncio.CancelledError(f"node {node_id!r} was cancelled"))
-        else:
-            error = task.exception()
-            if error is None:
-                self._complete(state, node_id, task.result())
-            else:
-                self._handle_error(state, node_id, error)
-        self.dispatch()
-
     def _complete(self, state: ExecutionState, node_id: str, value: Any) -> None:
-        for _ in state.mark_complete(node_id, value):
+        ready = state.mark_complete(node_id, value)
+        for _ in ready:
             self._push(state)
+        if len(ready) > 1:
+            self.dispatch()
         callback = self.settings.on_task_complete
         if callback is not None:
             callback(node_id, value)
@@ -233,14 +235,13 @@ class Scheduler:
 
     @property
     def idle(self) -> bool:
-        return not self._tasks and not self._timers and not self._heap
+        return self.running == 0 and not self._timers and not self._heap
 
     async def aclose(self) -> None:
         """Cancel everything still running and wait until it has stopped."""
         self.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)
 
     def cancel(self) -> None:
         """Cancel all work now; safe to call from synchronous code (e.g. ``__del__``)."""
@@ -249,8 +250,9 @@ class Scheduler:
             handle.cancel()
         self._timers.clear()
         self._heap.clear()
-        for task in self._tasks:
-            task.cancel()
+        self._parked.clear()
+        for worker in self._workers:
+            worker.cancel()
 
 
 def _is_transient_os_error(error: BaseException) -> bool:
