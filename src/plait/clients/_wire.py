@@ -1,0 +1,227 @@
+"""The chat-completions wire format, shared by every client.
+
+Both clients build the same JSON body and classify failures the same way, so
+the scheduler's retry decisions do not depend on which HTTP stack an endpoint
+uses. The success path (:func:`build_body`, :func:`encode_body`,
+:func:`decode_reply`) runs once per request and is kept to plain dict work;
+everything else only runs when something went wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from plait.clients.base import ChatRequest, ChatResponse
+from plait.clients.structured import cached_response_format_payload, parse_structured
+from plait.errors import (
+    LLMError,
+    PermanentError,
+    RateLimitError,
+    ResponseValidationError,
+    TransientError,
+)
+
+__all__ = [
+    "build_body",
+    "decode_reply",
+    "encode_body",
+    "error_for_status",
+    "read_reply",
+    "redact",
+    "retry_after_seconds",
+    "structured_reply",
+    "transport_error",
+]
+
+_REDACTED = "***"
+_MAX_SERVER_MESSAGE = 500
+# 408 (request timeout) and 409 (conflict, e.g. a lock held elsewhere) say
+# "not now" rather than "never"; every OpenAI-compatible SDK retries them too.
+_TRANSIENT_4XX = frozenset({408, 409})
+
+
+def build_body(request: ChatRequest) -> dict[str, Any]:
+    """The JSON body for ``request``.
+
+    ``options`` go in first so the named fields win a clash: an option can add
+    ``top_p`` or ``seed`` but can never redirect the call to another model or
+    replace the messages.
+    """
+    body: dict[str, Any] = dict(request.options) if request.options else {}
+    body["model"] = request.model
+    body["messages"] = request.messages
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    if request.response_format is not None:
+        body["response_format"] = cached_response_format_payload(request.response_format)
+    return body
+
+
+def encode_body(request: ChatRequest) -> bytes:
+    """The request body as bytes, ready to send without another encoding pass."""
+    return json.dumps(build_body(request), separators=(",", ":")).encode()
+
+
+def decode_reply(raw: bytes, response_format: type[BaseModel] | None) -> ChatResponse:
+    """Read a 2xx body.
+
+    Raises:
+        TransientError: the body is not JSON or has no choices; a server that
+            sent half a body will usually send a whole one next time.
+        ResponseValidationError: the reply does not fit ``response_format``.
+    """
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise TransientError("malformed reply: the body is not valid JSON") from None
+    return read_reply(data, response_format)
+
+
+def read_reply(data: Any, response_format: type[BaseModel] | None) -> ChatResponse:
+    """Turn a decoded chat-completions reply into a :class:`ChatResponse`."""
+    try:
+        choice = data["choices"][0]
+        message = choice["message"]
+        content = message.get("content")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise TransientError("malformed reply: no choices with a message") from None
+    if content is None:
+        content = ""
+    elif not isinstance(content, str):
+        raise TransientError("malformed reply: message content is not a string")
+    usage = data.get("usage") or {}
+    parsed = None
+    if response_format is not None:
+        parsed = structured_reply(content, message.get("refusal"), response_format)
+    return ChatResponse(
+        content=content,
+        model=data.get("model") or "",
+        finish_reason=choice.get("finish_reason"),
+        input_tokens=usage.get("prompt_tokens") or 0,
+        output_tokens=usage.get("completion_tokens") or 0,
+        parsed=parsed,
+    )
+
+
+def structured_reply(
+    content: str, refusal: str | None, response_format: type[BaseModel]
+) -> BaseModel:
+    """Validate a structured reply, naming a refusal as such rather than as bad JSON."""
+    if refusal and not content:
+        raise ResponseValidationError(
+            f"the model refused to produce {response_format.__name__}: {refusal}"
+        )
+    return parse_structured(content, response_format)
+
+
+def error_for_status(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes | str | None,
+    secret: str | None = None,
+) -> LLMError:
+    """The plait error for a non-2xx reply (the caller raises it).
+
+    429 becomes :class:`RateLimitError` carrying the server's requested delay;
+    408, 409 and 5xx are worth retrying; any other status is final. The
+    message carries the status and the server's own explanation, with
+    ``secret`` blanked out in case the server echoed the key back.
+    """
+    detail = redact(_server_message(body), secret)
+    message = f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
+    if status == 429:
+        return RateLimitError(message, retry_after=retry_after_seconds(headers), status_code=429)
+    if status >= 500 or status in _TRANSIENT_4XX:
+        return TransientError(message, status_code=status)
+    return PermanentError(message, status_code=status)
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The delay a 429 asks for, in seconds, or ``None`` when it names none.
+
+    ``retry-after-ms`` (OpenAI's finer-grained header) wins over the standard
+    ``Retry-After``, which may be a number of seconds or an HTTP date.
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    millis = _non_negative(lowered.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000.0
+    value = lowered.get("retry-after")
+    if value is None:
+        return None
+    seconds = _non_negative(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def transport_error(exc: BaseException, url: str) -> TransientError:
+    """The plait error for a failure below HTTP: refused, reset, timed out, cut short."""
+    if isinstance(exc, TimeoutError):
+        return TransientError(f"request to {url} timed out")
+    reason = str(exc) or "no detail"
+    return TransientError(f"connection to {url} failed: {type(exc).__name__}: {reason}")
+
+
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with every occurrence of ``secret`` blanked out."""
+    if secret and secret in text:
+        return text.replace(secret, _REDACTED)
+    return text
+
+
+def _non_negative(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    if not math.isfinite(number):
+        return None
+    return max(0.0, number)
+
+
+def _server_message(body: bytes | str | None) -> str:
+    """The explanation in an error body: ``error.message`` when it is JSON, else the text."""
+    if not body:
+        return ""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return _clip(text.strip())
+    message = _message_in(data)
+    return _clip(message if message is not None else text.strip())
+
+
+def _message_in(data: Any) -> str | None:
+    if isinstance(data, str):
+        return data
+    if not isinstance(data, dict):
+        return None
+    for key in ("error", "message", "detail"):
+        if key in data:
+            found = _message_in(data[key])
+            if found is not None:
+                return found
+    return None
+
+
+def _clip(text: str) -> str:
+    if len(text) <= _MAX_SERVER_MESSAGE:
+        return text
+    return text[:_MAX_SERVER_MESSAGE] + "..."

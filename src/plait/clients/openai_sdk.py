@@ -1,0 +1,144 @@
+"""A client on the official OpenAI SDK, for endpoints that need its behaviour.
+
+:class:`~plait.clients.lean.LeanClient` is faster; this one trades about a
+millisecond of CPU per request for the SDK's handling of provider quirks. It
+sends the same JSON body as the lean client (built by the shared wire module
+and passed as ``extra_body``) and maps the SDK's exceptions onto the same
+plait errors, so switching clients changes speed, not behaviour. The SDK's own
+retries are off: plait's scheduler owns retrying.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
+
+import httpx
+import openai
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+
+from plait.clients._wire import (
+    build_body,
+    error_for_status,
+    redact,
+    structured_reply,
+    transport_error,
+)
+from plait.clients.base import ChatRequest, ChatResponse
+from plait.errors import LLMError, TransientError
+
+__all__ = ["OpenAIClient"]
+
+# The SDK refuses to start without some key; this stands in when the endpoint
+# needs none, and the Authorization header is then omitted from every request.
+_NO_KEY = "plait-no-key"
+
+
+class OpenAIClient:
+    """Sends chat-completions requests through ``openai.AsyncOpenAI``.
+
+    By default the SDK runs on its aiohttp transport (the httpx one costs ten
+    times the CPU per request); ``http_client`` injects another, e.g. a plain
+    ``httpx.AsyncClient`` that respx can intercept in tests. An injected
+    client belongs to the caller and is not closed by :meth:`aclose`.
+    """
+
+    __slots__ = ("_api_key", "_base_url", "_extra_headers", "_owns_http", "_sdk", "_timeout")
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 60.0,
+        headers: Mapping[str, str] | None = None,
+        max_connections: int = 100,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._timeout = timeout
+        self._owns_http = http_client is None
+        if http_client is None:
+            limits = httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            )
+            http_client = openai.DefaultAioHttpClient(timeout=timeout, limits=limits)
+        self._sdk = openai.AsyncOpenAI(
+            api_key=api_key or _NO_KEY,
+            base_url=self._base_url,
+            timeout=timeout,
+            max_retries=0,
+            default_headers=dict(headers) if headers else None,
+            http_client=http_client,
+        )
+        self._extra_headers: dict[str, Any] | None = (
+            None if api_key else {"Authorization": openai.Omit()}
+        )
+
+    def __repr__(self) -> str:
+        key = "'***'" if self._api_key else "None"
+        return (
+            f"OpenAIClient(base_url={self._base_url!r}, api_key={key}, timeout={self._timeout!r})"
+        )
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        """Send ``request`` and read the reply; raises the same errors as the lean client."""
+        body = build_body(request)
+        model = body.pop("model")
+        messages = cast(Iterable[ChatCompletionMessageParam], body.pop("messages"))
+        failure: LLMError
+        try:
+            completion = await self._sdk.chat.completions.create(
+                model=model,
+                messages=messages,
+                extra_body=body,
+                extra_headers=self._extra_headers,
+            )
+        except openai.APIStatusError as exc:
+            # Built here but raised below, outside this block, so the SDK
+            # exception (whose request still carries the key) is not chained.
+            failure = error_for_status(
+                exc.status_code, exc.response.headers, _body_of(exc), self._api_key
+            )
+        except openai.APIConnectionError as exc:
+            # The SDK's own message is a bland "Connection error."; the cause says which.
+            failure = transport_error(exc.__cause__ or exc, f"{self._base_url}/chat/completions")
+        except (openai.APIResponseValidationError, ValueError) as exc:
+            failure = TransientError(f"malformed reply: {redact(str(exc), self._api_key)}")
+        else:
+            return _read_completion(completion, request)
+        raise failure
+
+    async def aclose(self) -> None:
+        """Close the SDK's HTTP client, unless the caller supplied it."""
+        if self._owns_http:
+            await self._sdk.close()
+
+
+def _body_of(exc: openai.APIStatusError) -> bytes | str | None:
+    try:
+        return exc.response.content
+    except httpx.ResponseNotRead:
+        return exc.message
+
+
+def _read_completion(completion: ChatCompletion, request: ChatRequest) -> ChatResponse:
+    choices = completion.choices
+    if not choices or choices[0].message is None:
+        raise TransientError("malformed reply: no choices with a message")
+    choice = choices[0]
+    message = choice.message
+    content = message.content or ""
+    parsed = None
+    if request.response_format is not None:
+        parsed = structured_reply(content, message.refusal, request.response_format)
+    usage = completion.usage
+    return ChatResponse(
+        content=content,
+        model=completion.model or "",
+        finish_reason=choice.finish_reason,
+        input_tokens=(usage.prompt_tokens or 0) if usage is not None else 0,
+        output_tokens=(usage.completion_tokens or 0) if usage is not None else 0,
+        parsed=parsed,
+    )
