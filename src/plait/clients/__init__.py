@@ -2,11 +2,30 @@
 
 :class:`LeanClient` is the default (a bare aiohttp session, lowest CPU per
 request); :class:`OpenAIClient` runs on the official SDK for endpoints that
-need it. Both raise the same plait errors for the same failures.
+need it. Both raise the same plait errors for the same failures. The client
+classes are imported on first use: the HTTP stacks take most of a second to
+import, which ``import plait`` (and tracing, which never sends a request)
+should not pay.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from plait.clients.base import ChatRequest, ChatResponse, LLMClient
-from plait.clients.lean import LeanClient
-from plait.clients.openai_sdk import OpenAIClient
+
+if TYPE_CHECKING:
+    from plait.clients.lean import LeanClient
+    from plait.clients.openai_sdk import OpenAIClient
 
 __all__ = ["ChatRequest", "ChatResponse", "LLMClient", "LeanClient", "OpenAIClient"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LeanClient":
+        from plait.clients.lean import LeanClient
+
+        return LeanClient
+    if name == "OpenAIClient":
+        from plait.clients.openai_sdk import OpenAIClient
+
+        return OpenAIClient
+    raise AttributeError(f"module 'plait.clients' has no attribute {name!r}")

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import weakref
 from collections import deque
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
     Callable,
-    Coroutine,
     Generator,
     Iterable,
     Iterator,
     Sized,
 )
+from dataclasses import replace
 from typing import Any, Protocol
 
 from plait.errors import BatchError
@@ -60,6 +61,13 @@ def batch_items(inputs: Any) -> Iterable[Item] | AsyncIterable[Item]:
 async def _async_items(inputs: AsyncIterable[Any]) -> AsyncIterator[Item]:
     async for element in inputs:
         yield _as_item(element)
+
+
+def _as_given(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The input as the caller wrote it, for ``BatchResult.input`` (undoes ``_as_item``)."""
+    if not kwargs:
+        return args[0] if len(args) == 1 else args
+    return kwargs if not args else (args, kwargs)
 
 
 def _as_item(element: Any) -> Item:
@@ -149,7 +157,9 @@ class _Stream:
 
     Dropping it (``break`` out of ``async for``) cancels the run at once from
     ``__del__``: cancelling tasks is synchronous, so in-flight work stops
-    without waiting for the event loop to finalise an async generator.
+    without waiting for the event loop to finalise an async generator. That
+    only works if the consumer holds the last reference, so the run reaches
+    back into the stream through weak references alone.
     """
 
     def __init__(self, call: Call) -> None:
@@ -158,7 +168,8 @@ class _Stream:
         self._preserve = call.settings.preserve_order
         self._reorder: dict[int, BatchResult] = {}
         self._next_index = 0
-        self._run = _Run(call, self._put, streaming=True)
+        self._run = _Run(call, _weakly(self._put), streaming=True)
+        self._wake_weakly = _weakly(self._wake)
 
     def _put(self, result: BatchResult) -> None:
         if self._preserve:
@@ -189,7 +200,7 @@ class _Stream:
                 await self.aclose()
                 raise StopAsyncIteration
             self._waiter = asyncio.get_running_loop().create_future()
-            run.on_change = self._wake
+            run.on_change = self._wake_weakly
             try:
                 await self._waiter
             except BaseException:
@@ -206,6 +217,18 @@ class _Stream:
 
     def __del__(self) -> None:
         self._run.cancel()
+
+
+def _weakly(method: Callable[..., None]) -> Callable[..., None]:
+    """Call ``method`` while its object is alive, without keeping it alive."""
+    ref = weakref.WeakMethod(method)
+
+    def forward(*args: Any) -> None:
+        target = ref()
+        if target is not None:
+            target(*args)
+
+    return forward
 
 
 class _Run:
@@ -243,7 +266,12 @@ class _Run:
         if self.scheduler is not None:
             return
         self._done = asyncio.get_running_loop().create_future()
-        self.scheduler = Scheduler(self.settings, self.resources, self._state_done)
+        guarded = replace(
+            self.settings,
+            on_task_complete=self._guarded(self.settings.on_task_complete),
+            on_task_failed=self._guarded(self.settings.on_task_failed),
+        )
+        self.scheduler = Scheduler(guarded, self.resources, self._state_done)
         items = self.call.items
         if isinstance(items, AsyncIterable):
             self._feeder = asyncio.get_running_loop().create_task(self._feed(items))
@@ -312,8 +340,7 @@ class _Run:
         except Exception as error:
             self._abort(error)
             return
-        shown_input = args[0] if len(args) == 1 and not kwargs else (args if not kwargs else item)
-        state = ExecutionState(plan, args, kwargs, index=index, input=shown_input)
+        state = ExecutionState(plan, args, kwargs, index=index, input=_as_given(args, kwargs))
         self.inflight += 1
         assert self.scheduler is not None
         self.scheduler.add(state)
@@ -327,7 +354,10 @@ class _Run:
                 result = BatchResult(state.index, state.input, None, failure)
         else:
             result = BatchResult(state.index, state.input, None, error)
-        self.progress.advance(result.ok)
+        try:
+            self.progress.advance(result.ok)
+        except Exception as failure:
+            self._abort(failure)
         self.sink(result)
         if not self.streaming:
             self.release()
@@ -342,6 +372,23 @@ class _Run:
             room.set_result(None)
         self._admit()
         self._check_finished()
+
+    def _guarded(self, callback: Callable[..., Any] | None) -> Callable[..., Any] | None:
+        """Wrap a user callback so that its exception ends the run with that error.
+
+        Raised inside the scheduler, it would kill a worker mid-bookkeeping and
+        leave the run waiting forever for a node that nobody finishes.
+        """
+        if callback is None:
+            return None
+
+        def call(*args: Any) -> None:
+            try:
+                callback(*args)
+            except Exception as error:
+                self._abort(error)
+
+        return call
 
     def _abort(self, error: BaseException) -> None:
         if self.fatal is None:
@@ -394,17 +441,24 @@ def run_blocking(call: Call) -> Any:
 
     With no event loop in this thread we start one. Inside a running loop (a
     Jupyter cell) we cannot block that loop's thread on itself, so the call
-    runs on a fresh loop in a worker thread while this thread waits.
+    runs on a fresh loop in a worker thread while this thread waits. Either
+    way the loop ends with the call, so the HTTP connections opened on it are
+    closed before it does.
     """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(call.result())
+        return asyncio.run(_run_and_release(call))
     with concurrent.futures.ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="plait-sync"
     ) as pool:
-        return pool.submit(_run_in_new_loop, call.result).result()
+        return pool.submit(asyncio.run, _run_and_release(call)).result()
 
 
-def _run_in_new_loop(factory: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    return asyncio.run(factory())
+async def _run_and_release(call: Call) -> Any:
+    try:
+        return await call.result()
+    finally:
+        close = getattr(call.settings.resources, "aclose", None)
+        if close is not None:
+            await close()

@@ -59,6 +59,7 @@ class Scheduler:
         self._tiebreak = count()
         self._workers: set[asyncio.Task[None]] = set()
         self._parked: deque[asyncio.Future[None]] = deque()
+        self._starting = 0
         self._timers: set[asyncio.TimerHandle] = set()
         self.running = 0
         self.peak_running = 0
@@ -83,33 +84,51 @@ class Scheduler:
     # -- dispatch -------------------------------------------------------------
 
     def dispatch(self) -> None:
-        """Make sure queued work has workers: wake parked ones, then start new ones."""
+        """Make sure queued work has workers: wake parked ones, then start new ones.
+
+        Workers already woken or started but not yet running count as
+        serving the queue, so a burst of admissions does not start a worker
+        per call of ``dispatch``.
+        """
         if self.closed:
             return
-        waiting = len(self._heap)
+        waiting = len(self._heap) - self._starting
         parked = self._parked
-        while waiting and parked:
+        while waiting > 0 and parked:
             future = parked.popleft()
             if not future.done():
                 future.set_result(None)
+                self._starting += 1
                 waiting -= 1
         workers = self._workers
-        while waiting and len(workers) < self.max_concurrent:
+        while waiting > 0 and len(workers) < self.max_concurrent:
             worker = self._loop.create_task(self._work())
             workers.add(worker)
             worker.add_done_callback(workers.discard)
+            self._starting += 1
             waiting -= 1
 
     async def _work(self) -> None:
         heap = self._heap
         loop = self._loop
+        self._starting -= 1
         while not self.closed:
             if not heap:
                 future: asyncio.Future[None] = loop.create_future()
                 self._parked.append(future)
                 await future
+                self._starting -= 1
                 continue
-            state = heapq.heappop(heap)[4]
+            entry = heapq.heappop(heap)
+            state = entry[4]
+            key = state.next_key()
+            if key is None:
+                continue
+            if key[0] != entry[0] or key[1] != entry[2]:
+                # Keyed by a node of this input that has since started: rank the
+                # input again by the most urgent node it has left.
+                self._push(state)
+                continue
             node_id = state.pop_next()
             if node_id is None:
                 continue
@@ -119,7 +138,11 @@ class Scheduler:
             try:
                 value = await self._run_node(state, node_id)
             except asyncio.CancelledError:
-                if self.closed:
+                # A cancel aimed at this worker (our own shutdown, or the loop's
+                # at exit) must end it: swallowed, it would hang whoever waits.
+                # Only a CancelledError raised by the node's own code fails the node.
+                worker = asyncio.current_task()
+                if self.closed or (worker is not None and worker.cancelling()):
                     raise
                 self._fail(state, node_id, ExecutionError(f"node {node_id!r} was cancelled"))
             except Exception as error:
@@ -219,12 +242,18 @@ class Scheduler:
         return min(base, 60.0) * (0.5 + random.random() / 2)
 
     def _retry_later(self, state: ExecutionState, node_id: str, delay: float) -> None:
-        state.requeue(node_id)
+        """Run ``node_id`` again after ``delay``.
+
+        The node stays in progress while it waits and is queued only when the
+        timer fires: queued earlier, it would be dispatched as soon as another
+        node of the same input became ready, cutting the delay short.
+        """
         handle: asyncio.TimerHandle
 
         def requeue() -> None:
             self._timers.discard(handle)
             if not self.closed:
+                state.requeue(node_id)
                 self._push(state)
                 self.dispatch()
 

@@ -1,0 +1,1 @@
+"""plait's benchmark suite: ``make bench`` runs ``python -m benchmarks``."""

@@ -1,0 +1,183 @@
+"""End-to-end figures over real HTTP against the simulator in its own process.
+
+Every figure is a ratio taken in one run (plait against the ideal bound, or
+against the hand-written baseline on the same server), so a slower or busier
+machine moves both sides together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from benchmarks._baseline import run_baseline
+from benchmarks.pipelines import FanOutFanIn, single_call
+from plait import Module
+from plait.resources import ResourceConfig, ResourceManager
+from plait.testing import Simulator
+
+CONCURRENCY = 100
+
+
+def _manager(base_url: str, **endpoint: Any) -> ResourceManager:
+    settings = {"model": "sim", "base_url": base_url, "max_concurrent": CONCURRENCY, **endpoint}
+    return ResourceManager(ResourceConfig({"sim": settings}))
+
+
+def _timed(factory: Callable[[], Coroutine[Any, Any, Any]]) -> tuple[float, Any]:
+    async def go() -> tuple[float, Any]:
+        start = time.perf_counter()
+        result = await factory()
+        return time.perf_counter() - start, result
+
+    return asyncio.run(go())
+
+
+def plait_batch(module: Module, base_url: str, count: int, **endpoint: Any) -> float:
+    """Seconds for plait to run ``count`` inputs through ``module``."""
+    manager = _manager(base_url, **endpoint)
+    module.bind(resources=manager, max_concurrent=CONCURRENCY * 4)
+    prompts = [f"question {index}" for index in range(count)]
+
+    async def go() -> list[Any]:
+        try:
+            return list(await module(prompts))
+        finally:
+            await manager.aclose()
+
+    elapsed, outputs = _timed(go)
+    if len(outputs) != count or not all(isinstance(text, str) for text in outputs):
+        raise RuntimeError(f"plait returned {len(outputs)} outputs for {count} inputs")
+    return elapsed
+
+
+def flat_efficiency(latency: float, count: int = 2_000) -> dict[str, Any]:
+    with Simulator.spawn(latency=latency) as sim:
+        elapsed = plait_batch(single_call(), sim.base_url, count)
+        stats = sim.stats()
+    ideal = math.ceil(count / CONCURRENCY) * latency
+    return {
+        "figure": f"flat batch, {count:,} single-call inputs, concurrency {CONCURRENCY}, "
+        f"latency {latency} s: ideal / actual",
+        "value": ideal / elapsed,
+        "unit": "ratio",
+        "target": ">= 0.95",
+        "met": ideal / elapsed >= 0.95,
+        "detail": {"seconds": elapsed, "ideal": ideal, "server_peak": stats.peak_concurrency},
+        "_peak": stats.peak_concurrency,
+    }
+
+
+def versus_baseline(latency: float = 0.05, count: int = 2_000, rounds: int = 3) -> dict[str, Any]:
+    prompts = [f"question {index}" for index in range(count)]
+    plait_times, base_times = [], []
+    with Simulator.spawn(latency=latency) as sim:
+        for _ in range(rounds):
+            base_times.append(_timed(lambda: run_baseline(sim.base_url, prompts, CONCURRENCY))[0])
+            plait_times.append(plait_batch(single_call(), sim.base_url, count))
+    ratio = statistics.median(base_times) / statistics.median(plait_times)
+    return {
+        "figure": f"flat batch at latency {latency} s: plait throughput / hand-written "
+        "aiohttp + Semaphore",
+        "value": ratio,
+        "unit": "ratio",
+        "target": ">= 0.9",
+        "met": ratio >= 0.9,
+        "detail": {
+            "plait_seconds": plait_times,
+            "baseline_seconds": base_times,
+            "baseline_ideal_ratio": math.ceil(count / CONCURRENCY)
+            * latency
+            / statistics.median(base_times),
+        },
+    }
+
+
+def fan_efficiency(latency: float = 0.5, count: int = 500) -> dict[str, Any]:
+    with Simulator.spawn(latency=latency) as sim:
+        elapsed = plait_batch(FanOutFanIn(), sim.base_url, count)
+        stats = sim.stats()
+    calls = count * 4
+    if stats.completed != calls:
+        raise RuntimeError(f"the simulator completed {stats.completed} calls, expected {calls}")
+    ideal = math.ceil(calls / CONCURRENCY) * latency
+    return {
+        "figure": f"fan-out/fan-in, {count} inputs x (3 parallel + 1 join), concurrency "
+        f"{CONCURRENCY}, latency {latency} s: ideal / actual",
+        "value": ideal / elapsed,
+        "unit": "ratio",
+        "target": ">= 0.9",
+        "met": ideal / elapsed >= 0.9,
+        "detail": {"seconds": elapsed, "ideal": ideal, "server_peak": stats.peak_concurrency},
+        "_peak": stats.peak_concurrency,
+    }
+
+
+def rate_limit_adherence(rpm: float = 600, requests: int = 200) -> dict[str, Any]:
+    """A client limited to ``rpm`` against a server enforcing the same ``rpm``."""
+    with Simulator.spawn(rate_limit=rpm, rate_window=60) as sim:
+        plait_batch(single_call(), sim.base_url, requests, rate_limit=rpm, max_concurrent=50)
+        stats = sim.stats()
+    if stats.first_request_at is None or stats.last_request_at is None:
+        raise RuntimeError("the simulator saw no requests")
+    span = stats.last_request_at - stats.first_request_at
+    achieved = (stats.requests - 1) / span * 60 if span > 0 else float("inf")
+    return {
+        "figure": f"configured {rpm:.0f} RPM vs a server enforcing {rpm:.0f} RPM: achieved / "
+        "limit (429s must be 0)",
+        "value": achieved / rpm,
+        "unit": "ratio",
+        "target": ">= 0.95, no 429s",
+        "met": achieved / rpm >= 0.95 and stats.rate_limited == 0,
+        "detail": {"achieved_rpm": achieved, "server_429s": stats.rate_limited},
+    }
+
+
+def simulator_capacity(count: int = 6_000) -> dict[str, Any]:
+    """Requests per second of simulator CPU: what one core can serve."""
+    prompts = [f"q{index}" for index in range(count)]
+    with Simulator.spawn(latency=0.0) as sim:
+        before = _process_cpu(sim.pid)
+        _timed(lambda: run_baseline(sim.base_url, prompts, CONCURRENCY))
+        spent = _process_cpu(sim.pid) - before
+    capacity = count / spent
+    return {
+        "figure": "simulator capacity: requests per second of its own CPU (one core)",
+        "value": capacity,
+        "unit": "req/s",
+        "target": ">= 2,000",
+        "met": capacity >= 2_000,
+    }
+
+
+def _process_cpu(pid: int) -> float:
+    import os
+
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def run() -> list[dict[str, Any]]:
+    flat = flat_efficiency(0.5)
+    fan = fan_efficiency()
+    peak = max(flat.pop("_peak"), fan.pop("_peak"))
+    rows = [flat, versus_baseline(), fan]
+    rows.append(
+        {
+            "figure": f"endpoint limit: server-observed peak concurrency / max_concurrent "
+            f"({CONCURRENCY})",
+            "value": peak / CONCURRENCY,
+            "unit": "ratio",
+            "target": "<= 1.0",
+            "met": peak <= CONCURRENCY,
+        }
+    )
+    rows.append(rate_limit_adherence())
+    rows.append(simulator_capacity())
+    return rows

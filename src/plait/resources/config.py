@@ -1,0 +1,339 @@
+"""Endpoint configuration: which models an alias reaches, and under what limits.
+
+Modules name aliases, never models, so swapping a model or adding endpoints to
+a pool is a configuration change only. Everything here is validated once, at
+construction, and every problem is reported as a :class:`~plait.errors.ConfigError`
+whose lines name the alias, the pool index (for pools), the field and what is
+wrong, because a bad value found mid-run would waste the calls already made.
+
+API keys are :class:`pydantic.SecretStr`: they never appear in ``repr``,
+``str``, ``model_dump()`` or error messages. Code that really needs the key
+(a client) reads it with ``endpoint.api_key.get_secret_value()``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from plait.errors import ConfigError
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` with values from the environment.
+
+    Follows the shell: the default applies when the variable is unset or empty.
+    A reference with no default to an unset variable is an error, because
+    silently sending an empty key or URL fails much later and less clearly.
+    """
+    if "${" not in text:
+        return text
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name)
+        if value:
+            return value
+        if default is not None:
+            return default
+        if value is None:
+            raise ValueError(f"environment variable {name} is not set (referenced as ${{{name}}})")
+        return value
+
+    return _ENV_REFERENCE.sub(substitute, text)
+
+
+def _default_base_url() -> str:
+    return os.environ.get("PLAIT_BASE_URL") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+
+
+def _default_api_key() -> SecretStr | None:
+    key = os.environ.get("OPENAI_API_KEY")
+    return SecretStr(key) if key else None
+
+
+class EndpointConfig(BaseModel):
+    """One OpenAI-compatible endpoint serving one model.
+
+    ``rate_limit`` is requests per minute and ``token_rate_limit`` tokens per
+    minute, matching how providers publish their limits. ``max_retries``, when
+    set, replaces the scheduler's task retry budget for calls to this endpoint's
+    alias. ``weight`` is the endpoint's share of traffic inside a pool.
+    ``input_price`` / ``output_price`` are per million tokens, for budgets.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    model: str = Field(min_length=1)
+    base_url: str = Field(default_factory=_default_base_url)
+    api_key: SecretStr | None = Field(default_factory=_default_api_key)
+    max_concurrent: int = Field(default=16, ge=1)
+    rate_limit: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    token_rate_limit: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    timeout: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    max_retries: int | None = Field(default=None, ge=0)
+    weight: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    headers: dict[str, str] = Field(default_factory=dict)
+    client: Literal["lean", "openai"] = "lean"
+    input_price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    output_price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+    if not TYPE_CHECKING:
+        # Hidden from type checkers so the pydantic plugin keeps the typed
+        # keyword signature; at run time it turns pydantic's error into ours.
+        def __init__(self, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                raise EndpointConfigError(_problems(exc, None)) from None
+
+    @field_validator("model", "base_url", mode="before")
+    @classmethod
+    def _expand_text(cls, value: Any) -> Any:
+        return expand_env(value) if isinstance(value, str) else value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _expand_key(cls, value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            value = expand_env(value)
+            # An empty key (e.g. "${KEY:-}") means "no key", as for local servers.
+            return value or None
+        return value
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _expand_headers(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: expand_env(v) if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # Header values often carry credentials (Azure's api-key, bearer
+        # tokens), so only their names are shown.
+        for name, value in super().__repr_args__():
+            if name == "headers" and value:
+                yield name, dict.fromkeys(value, "**********")
+            else:
+                yield name, value
+
+
+EndpointInput = EndpointConfig | Mapping[str, Any]
+
+
+class ResourceConfig(RootModel[dict[str, list[EndpointConfig]]]):
+    """Maps each alias to its endpoint, or to a pool (a list) of endpoints.
+
+    Build it from a mapping (``ResourceConfig({"fast": {"model": "gpt-4o-mini"}})``),
+    from keywords (``ResourceConfig(fast=EndpointConfig(model=...))``) or from
+    a file (:meth:`from_file`). Single endpoints are stored as one-element
+    pools, so ``config[alias]`` is always a list.
+    """
+
+    model_config = ConfigDict(frozen=True, hide_input_in_errors=True)
+
+    if not TYPE_CHECKING:
+
+        def __init__(self, root: Any = None, /, **aliases: Any) -> None:
+            if root is None:
+                root = aliases
+            elif isinstance(root, ResourceConfig):
+                root = root.root
+            elif aliases:
+                raise ConfigError(
+                    "ResourceConfig takes either one mapping or keyword aliases, not both"
+                )
+            try:
+                super().__init__(root)
+            except ValidationError as exc:
+                pooled = root if isinstance(root, Mapping) else {}
+                raise ConfigError(
+                    _report("invalid resource configuration:", _problems(exc, pooled))
+                ) from None
+
+    else:
+
+        def __init__(
+            self,
+            root: ResourceConfig
+            | Mapping[str, EndpointInput | Sequence[EndpointInput]]
+            | None = None,
+            /,
+            **aliases: EndpointInput | Sequence[EndpointInput],
+        ) -> None: ...
+
+    @model_validator(mode="before")
+    @classmethod
+    def _as_pools(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        return {
+            alias: list(value) if isinstance(value, list | tuple) else [value]
+            for alias, value in data.items()
+        }
+
+    @field_validator("root")
+    @classmethod
+    def _non_empty_pools(
+        cls, pools: dict[str, list[EndpointConfig]]
+    ) -> dict[str, list[EndpointConfig]]:
+        for alias, pool in pools.items():
+            if not alias:
+                raise ValueError("alias names must be non-empty")
+            if not pool:
+                raise ValueError(f"alias {alias!r}: a pool needs at least one endpoint")
+        return pools
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> ResourceConfig:
+        """Load aliases from a ``.yaml``/``.yml``, ``.json`` or ``.toml`` file.
+
+        The top level is the alias mapping, or a mapping with a single
+        ``endpoints`` key holding it (so the file can say what it is).
+        """
+        file = Path(path)
+        data = _read_file(file)
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{file}: the top level must be a mapping of alias to endpoint")
+        endpoints = data.get("endpoints")
+        if isinstance(endpoints, Mapping) and "model" not in endpoints:
+            others = sorted(str(key) for key in data if key != "endpoints")
+            if others:
+                raise ConfigError(
+                    f"{file}: unexpected top-level keys next to 'endpoints': {', '.join(others)}"
+                )
+            data = endpoints
+        try:
+            return cls(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{file}: {exc}") from None
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        """The configured alias names, in configuration order."""
+        return tuple(self.root)
+
+    def __getitem__(self, alias: str) -> list[EndpointConfig]:
+        return self.root[alias]
+
+    def __contains__(self, alias: object) -> bool:
+        return alias in self.root
+
+    # BaseModel.__iter__ yields (field, value) pairs; a mapping of aliases
+    # iterates its keys, like a dict.
+    def __iter__(self) -> Iterator[str]:  # type: ignore[override]
+        return iter(self.root)
+
+    def __len__(self) -> int:
+        return len(self.root)
+
+
+def _read_file(file: Path) -> Any:
+    suffix = file.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".json", ".toml"):
+        raise ConfigError(f"{file}: unsupported config file type; use .yaml, .yml, .json or .toml")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read config file: {exc.strerror}") from None
+    try:
+        if suffix == ".json":
+            return json.loads(text)
+        if suffix == ".toml":
+            return tomllib.loads(text)
+        return yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{file}, line {exc.lineno}: invalid JSON: {exc.msg}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: invalid TOML: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "cannot parse"
+        raise ConfigError(f"{file}{where}: invalid YAML: {problem}") from None
+
+
+_FIELDS = tuple(EndpointConfig.model_fields)
+
+
+class EndpointConfigError(ConfigError):
+    """An EndpointConfig's problems, kept as lines so an enclosing
+    ResourceConfig can prefix each with the alias and pool index (pydantic
+    calls the custom ``__init__`` for nested endpoints and wraps what it raises).
+    """
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(_report("invalid endpoint configuration:", lines))
+        self.lines = lines
+
+
+def _problems(exc: ValidationError, raw: Mapping[str, Any] | None) -> list[str]:
+    """One line per validation problem, naming alias, pool index and field.
+
+    ``raw`` is the input of a ResourceConfig (None for a lone EndpointConfig);
+    it tells whether an alias was written as a list, so the pool index is only
+    shown where the user wrote one. Inputs are never echoed, since they may
+    hold keys.
+    """
+    lines: list[str] = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = list(error["loc"])
+        where = []
+        if raw is not None and loc:
+            alias = loc.pop(0)
+            where.append(f"alias {alias!r}")
+            if loc and isinstance(loc[0], int):
+                index = loc.pop(0)
+                if isinstance(raw.get(str(alias)), list | tuple):
+                    where.append(f"endpoint {index}")
+        nested = error.get("ctx", {}).get("error")
+        if isinstance(nested, EndpointConfigError):
+            lines.extend(", ".join([*where, line]) for line in nested.lines)
+            continue
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if loc:
+            where.append("field " + repr(".".join(str(part) for part in loc)))
+            if error["type"] == "extra_forbidden":
+                message = "unknown field"
+                close = difflib.get_close_matches(str(loc[-1]), _FIELDS, n=1)
+                if close:
+                    message += f"; did you mean {close[0]!r}?"
+        lines.append(", ".join(where) + ": " + message if where else message)
+    return lines
+
+
+def _report(title: str, lines: list[str]) -> str:
+    return title + "\n" + "\n".join("  " + line for line in lines)

@@ -1,0 +1,330 @@
+"""The one gate every LLM call goes through.
+
+For each call the manager picks an endpoint from the alias's pool, holds a
+slot of that endpoint's concurrency limit, waits for its rate limiter, calls
+its client and books the outcome (usage, pool health, limiter backpressure).
+Errors are re-raised unchanged: deciding to retry or requeue is the
+scheduler's job, and it decides by error class.
+
+Configuration-level state (usage, pool health, rate limiters) is shared by
+every event loop, so limits and counters hold across successive ``run_sync``
+calls. Clients and semaphores are bound to an event loop, so they are kept
+per loop, created on first use there, and dropped once their loop closes.
+
+``complete`` runs once per LLM call at thousands of calls per second, so it
+avoids logging, pydantic, copies and coroutine calls on its uncontended path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from plait.clients.base import ChatRequest, ChatResponse, LLMClient
+from plait.errors import RateLimitError, TransientError, UnknownAliasError
+from plait.resources.config import EndpointConfig, ResourceConfig
+from plait.resources.pool import EndpointPool
+from plait.resources.rate_limit import RateLimiter
+from plait.resources.usage import AliasUsage
+
+ClientFactory = Callable[[EndpointConfig], LLMClient]
+
+# Output tokens assumed for a request without max_tokens, until the reply's
+# usage corrects the estimate.
+DEFAULT_OUTPUT_TOKENS = 256
+
+
+def default_client_factory(endpoint: EndpointConfig) -> LLMClient:
+    """Build the client class that ``endpoint.client`` names."""
+    # Imported here so the resource layer loads without the HTTP stacks.
+    client_class: type[LLMClient]
+    if endpoint.client == "openai":
+        from plait.clients.openai_sdk import OpenAIClient
+
+        client_class = OpenAIClient
+    else:
+        from plait.clients.lean import LeanClient
+
+        client_class = LeanClient
+    api_key = endpoint.api_key.get_secret_value() if endpoint.api_key is not None else None
+    return client_class(
+        endpoint.base_url,
+        api_key,
+        timeout=endpoint.timeout,
+        headers=dict(endpoint.headers),
+        max_connections=endpoint.max_concurrent,
+    )
+
+
+def estimate_tokens(request: ChatRequest) -> int:
+    """A cheap upper-ish guess at a call's tokens: 4 characters per input token
+    plus the output allowance. The reply's usage settles the difference."""
+    chars = 0
+    for message in request.messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict):
+                    text = part.get("text")
+                    if isinstance(text, str):
+                        chars += len(text)
+    output = request.max_tokens if request.max_tokens is not None else DEFAULT_OUTPUT_TOKENS
+    return -(-chars // 4) + output
+
+
+class _Endpoint:
+    """What the hot path needs about one endpoint, flattened out of the config."""
+
+    __slots__ = ("config", "limiter", "model", "slot", "token_limited")
+
+    def __init__(self, config: EndpointConfig, slot: int) -> None:
+        self.config = config
+        self.slot = slot
+        self.model = config.model
+        self.token_limited = config.token_rate_limit is not None
+        self.limiter = RateLimiter(config.rate_limit, config.token_rate_limit)
+
+
+class _Route:
+    __slots__ = ("pool", "retry_budget", "usage")
+
+    def __init__(self, endpoints: list[_Endpoint]) -> None:
+        self.pool = EndpointPool(endpoints, [e.config.weight for e in endpoints])
+        budgets = [e.config.max_retries for e in endpoints if e.config.max_retries is not None]
+        self.retry_budget = max(budgets) if budgets else None
+        self.usage = AliasUsage()
+
+
+class _Slots:
+    """An endpoint's concurrency limit: a FIFO counting semaphore.
+
+    Unlike ``asyncio.Semaphore`` the uncontended path is an attribute
+    decrement inline in the caller, with no coroutine, which is a measurable
+    share of the per-call budget. A released slot passes straight to the
+    oldest waiter, so late arrivals cannot overtake it.
+    """
+
+    __slots__ = ("free", "waiters")
+
+    def __init__(self, limit: int) -> None:
+        self.free = limit
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    async def wait(self) -> None:
+        """Queue for a slot (only when ``free`` is 0); it is handed over by ``release``."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.cancelled():
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(future)
+            else:
+                # The slot arrived in the same tick as the cancellation.
+                self.release()
+            raise
+
+    def release(self) -> None:
+        waiters = self.waiters
+        while waiters:
+            future = waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
+        self.free += 1
+
+
+class _LoopState:
+    """The loop-bound half: a client (made on first use) and slots per endpoint."""
+
+    __slots__ = ("clients", "slots")
+
+    def __init__(self, endpoints: list[_Endpoint]) -> None:
+        self.clients: list[LLMClient | None] = [None] * len(endpoints)
+        self.slots = [_Slots(e.config.max_concurrent) for e in endpoints]
+
+
+class ResourceManager:
+    """Routes calls by alias to endpoints, within their concurrency and rate limits."""
+
+    def __init__(
+        self,
+        config: ResourceConfig | Mapping[str, Any],
+        *,
+        client_factory: ClientFactory | None = None,
+    ) -> None:
+        self.config = config if isinstance(config, ResourceConfig) else ResourceConfig(config)
+        self._factory = client_factory or default_client_factory
+        self._endpoints: list[_Endpoint] = []
+        self._routes: dict[str, _Route] = {}
+        for alias in self.config:
+            members = []
+            for endpoint_config in self.config[alias]:
+                endpoint = _Endpoint(endpoint_config, len(self._endpoints))
+                self._endpoints.append(endpoint)
+                members.append(endpoint)
+            self._routes[alias] = _Route(members)
+        self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self._state_loop: asyncio.AbstractEventLoop | None = None
+        self._state: _LoopState | None = None
+
+    # -- checks and introspection ---------------------------------------
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        return tuple(self._routes)
+
+    def check_aliases(self, aliases: Iterable[str]) -> None:
+        """Fail, before anything is sent, if any alias is not configured."""
+        missing = [alias for alias in dict.fromkeys(aliases) if alias not in self._routes]
+        if missing:
+            raise self._unknown(missing)
+
+    def retry_budget(self, alias: str) -> int | None:
+        """The alias's ``max_retries`` (largest in a pool), or None to use the scheduler's."""
+        return self._route(alias).retry_budget
+
+    def limiter(self, alias: str, index: int = 0) -> RateLimiter:
+        """The rate limiter of endpoint ``index`` in the alias's pool."""
+        return self._route(alias).pool.members[index].item.limiter
+
+    def usage(self) -> dict[str, AliasUsage]:
+        """A snapshot of every alias's usage so far."""
+        return {alias: route.usage.copy() for alias, route in self._routes.items()}
+
+    def reset_usage(self) -> None:
+        for route in self._routes.values():
+            route.usage = AliasUsage()
+
+    def __repr__(self) -> str:
+        aliases = ", ".join(
+            f"{alias}={[m.item.model for m in route.pool.members]!r}"
+            for alias, route in self._routes.items()
+        )
+        return f"ResourceManager({aliases})"
+
+    # -- calls -----------------------------------------------------------
+
+    async def complete(self, alias: str, request: ChatRequest, *, attempt: int = 0) -> ChatResponse:
+        """Send ``request`` to an endpoint of ``alias`` and return its reply.
+
+        ``request.model`` is set to the chosen endpoint's model (the request
+        is the resource layer's to fill in; a retry may land elsewhere and is
+        set again). ``attempt`` > 0 marks a retry in the usage counters.
+        """
+        route = self._routes.get(alias)
+        if route is None:
+            raise self._unknown([alias])
+        loop = asyncio.get_running_loop()
+        state = self._state
+        if loop is not self._state_loop or state is None:
+            state = self._enter(loop)
+        usage = route.usage
+        usage.requests += 1
+        if attempt:
+            usage.retries += 1
+        pool = route.pool
+        member = pool.pick()
+        endpoint = member.item
+        request.model = endpoint.model
+        try:
+            slots = state.slots[endpoint.slot]
+            if slots.free:
+                slots.free -= 1
+            else:
+                await slots.wait()
+            try:
+                limiter = endpoint.limiter
+                estimate = estimate_tokens(request) if endpoint.token_limited else 0
+                if not limiter.try_acquire(estimate):
+                    await limiter.acquire(estimate)
+                client = state.clients[endpoint.slot]
+                if client is None:
+                    client = self._new_client(state, endpoint)
+                started = time.perf_counter()
+                try:
+                    response = await client.complete(request)
+                except RateLimitError as exc:
+                    usage.failures += 1
+                    usage.rate_limited += 1
+                    limiter.correct(estimate, 0)
+                    limiter.on_rate_limited(exc.retry_after)
+                    raise
+                except TransientError:
+                    usage.failures += 1
+                    pool.record_failure(member)
+                    raise
+                except Exception:
+                    usage.failures += 1
+                    raise
+                usage.latency.record(time.perf_counter() - started)
+            finally:
+                slots.release()
+        finally:
+            pool.release(member)
+        usage.successes += 1
+        used = response.input_tokens + response.output_tokens
+        usage.input_tokens += response.input_tokens
+        usage.output_tokens += response.output_tokens
+        if estimate and used:
+            limiter.correct(estimate, used)
+        limiter.on_success()
+        pool.record_success(member)
+        return response
+
+    async def aclose(self) -> None:
+        """Close the clients this event loop opened."""
+        loop = asyncio.get_running_loop()
+        state = self._states.pop(loop, None)
+        if loop is self._state_loop:
+            self._state_loop = self._state = None
+        if state is None:
+            return
+        clients = [client for client in state.clients if client is not None]
+        await asyncio.gather(*(client.aclose() for client in clients))
+
+    # -- internals -------------------------------------------------------
+
+    def _route(self, alias: str) -> _Route:
+        route = self._routes.get(alias)
+        if route is None:
+            raise self._unknown([alias])
+        return route
+
+    def _unknown(self, missing: list[str]) -> UnknownAliasError:
+        names = ", ".join(repr(alias) for alias in missing)
+        noun = "alias" if len(missing) == 1 else "aliases"
+        configured = ", ".join(repr(alias) for alias in self._routes) or "(none)"
+        message = f"unknown {noun} {names}; configured aliases: {configured}"
+        hints = []
+        for alias in missing:
+            close = difflib.get_close_matches(alias, list(self._routes), n=1)
+            if close:
+                hints.append(f"{alias!r} -> {close[0]!r}")
+        if hints:
+            message += f" (did you mean {', '.join(hints)}?)"
+        return UnknownAliasError(message)
+
+    def _enter(self, loop: asyncio.AbstractEventLoop) -> _LoopState:
+        """Switch the cached loop state, forgetting loops that have closed."""
+        for old in [old for old in self._states if old.is_closed()]:
+            del self._states[old]
+        state = self._states.get(loop)
+        if state is None:
+            state = self._states[loop] = _LoopState(self._endpoints)
+        self._state_loop = loop
+        self._state = state
+        return state
+
+    def _new_client(self, state: _LoopState, endpoint: _Endpoint) -> LLMClient:
+        client = self._factory(endpoint.config)
+        state.clients[endpoint.slot] = client
+        return client

@@ -1,0 +1,357 @@
+"""Client-side request and token rate limiting with adaptive backpressure.
+
+Two token buckets (requests per minute, tokens per minute) gate each call.
+The request bucket holds about one request by default, so calls are paced
+evenly instead of bursting: a server that enforces the same limit with a
+short burst window then never answers 429, while the achieved rate still
+matches the configured one. Levels may go negative (debt): an oversized or
+under-estimated request is paid for by the requests after it, which keeps the
+long-run rate exact and means no request can be too large to ever pass.
+
+Waiting is FIFO and event driven: waiters queue on futures, and a single
+timer is set for the moment the head of the queue can go, so nothing polls.
+Futures and the timer are created on first use in the running loop rather
+than in ``__init__``, because ``run_sync`` may run successive calls in fresh
+event loops; a limiter follows whichever loop uses it, one at a time.
+
+On a 429 the limiter pauses every caller for the server's ``Retry-After``
+(or an exponential backoff), halves the request rate and then regains it
+step by step with each success (additive increase, multiplicative decrease).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+# Waits shorter than this are granted at once: timers fire a hair early and
+# levels may go slightly negative, which the debt accounting absorbs.
+_EPSILON = 1e-4
+# After a rate cut, further 429s within this many seconds (or within the
+# pause) come from requests sent before the cut and must not cut again.
+_CUT_GUARD = 1.0
+# How far back the observed rate is measured when no rate was configured.
+_OBSERVE_WINDOW = 10.0
+
+
+class _Waiter:
+    __slots__ = ("future", "tokens")
+
+    def __init__(self, future: asyncio.Future[None], tokens: int) -> None:
+        self.future = future
+        self.tokens = tokens
+
+
+class RateLimiter:
+    """Paces calls to one endpoint under request and token limits.
+
+    ``requests_per_minute`` / ``tokens_per_minute`` of None mean unlimited;
+    an unlimited limiter still honours 429 pauses and, after one, paces at
+    a rate derived from what it had been sending. ``burst_seconds`` lets the
+    buckets hold that many seconds of their rate (at least one request);
+    the default, 0, means smooth pacing.
+
+    Backpressure knobs: a 429 multiplies the request rate by
+    ``backoff_factor`` (never below ``min_requests_per_minute``); each
+    success then adds back ``recovery`` times the rate in force before the
+    cut, until it is reached. A 429 without ``Retry-After`` pauses for
+    ``base_backoff`` seconds, doubling with each further 429 before a
+    success, up to ``max_backoff``.
+    """
+
+    def __init__(
+        self,
+        requests_per_minute: float | None,
+        tokens_per_minute: float | None,
+        *,
+        burst_seconds: float = 0.0,
+        backoff_factor: float = 0.5,
+        recovery: float = 0.02,
+        min_requests_per_minute: float = 1.0,
+        base_backoff: float = 1.0,
+        max_backoff: float = 60.0,
+    ) -> None:
+        for name, value in (
+            ("requests_per_minute", requests_per_minute),
+            ("tokens_per_minute", tokens_per_minute),
+        ):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 or None")
+        if not burst_seconds >= 0:
+            raise ValueError("burst_seconds must be >= 0")
+        if not 0 < backoff_factor < 1:
+            raise ValueError("backoff_factor must be between 0 and 1")
+        if not 0 < recovery <= 1:
+            raise ValueError("recovery must be in (0, 1]")
+        if not min_requests_per_minute > 0:
+            raise ValueError("min_requests_per_minute must be > 0")
+        if not 0 < base_backoff <= max_backoff:
+            raise ValueError("need 0 < base_backoff <= max_backoff")
+
+        self._configured_rpm = requests_per_minute
+        self._tpm = tokens_per_minute
+        self._configured_rps = None if requests_per_minute is None else requests_per_minute / 60
+        self._tps = None if tokens_per_minute is None else tokens_per_minute / 60
+        self._burst = burst_seconds
+        self._backoff_factor = backoff_factor
+        self._recovery = recovery
+        self._min_rps = min_requests_per_minute / 60
+        self._base_backoff = base_backoff
+        self._max_backoff = max_backoff
+
+        self._rps = self._configured_rps
+        self._req_cap = self._request_capacity(self._rps)
+        self._tok_cap = 0.0 if self._tps is None else self._tps * burst_seconds
+        self._req_level = self._req_cap
+        self._tok_level = self._tok_cap
+        self._stamp = time.monotonic()
+
+        self._paused_until = 0.0
+        self._strikes = 0
+        self._degraded = False
+        self._ceiling = 0.0
+        self._cut_guard_until = 0.0
+        # Unlimited limiters have no rate to cut on a 429, so they keep a
+        # grant count and a sampled (time, count) trail to derive one from.
+        self._granted = 0
+        self._marks: deque[tuple[float, int]] = deque(maxlen=64)
+        self._open = self._rps is None and self._tps is None
+
+        self._waiters: deque[_Waiter] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- public state ----------------------------------------------------
+
+    @property
+    def requests_per_minute(self) -> float | None:
+        """The request rate in force now (lower than configured after a 429)."""
+        if not self._degraded:
+            return self._configured_rpm
+        return None if self._rps is None else self._rps * 60
+
+    @property
+    def tokens_per_minute(self) -> float | None:
+        return self._tpm
+
+    @property
+    def paused_for(self) -> float:
+        """Seconds until a 429 pause ends (0 when not paused)."""
+        return max(0.0, self._paused_until - time.monotonic())
+
+    @property
+    def waiting(self) -> int:
+        """Callers queued in :meth:`acquire`."""
+        return len(self._waiters)
+
+    def __repr__(self) -> str:
+        return (
+            f"RateLimiter(requests_per_minute={self.requests_per_minute}, "
+            f"tokens_per_minute={self.tokens_per_minute}, waiting={len(self._waiters)})"
+        )
+
+    # -- acquiring -------------------------------------------------------
+
+    def try_acquire(self, tokens: int = 0) -> bool:
+        """Take the permits if they are free now and nobody is queued.
+
+        The synchronous fast path of :meth:`acquire`: callers on a hot path
+        try this first and only await ``acquire`` when it returns False.
+        """
+        if self._open:
+            self._count_grant()
+            return True
+        if self._waiters:
+            return False
+        now = time.monotonic()
+        if (
+            self._tps is None
+            and self._configured_rps is None
+            and not self._degraded
+            and now >= self._paused_until
+        ):
+            self._open = True
+        self._refill(now)
+        if self._wait_for(now, tokens) > _EPSILON:
+            return False
+        self._take(tokens)
+        return True
+
+    async def acquire(self, tokens: int = 0) -> None:
+        """Wait, in arrival order, for one request permit and ``tokens`` token permits."""
+        if tokens < 0:
+            raise ValueError("tokens must be >= 0")
+        if self.try_acquire(tokens):
+            return
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._adopt(loop)
+        waiter = _Waiter(loop.create_future(), tokens)
+        self._waiters.append(waiter)
+        if len(self._waiters) == 1:
+            self._dispatch()
+        try:
+            await waiter.future
+        except asyncio.CancelledError:
+            if waiter.future.cancelled():
+                self._withdraw(waiter)
+            else:
+                # Granted in the same tick as the cancellation: give it back.
+                self._refund(tokens)
+            raise
+
+    def correct(self, estimated: int, actual: int) -> None:
+        """Settle a token estimate against the usage the reply reported.
+
+        Over-estimates are refunded (capped at the bucket's capacity);
+        under-estimates become debt that later callers wait for.
+        """
+        if self._tps is None or estimated == actual:
+            return
+        self._refill(time.monotonic())
+        self._tok_level = min(self._tok_cap, self._tok_level + (estimated - actual))
+        if actual < estimated and self._waiters:
+            self._dispatch()
+
+    # -- backpressure ----------------------------------------------------
+
+    def on_rate_limited(self, retry_after: float | None = None) -> None:
+        """Pause every caller and cut the request rate after a 429."""
+        now = time.monotonic()
+        self._refill(now)
+        if retry_after is None or not retry_after >= 0:
+            delay = min(self._max_backoff, self._base_backoff * 2.0**self._strikes)
+        else:
+            delay = min(retry_after, self._max_backoff)
+        self._strikes += 1
+        self._open = False
+        self._paused_until = max(self._paused_until, now + delay)
+        if now < self._cut_guard_until:
+            return
+        if self._rps is None:
+            self._ceiling = self._observed_rate(now)
+            current = self._ceiling
+        else:
+            if not self._degraded:
+                self._ceiling = self._rps
+            current = self._rps
+        self._set_rate(max(self._min_rps, current * self._backoff_factor))
+        self._degraded = True
+        self._cut_guard_until = max(self._paused_until, now + _CUT_GUARD)
+
+    def on_success(self) -> None:
+        """Regain a step of the request rate after a 429 cut it."""
+        self._strikes = 0
+        if not self._degraded:
+            return
+        self._refill(time.monotonic())
+        rate = (self._rps or 0.0) + self._ceiling * self._recovery
+        if rate >= self._ceiling:
+            self._degraded = False
+            self._set_rate(self._configured_rps)
+        else:
+            self._set_rate(rate)
+        if self._waiters:
+            self._dispatch()
+
+    # -- internals -------------------------------------------------------
+
+    def _request_capacity(self, rps: float | None) -> float:
+        return 1.0 if rps is None else max(1.0, rps * self._burst)
+
+    def _set_rate(self, rps: float | None) -> None:
+        self._rps = rps
+        self._req_cap = self._request_capacity(rps)
+        self._req_level = min(self._req_level, self._req_cap)
+
+    def _refill(self, now: float) -> None:
+        elapsed = now - self._stamp
+        if elapsed <= 0:
+            return
+        self._stamp = now
+        if self._rps is not None and self._req_level < self._req_cap:
+            self._req_level = min(self._req_cap, self._req_level + elapsed * self._rps)
+        if self._tps is not None and self._tok_level < self._tok_cap:
+            self._tok_level = min(self._tok_cap, self._tok_level + elapsed * self._tps)
+
+    def _wait_for(self, now: float, tokens: int) -> float:
+        """Seconds until a caller wanting ``tokens`` may go (<= 0: now)."""
+        wait = self._paused_until - now
+        if self._rps is not None and self._req_level < 1.0:
+            wait = max(wait, (1.0 - self._req_level) / self._rps)
+        if self._tps is not None:
+            need = min(float(tokens), self._tok_cap)
+            if self._tok_level < need:
+                wait = max(wait, (need - self._tok_level) / self._tps)
+        return wait
+
+    def _take(self, tokens: int) -> None:
+        if self._rps is not None:
+            self._req_level -= 1.0
+        if self._tps is not None:
+            self._tok_level -= tokens
+        if self._configured_rps is None:
+            self._count_grant()
+
+    def _count_grant(self) -> None:
+        self._granted += 1
+        if self._granted & 15 == 1:
+            self._marks.append((time.monotonic(), self._granted))
+
+    def _observed_rate(self, now: float) -> float:
+        """Requests per second granted recently; the base for a derived limit."""
+        for stamp, count in self._marks:
+            if stamp >= now - _OBSERVE_WINDOW:
+                return max(self._min_rps, (self._granted - count + 1) / max(now - stamp, 1.0))
+        return self._min_rps
+
+    def _dispatch(self) -> None:
+        """Grant queued callers in order; arm one timer for the first that must wait."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        now = time.monotonic()
+        self._refill(now)
+        waiters = self._waiters
+        while waiters:
+            head = waiters[0]
+            if head.future.done():
+                waiters.popleft()
+                continue
+            wait = self._wait_for(now, head.tokens)
+            if wait > _EPSILON:
+                if self._loop is not None:
+                    self._timer = self._loop.call_later(wait, self._dispatch)
+                return
+            waiters.popleft()
+            self._take(head.tokens)
+            head.future.set_result(None)
+
+    def _refund(self, tokens: int) -> None:
+        if self._rps is not None:
+            self._req_level = min(self._req_cap, self._req_level + 1.0)
+        self.correct(tokens, 0)
+        if self._waiters:
+            self._dispatch()
+
+    def _withdraw(self, waiter: _Waiter) -> None:
+        was_head = bool(self._waiters) and self._waiters[0] is waiter
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            return
+        if was_head:
+            self._dispatch()
+
+    def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Move to a new event loop, dropping waiters left by a previous one.
+
+        Limiters are used by one loop at a time, so waiters of another loop
+        belong to a loop that is finished; keeping them would block the queue.
+        """
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._waiters.clear()
+        self._loop = loop

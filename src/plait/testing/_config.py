@@ -1,0 +1,96 @@
+"""The simulator's settings, validated once so the hot path can trust them."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+FAULT_KINDS: tuple[str, ...] = ("503", "reset", "malformed", "stall", "429")
+
+ReplyFn = Callable[[dict[str, Any]], str | dict[str, Any] | BaseModel]
+FaultFn = Callable[[int, dict[str, Any]], str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorConfig:
+    """Everything that shapes the simulator's behaviour; see ``Simulator`` for each field.
+
+    Validation happens here, once, so a typo in a benchmark's settings fails at
+    construction rather than as a confusing reply mid-run.
+    """
+
+    port: int = 0
+    latency: float = 0.0
+    latency_jitter: float = 0.0
+    rate_limit: float | None = None
+    rate_window: float = 60.0
+    rate_burst: float | None = None
+    fault_rate: float = 0.0
+    faults: Sequence[str] = FAULT_KINDS
+    stall_seconds: float = 30.0
+    seed: int | None = None
+    fault: FaultFn | None = None
+    reply: ReplyFn | None = None
+    rules: Sequence[tuple[str, str]] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.faults, str):
+            raise TypeError("faults must be a sequence of fault kinds, not a single string")
+        # Frozen, so normalise through object.__setattr__: callers may pass lists.
+        object.__setattr__(self, "faults", tuple(self.faults))
+        object.__setattr__(self, "rules", tuple((str(p), str(r)) for p, r in self.rules))
+        _require(0 <= self.port <= 65535, "port must be between 0 and 65535")
+        _require(_finite(self.latency) and self.latency >= 0, "latency must be >= 0")
+        _require(
+            _finite(self.latency_jitter) and self.latency_jitter >= 0,
+            "latency_jitter must be >= 0",
+        )
+        _require(_finite(self.rate_window) and self.rate_window > 0, "rate_window must be > 0")
+        if self.rate_limit is not None:
+            _require(_finite(self.rate_limit) and self.rate_limit > 0, "rate_limit must be > 0")
+        if self.rate_burst is not None:
+            _require(_finite(self.rate_burst) and self.rate_burst >= 1, "rate_burst must be >= 1")
+        _require(0 <= self.fault_rate <= 1, "fault_rate must be between 0 and 1")
+        _require(bool(self.faults), "faults must name at least one fault kind")
+        for kind in self.faults:
+            check_fault_kind(kind)
+        _require(
+            _finite(self.stall_seconds) and self.stall_seconds >= 0, "stall_seconds must be >= 0"
+        )
+        for pattern, _ in self.rules:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"rules: invalid regex {pattern!r}: {exc}") from exc
+
+    @property
+    def rate_per_second(self) -> float | None:
+        """Token refill rate, or None when no limit is enforced."""
+        return None if self.rate_limit is None else self.rate_limit / self.rate_window
+
+    @property
+    def bucket_capacity(self) -> float:
+        """Burst size: ``rate_burst``, else one second's worth of tokens (at least 1)."""
+        if self.rate_burst is not None:
+            return self.rate_burst
+        return max(1.0, self.rate_per_second or 1.0)
+
+
+def check_fault_kind(kind: str) -> None:
+    """Reject fault names the server does not know how to act out."""
+    if kind not in FAULT_KINDS:
+        raise ValueError(f"unknown fault kind {kind!r}; expected one of {', '.join(FAULT_KINDS)}")
+
+
+def _finite(value: float) -> bool:
+    return math.isfinite(value)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
