@@ -274,13 +274,17 @@ class Module:
         The shape is the number of positional arguments and the keyword names;
         values never matter, which is why one trace serves a whole batch.
         """
-        key = (len(args), tuple(kwargs), _StructureVersion.value)
+        shape = (len(args), tuple(kwargs))
         graphs: dict[tuple[Any, ...], InferenceGraph] = self._plait_graphs
-        graph = graphs.get(key)
+        graph = graphs.get((*shape, _StructureVersion.value))
         if graph is None:
-            if any(cached[2] != key[2] for cached in graphs):
-                graphs.clear()
-            graph = graphs[key] = Tracer().trace(self, *args, **kwargs)
+            graph = Tracer().trace(self, *args, **kwargs)
+            # Keyed by the version after tracing: a forward that builds a
+            # throwaway container bumps the version while it is traced.
+            version = _StructureVersion.value
+            for stale in [key for key in graphs if key[2] != version]:
+                del graphs[stale]
+            graphs[(*shape, version)] = graph
         return graph
 
     def _uses_llm(self) -> bool:

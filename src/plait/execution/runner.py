@@ -27,12 +27,14 @@ from typing import Any, Protocol
 
 from plait.errors import BatchError
 from plait.execution.progress import ProgressReporter
+from plait.execution.record import ForwardRecord
 from plait.execution.resources import ResourceManagerLike, as_resource_manager
 from plait.execution.results import BatchResult
 from plait.execution.scheduler import Scheduler
 from plait.execution.settings import ResolvedSettings, check_setting_names, resolve_settings
-from plait.execution.state import ExecutionState, plan_for
+from plait.execution.state import ExecutionState, GraphPlan, plan_for
 from plait.graph import InferenceGraph
+from plait.values import Value, kind_of
 
 Item = tuple[tuple[Any, ...], dict[str, Any]]
 
@@ -245,6 +247,7 @@ class _Run:
             else as_resource_manager(call.settings.resources)
         )
         self.scheduler: Scheduler | None = None
+        self.training = bool(getattr(call.module, "training", False))
         self.progress = ProgressReporter(self.settings, call.total)
         self.inflight = 0
         self.admitted = 0
@@ -257,6 +260,7 @@ class _Run:
         self._admitting = False
         self._done: asyncio.Future[None] | None = None
         self._checked_plans: set[int] = set()
+        self._plans: dict[tuple[Any, ...], GraphPlan] = {}
 
     @property
     def finished(self) -> bool:
@@ -271,7 +275,9 @@ class _Run:
             on_task_complete=self._guarded(self.settings.on_task_complete),
             on_task_failed=self._guarded(self.settings.on_task_failed),
         )
-        self.scheduler = Scheduler(guarded, self.resources, self._state_done)
+        self.scheduler = Scheduler(
+            guarded, self.resources, self._state_done, record_inputs=self.training
+        )
         items = self.call.items
         if isinstance(items, AsyncIterable):
             self._feeder = asyncio.get_running_loop().create_task(self._feed(items))
@@ -331,8 +337,10 @@ class _Run:
         index = self.admitted
         self.admitted += 1
         try:
-            graph = self.call.module._plait_graph(args, kwargs)
-            plan = plan_for(graph)
+            shape = (len(args), *kwargs)
+            plan = self._plans.get(shape)
+            if plan is None:
+                plan = self._plans[shape] = plan_for(self.call.module._plait_graph(args, kwargs))
             if id(plan) not in self._checked_plans:
                 if plan.aliases and self.resources is not None:
                     self.resources.check_aliases(plan.aliases)
@@ -349,7 +357,10 @@ class _Run:
         error = state.error()
         if error is None:
             try:
-                result = BatchResult(state.index, state.input, state.output())
+                output = state.output()
+                if self.training:
+                    output = _with_record(state, output)
+                result = BatchResult(state.index, state.input, output)
             except Exception as failure:
                 result = BatchResult(state.index, state.input, None, failure)
         else:
@@ -421,6 +432,14 @@ class _Run:
             await self.scheduler.aclose()
         if self._feeder is not None:
             await asyncio.gather(self._feeder, return_exceptions=True)
+
+
+def _with_record(state: ExecutionState, output: Any) -> Value:
+    """Wrap a training-mode output with the record that backward needs."""
+    record = ForwardRecord(state.plan.graph, state.node_inputs or {}, dict(state.results), output)
+    output_ids = state.plan.graph.output_ids
+    ref = output_ids[0] if len(output_ids) == 1 else None
+    return Value(kind_of(output), output, ref, {"record": record})
 
 
 def run(module: Runnable, *args: Any, resources: Any = None, **settings: Any) -> Call:

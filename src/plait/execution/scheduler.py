@@ -49,8 +49,11 @@ class Scheduler:
         settings: ResolvedSettings,
         resources: ResourceManagerLike | None,
         on_state_done: Callable[[ExecutionState], None],
+        *,
+        record_inputs: bool = False,
     ) -> None:
         self.settings = settings
+        self.record_inputs = record_inputs
         self.resources = resources
         self.max_concurrent = settings.max_concurrent
         self._on_state_done = on_state_done
@@ -155,6 +158,10 @@ class Scheduler:
     async def _run_node(self, state: ExecutionState, node_id: str) -> Any:
         node = state.plan.nodes[node_id]
         args, kwargs = state.args_for(node)
+        if self.record_inputs:
+            if state.node_inputs is None:
+                state.node_inputs = {}
+            state.node_inputs[node_id] = (args, kwargs)
         module = node.module
         if node.kind is not NodeKind.LLM:
             result = module.forward(*args, **kwargs)

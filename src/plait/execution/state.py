@@ -108,6 +108,7 @@ class ExecutionState:
         "in_progress",
         "index",
         "input",
+        "node_inputs",
         "outstanding",
         "pending",
         "plan",
@@ -146,6 +147,7 @@ class ExecutionState:
         self.rate_limited: dict[str, int] = {}
         self.outstanding = plan.node_count
         self._stale: dict[str, int] = {}
+        self.node_inputs: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] | None = None
 
     @property
     def completed(self) -> dict[str, Any]:
