@@ -156,6 +156,8 @@ class ModuleDict(Module):
 class ParameterList(Module):
     """A list of Parameters, registered as ``"0"``, ``"1"``, ..."""
 
+    _plait_parameter_container = True
+
     def __init__(self, parameters: Iterable[Parameter] | None = None) -> None:
         super().__init__()
         if parameters is not None:
@@ -185,6 +187,8 @@ class ParameterList(Module):
 
 class ParameterDict(Module):
     """A mapping of names to Parameters, in insertion order."""
+
+    _plait_parameter_container = True
 
     def __init__(self, parameters: Mapping[str, Parameter] | None = None) -> None:
         super().__init__()

@@ -33,8 +33,13 @@ class ResourcesNotBoundError(PlaitError, RuntimeError):
     """An ``LLMInference`` was called with no resources to run against."""
 
 
-class TracingError(PlaitError, TypeError):
-    """Tracing met an operation that needs a value that only exists at run time."""
+class TracingError(PlaitError):
+    """Tracing met an operation that needs a value that only exists at run time.
+
+    Deliberately not a ``TypeError``: ``str.join`` and friends replace a
+    ``TypeError`` raised inside them with their own message, which would hide
+    the advice this error carries.
+    """
 
 
 class ExecutionError(PlaitError, RuntimeError):

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from plait.parameter import Parameter
 from plait.tracing.context import current_tracer
 from plait.tracing.ops import Concat, Format, Op, ParseStructured, Render, Select
 from plait.values import Value
@@ -36,14 +37,20 @@ def concat(*parts: Any, sep: str = "") -> Any:
     return _apply(Concat(sep), "concat", parts, {})
 
 
-def format(template: str, *args: Any, **kwargs: Any) -> Any:
-    """``template.format(...)`` with the texts of the arguments."""
-    return _apply(Format(template), "format", args, kwargs)
+def format(template: str | Parameter, *args: Any, **kwargs: Any) -> Any:
+    """``template.format(...)`` with the texts of the arguments.
+
+    A Parameter template is read when the op runs, so an optimizer may rewrite it.
+    """
+    return _apply(Format(), "format", (template, *args), kwargs)
 
 
-def render(template: str, **values: Any) -> Any:
-    """Fill ``{name}`` fields, leaving other braces (JSON examples) untouched."""
-    return _apply(Render(template), "render", (), values)
+def render(template: str | Parameter, **values: Any) -> Any:
+    """Fill ``{name}`` fields, leaving other braces (JSON examples) untouched.
+
+    A Parameter template is read when the op runs, so an optimizer may rewrite it.
+    """
+    return _apply(Render(), "render", (template,), values)
 
 
 def parse_structured(text: Any, model: type[BaseModel] | None = None) -> Value | Any:

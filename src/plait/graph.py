@@ -78,6 +78,10 @@ class GraphNode:
         return f"{self.id}: {type(self.module).__name__}"
 
 
+_DEFAULT_OUTPUT: Any = object()
+"""Marks "no output structure given", so a forward that returns None keeps None."""
+
+
 class InferenceGraph:
     """A DAG of :class:`GraphNode` plus where its inputs enter and its output leaves.
 
@@ -91,13 +95,13 @@ class InferenceGraph:
         input_ids: Iterable[str],
         output_ids: Iterable[str],
         parameters: Mapping[str, Parameter] | None = None,
-        output: Any = None,
+        output: Any = _DEFAULT_OUTPUT,
     ) -> None:
         self.nodes: dict[str, GraphNode] = dict(nodes)
         self.input_ids: list[str] = list(input_ids)
         self.output_ids: list[str] = list(output_ids)
         self.parameters: dict[str, Parameter] = dict(parameters or {})
-        self.output: Any = output if output is not None else _default_output(self.output_ids)
+        self.output: Any = _default_output(self.output_ids) if output is _DEFAULT_OUTPUT else output
         self._order: list[str] | None = None
 
     def __repr__(self) -> str:

@@ -42,6 +42,7 @@ class Module:
     """Base class of every plait pipeline component; subclasses define ``forward``."""
 
     _plait_node_kind = NodeKind.OP
+    _plait_parameter_container = False
     training: bool
     _modules: dict[str, Module]
     _parameters: dict[str, Parameter]
@@ -222,8 +223,6 @@ class Module:
         from plait.execution.settings import check_setting_names
 
         check_setting_names(settings, where=f"{type(self).__name__}.bind()")
-        if "resources" in settings:
-            raise ConfigError("bind() takes resources as its first argument, not as a setting")
         if resources is not None:
             resources = as_resource_manager(resources)
         object.__setattr__(self, "_bound_resources", resources)
@@ -266,7 +265,9 @@ class Module:
         return run_blocking(self._call(args, kwargs))
 
     def _plait_is_leaf(self) -> bool:
-        return not self._modules
+        # Parameter containers hold prompts, not calls, so they do not make a
+        # module composite.
+        return all(child._plait_parameter_container for child in self._modules.values())
 
     def _plait_graph(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> InferenceGraph:
         """The graph for calls of this shape, traced once and reused.

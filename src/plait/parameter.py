@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from plait.errors import ConfigError
+from plait.errors import ConfigError, TracingError
 from plait.tracing.context import current_tracer
 
 
@@ -64,6 +64,12 @@ class Parameter:
         return self.value
 
     def __format__(self, spec: str) -> str:
+        if spec and current_tracer() is not None:
+            raise TracingError(
+                f"a format spec ({spec!r}) on a Parameter inside a traced forward would "
+                "apply to a placeholder, not to the value read at run time; use {param} "
+                "without a spec, or format the value in a Module without child modules"
+            )
         return format(str(self), spec)
 
     def __add__(self, other: Any) -> str:

@@ -69,20 +69,21 @@ class Concat(Op):
 
 
 class Format(Op):
-    """``template.format(*args, **kwargs)`` on real values."""
+    """``template.format(*args, **kwargs)`` on real values.
 
-    def __init__(self, template: str) -> None:
-        self.template = template
+    The template is ``forward``'s first argument rather than a field of the op,
+    so a Parameter or a composed string used as the template is resolved at run
+    time like any other argument (its current value, never a trace token).
+    """
 
-    def forward(self, *args: Any, **kwargs: Any) -> str:
+    def forward(self, template: Any, /, *args: Any, **kwargs: Any) -> str:
+        text = to_text(payload_of(template))
         texts = [to_text(payload_of(arg)) for arg in args]
         named = {key: to_text(payload_of(arg)) for key, arg in kwargs.items()}
         try:
-            return self.template.format(*texts, **named)
+            return text.format(*texts, **named)
         except (KeyError, IndexError) as error:
-            raise ExecutionError(
-                f"template {self.template!r} needs {error}, which was not given"
-            ) from error
+            raise ExecutionError(f"template {text!r} needs {error}, which was not given") from error
 
 
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -92,18 +93,16 @@ class Render(Op):
     """Fill ``{name}`` fields of a template and leave every other brace alone.
 
     Unlike ``str.format`` this is safe for templates that contain JSON examples,
-    which prompts often do.
+    which prompts often do. As with :class:`Format`, the template is an argument.
     """
 
-    def __init__(self, template: str) -> None:
-        self.template = template
-        self.fields = tuple(dict.fromkeys(_FIELD.findall(template)))
-
-    def forward(self, **values: Any) -> str:
-        missing = [name for name in self.fields if name not in values]
+    def forward(self, template: Any, /, **values: Any) -> str:
+        text = to_text(payload_of(template))
+        fields = dict.fromkeys(_FIELD.findall(text))
+        missing = [name for name in fields if name not in values]
         if missing:
-            raise ExecutionError(f"template {self.template!r} needs values for {missing}")
-        return _FIELD.sub(lambda match: to_text(payload_of(values[match.group(1)])), self.template)
+            raise ExecutionError(f"template {text!r} needs values for {missing}")
+        return _FIELD.sub(lambda match: to_text(payload_of(values[match.group(1)])), text)
 
 
 class ParseStructured(Op):

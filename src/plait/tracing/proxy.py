@@ -18,6 +18,7 @@ import re
 from typing import TYPE_CHECKING, Any, NoReturn, SupportsIndex
 
 from plait.errors import TracingError
+from plait.tracing.ops import Select
 
 if TYPE_CHECKING:
     from plait.tracing.tracer import Tracer
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
 TOKEN_OPEN = "\ue000"
 TOKEN_CLOSE = "\ue001"
 TOKEN_PATTERN = re.compile(f"{TOKEN_OPEN}([np]):([^{TOKEN_CLOSE}]+){TOKEN_CLOSE}")
+
+
+REPR_PREFIX = "<traced output of "
+"""Start of a proxy's repr; the tracer rejects strings containing it, because a
+repr embedded in a prompt (``{out!r}``, ``%r``) would reach the model as is."""
 
 
 def node_token(node_id: str) -> str:
@@ -67,13 +73,18 @@ class Proxy(str):
     def __getitem__(self, key: SupportsIndex | slice | str) -> Any:
         if isinstance(key, slice):
             self._refuse("Slicing")
+        if isinstance(key, str) and str.__contains__(key, TOKEN_OPEN):
+            self._refuse("Indexing with another traced value")
         return self._plait_tracer.select(self, key, attribute=False)
 
     def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise TracingError(
-            f"Calling a method of the traced output of '{self._plait_ref}' (for example "
-            f".strip() or .split()) needs its text. {_ADVICE}"
-        )
+        # ``out.strip`` already recorded a selection of "strip"; name the real source.
+        node = self._plait_tracer.nodes.get(self._plait_ref)
+        if node is not None and isinstance(node.module, Select) and node.dependencies:
+            what = f"Calling .{node.module.key}() on the traced output of '{node.dependencies[0]}'"
+        else:
+            what = f"Calling the traced output of '{self._plait_ref}'"
+        raise TracingError(f"{what} needs its text. {_ADVICE}")
 
     def __format__(self, spec: str) -> str:
         if spec:
@@ -84,7 +95,7 @@ class Proxy(str):
         return str.__str__(self)
 
     def __repr__(self) -> str:
-        return f"<traced output of {self._plait_ref!r}>"
+        return f"{REPR_PREFIX}{self._plait_ref!r}>"
 
     def __bool__(self) -> bool:
         self._refuse("A truth test (if/while/and/or)")

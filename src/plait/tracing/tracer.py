@@ -16,7 +16,17 @@ from plait.errors import TracingError
 from plait.graph import GraphNode, InferenceGraph, NodeKind, NodeRef, ParamRef, Template
 from plait.tracing.context import tracing
 from plait.tracing.ops import Select
-from plait.tracing.proxy import TOKEN_OPEN, TOKEN_PATTERN, Proxy, param_token
+from plait.tracing.proxy import (
+    REPR_PREFIX,
+    TOKEN_CLOSE,
+    TOKEN_OPEN,
+    TOKEN_PATTERN,
+    Proxy,
+    param_token,
+)
+
+_ESCAPED_TOKENS = ("\\ue000", "\\uE000")
+"""How ``json.dumps`` (ASCII mode) and similar escape the token delimiter."""
 
 
 class Traceable(Protocol):
@@ -116,10 +126,19 @@ class Tracer:
         """The token a Parameter renders as inside strings built while tracing."""
         key = self._param_keys.get(id(param))
         if key is None:
-            key = f"param{len(self._param_keys)}"
+            key = self._free_param_key()
             self._param_keys[id(param)] = key
         self._params[key] = param
         return param_token(key)
+
+    def _free_param_key(self) -> str:
+        """A key for a Parameter the module does not own (a global, say) that
+        cannot collide with the dotted name of one it does own."""
+        taken = set(self._param_keys.values())
+        index = len(taken)
+        while f"param{index}" in taken:
+            index += 1
+        return f"param{index}"
 
     def _input(self, node_id: str, input_ids: list[str]) -> Proxy:
         self.nodes[node_id] = GraphNode(
@@ -162,7 +181,24 @@ class Tracer:
             refs.append(ref)
             return NodeRef(ref)
         if isinstance(obj, str):
-            return self._template(obj, refs, params) if TOKEN_OPEN in obj else obj
+            if REPR_PREFIX in obj:
+                raise TracingError(
+                    "A string built while tracing contains the repr() of a traced output "
+                    "(from {out!r}, %r or repr(out)), so the model would receive "
+                    "'<traced output of ...>' instead of the text. Embed the output itself "
+                    "with {out}, %s or +."
+                )
+            if any(escaped in obj for escaped in _ESCAPED_TOKENS):
+                raise TracingError(
+                    "A string built while tracing contains an escaped traced value "
+                    "(json.dumps and similar escape its placeholder), so the model would "
+                    "receive the placeholder instead of the text. Build JSON prompts with "
+                    "F.render, or in a custom Module without child modules, whose forward "
+                    "runs on real values."
+                )
+            if TOKEN_OPEN in obj or TOKEN_CLOSE in obj:
+                return self._template(obj, refs, params)
+            return obj
         if getattr(type(obj), "_plait_parameter", False):
             self.param_token(obj)
             params.append(obj)
@@ -180,7 +216,7 @@ class Tracer:
         position = 0
         for match in TOKEN_PATTERN.finditer(text):
             if match.start() > position:
-                parts.append(text[position : match.start()])
+                parts.append(self._literal(text[position : match.start()]))
             kind, key = match.group(1), match.group(2)
             if kind == "n":
                 refs.append(key)
@@ -191,8 +227,21 @@ class Tracer:
                 parts.append(ParamRef(param))
             position = match.end()
         if position < len(text):
-            parts.append(text[position:])
+            parts.append(self._literal(text[position:]))
         return Template(tuple(parts))
+
+    @staticmethod
+    def _literal(text: str) -> str:
+        """Literal text of a template; a leftover token fragment means a broken placeholder."""
+        if TOKEN_OPEN in text or TOKEN_CLOSE in text:
+            raise TracingError(
+                "A string built while tracing contains a traced value that was changed by a "
+                "string function (for example str.upper(out) or textwrap.shorten), so it "
+                "can no longer be filled in with the real text. Embed traced values unchanged "
+                "({out}, %s, +, join) and transform the text in a custom Module without child "
+                "modules, whose forward runs on real values."
+            )
+        return text
 
 
 def trace(module: Traceable, *args: Any, **kwargs: Any) -> InferenceGraph:
