@@ -1,0 +1,264 @@
+"""The ``plait`` command: batch jobs over JSONL, graph rendering, the simulator.
+
+``plait run`` is for the job that has to finish even if the machine does not:
+results are appended to the output file as each input finishes, so a rerun
+after a crash reads what is already there and runs only the rest. Bad input
+lines and failed inputs are recorded per line; they never stop the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from plait.errors import PlaitError
+
+EXIT_OK = 0
+EXIT_FAILED_LINES = 1
+EXIT_USAGE = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "simulate":
+        from plait.testing.__main__ import main as simulate
+
+        return simulate(args[1:])
+    parser = _parser()
+    options = parser.parse_args(args)
+    try:
+        if options.command == "graph":
+            return _graph(options)
+        return _run(options)
+    except PlaitError as error:
+        print(f"plait: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="plait", description="Run plait pipelines from the command line."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a module over every line of a JSONL file")
+    run.add_argument("target", help="the module, as package.module:factory (or :instance)")
+    run.add_argument("--input", required=True, type=Path, help="JSONL file, one input per line")
+    run.add_argument("--output", required=True, type=Path, help="JSONL file results go to")
+    run.add_argument("--errors", type=Path, help="write failed lines here instead of --output")
+    run.add_argument("--resources", type=Path, help="resource config (.yaml, .json or .toml)")
+    run.add_argument("--max-concurrent", type=_positive_int, help="engine-wide concurrency cap")
+    run.add_argument("--max-retries", type=_non_negative_int, help="retries per failed call")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    graph = commands.add_parser("graph", help="print a module's graph")
+    graph.add_argument("target", help="the module, as package.module:factory (or :instance)")
+    graph.add_argument("--format", choices=("dot", "mermaid"), default="mermaid")
+    graph.add_argument(
+        "--args", type=int, default=1, help="number of positional inputs forward() takes"
+    )
+
+    commands.add_parser("simulate", help="serve the OpenAI-compatible simulator (see --help)")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def load_target(target: str) -> Any:
+    """Import ``package.module:name`` and return the Module it names or builds."""
+    from plait.module import Module
+
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise PlaitError(f"target {target!r} must look like package.module:factory")
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        imported = importlib.import_module(module_name)
+    except ImportError as error:
+        raise PlaitError(f"cannot import {module_name!r}: {error}") from error
+    finally:
+        sys.path.pop(0)
+    try:
+        found = getattr(imported, attribute)
+    except AttributeError as error:
+        raise PlaitError(f"{module_name!r} has no attribute {attribute!r}") from error
+    if not isinstance(found, Module) and callable(found):
+        found = found()
+    if not isinstance(found, Module):
+        raise PlaitError(f"{target!r} gave a {type(found).__name__}, not a plait Module")
+    return found
+
+
+def _graph(options: argparse.Namespace) -> int:
+    from plait.tracing import trace
+
+    module = load_target(options.target)
+    graph = trace(module, *(f"input{index}" for index in range(options.args)))
+    print(graph.to_dot() if options.format == "dot" else graph.to_mermaid())
+    return EXIT_OK
+
+
+def _done_lines(*paths: Path | None) -> set[int]:
+    """Line numbers already recorded by an earlier run of the same job."""
+    done: set[int] = set()
+    for path in paths:
+        if path is None or not path.exists():
+            continue
+        with path.open() as existing:
+            for text in existing:
+                try:
+                    done.add(int(json.loads(text)["line"]))
+                except (ValueError, KeyError, TypeError):
+                    continue
+    return done
+
+
+def _read_inputs(path: Path, skip: set[int], bad: list[tuple[int, str]]) -> Iterator[Any]:
+    """Yield ``(line_number, value)`` for lines still to run; collect unreadable ones."""
+    with path.open() as source:
+        for number, text in enumerate(source, start=1):
+            if number in skip or not text.strip():
+                continue
+            try:
+                yield number, json.loads(text)
+            except json.JSONDecodeError as error:
+                bad.append((number, f"line {number} is not valid JSON: {error.msg}"))
+
+
+def _as_call(value: Any) -> tuple[Any, ...] | dict[str, Any]:
+    """A JSON object is keyword arguments, an array positional ones, anything else one input."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, list):
+        return tuple(value)
+    return (value,)
+
+
+def _run(options: argparse.Namespace) -> int:
+    if not options.input.exists():
+        raise PlaitError(f"input file {options.input} does not exist")
+    module = load_target(options.target)
+    settings: dict[str, Any] = {"streaming": True, "progress": not options.no_progress}
+    if options.max_concurrent is not None:
+        settings["max_concurrent"] = options.max_concurrent
+    if options.max_retries is not None:
+        settings["max_task_retries"] = options.max_retries
+    resources = module._bound_resources
+    if options.resources is not None:
+        from plait.resources import ResourceConfig, ResourceManager
+
+        resources = settings["resources"] = ResourceManager(
+            ResourceConfig.from_file(options.resources)
+        )
+    elif resources is None and module._uses_llm():
+        raise PlaitError(
+            f"{options.target} makes LLM calls but has no resources: pass --resources FILE "
+            "or bind them in the factory"
+        )
+
+    done = _done_lines(options.output, options.errors)
+    bad: list[tuple[int, str]] = []
+    pending = list(_read_inputs(options.input, done, bad))
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    errors_file = (
+        _open_append(options.errors) if options.errors is not None else contextlib.nullcontext()
+    )
+    with _open_append(options.output) as output, errors_file as errors:
+        sink = errors or output
+        for number, message in bad:
+            _write(sink, {"line": number, "error": message})
+        failed = len(bad)
+        if pending:
+            failed += asyncio.run(_drive(module, pending, settings, resources, output, sink))
+    print(
+        f"plait: {len(pending) - (failed - len(bad))} lines done, {failed} failed, "
+        f"{len(done)} already done by an earlier run",
+        file=sys.stderr,
+    )
+    if resources is not None and hasattr(resources, "usage"):
+        from plait.resources import format_usage
+
+        print(format_usage(resources.usage()), file=sys.stderr)
+    return EXIT_FAILED_LINES if failed else EXIT_OK
+
+
+async def _drive(
+    module: Any,
+    pending: list[tuple[int, Any]],
+    settings: dict[str, Any],
+    resources: Any,
+    output: TextIO,
+    sink: TextIO,
+) -> int:
+    """Stream results to the files as they finish; returns how many inputs failed."""
+    failed = 0
+    try:
+        async for result in module.batch([_as_call(value) for _, value in pending], **settings):
+            number = pending[result.index][0]
+            if result.ok:
+                _write(output, {"line": number, "output": to_jsonable(result.output)})
+            else:
+                failed += 1
+                _write(
+                    sink,
+                    {"line": number, "error": f"{type(result.error).__name__}: {result.error}"},
+                )
+    finally:
+        close = getattr(resources, "aclose", None)
+        if close is not None:
+            await close()
+    return failed
+
+
+def to_jsonable(value: Any) -> Any:
+    """Outputs as JSON data: pydantic models as their fields, Values as payloads."""
+    from pydantic import BaseModel
+
+    from plait.values import Value
+
+    if isinstance(value, Value):
+        return to_jsonable(value.payload)
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list | tuple):
+        return [to_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): to_jsonable(item) for key, item in value.items()}
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def _write(stream: TextIO, record: dict[str, Any]) -> None:
+    stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+    stream.flush()
+
+
+@contextlib.contextmanager
+def _open_append(path: Path) -> Iterator[TextIO]:
+    """Open for appending after dropping a partial last line a crash may have left."""
+    if path.exists():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            path.write_bytes(data[: data.rfind(b"\n") + 1])
+    with path.open("a") as stream:
+        yield stream

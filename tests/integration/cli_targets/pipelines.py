@@ -1,0 +1,28 @@
+"""Modules the CLI tests load by ``package.module:factory``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from plait import LLMInference, Module
+
+
+class Rewrite(Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.draft = LLMInference("fast")
+        self.polish = LLMInference("fast")
+
+    def forward(self, text: str) -> Any:
+        return self.polish(f"Polish: {self.draft(text)}")
+
+
+def build() -> Rewrite:
+    return Rewrite()
+
+
+def single() -> LLMInference:
+    return LLMInference("fast")
+
+
+NOT_A_MODULE = 42

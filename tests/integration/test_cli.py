@@ -1,0 +1,175 @@
+"""The ``plait`` console script, driven in a subprocess against the simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plait.testing import Simulator
+
+HERE = Path(__file__).parent
+PLAIT = [sys.executable, "-c", "import sys; from plait.cli import main; sys.exit(main())"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    return env
+
+
+def plait(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PLAIT, *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    with Simulator(latency=0.05) as server:
+        yield server
+
+
+def _resources(tmp_path: Path, base_url: str, max_concurrent: int = 8) -> Path:
+    path = tmp_path / "resources.yaml"
+    path.write_text(
+        f"fast:\n  model: sim\n  base_url: {base_url}\n  max_concurrent: {max_concurrent}\n"
+    )
+    return path
+
+
+def _inputs(tmp_path: Path, count: int) -> Path:
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(f"item {index}") + "\n" for index in range(count)))
+    return path
+
+
+def _records(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_run_writes_every_line_with_its_output(tmp_path: Path, sim: Simulator) -> None:
+    inputs = _inputs(tmp_path, 20)
+    resources = _resources(tmp_path, sim.base_url)
+    done = plait(
+        "run", "cli_targets.pipelines:build", "--input", str(inputs), "--output",
+        str(tmp_path / "out.jsonl"), "--resources", str(resources), "--no-progress",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    records = {record["line"]: record for record in _records(tmp_path / "out.jsonl")}
+    assert sorted(records) == list(range(1, 21))
+    assert records[4]["output"] == "ECHO: Polish: ECHO: item 3"
+    assert "requests" in done.stderr  # the usage summary
+    assert sim.stats().completed == 40
+
+
+def test_bad_lines_are_recorded_and_the_job_goes_on(tmp_path: Path, sim: Simulator) -> None:
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('"fine"\n{not json\n"also fine"\n')
+    errors = tmp_path / "errors.jsonl"
+    done = plait(
+        "run", "cli_targets.pipelines:single", "--input", str(inputs), "--output",
+        str(tmp_path / "out.jsonl"), "--errors", str(errors), "--resources",
+        str(_resources(tmp_path, sim.base_url)), "--no-progress", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert [record["line"] for record in _records(tmp_path / "out.jsonl")] == [1, 3]
+    (bad,) = _records(errors)
+    assert bad["line"] == 2
+    assert "not valid JSON" in str(bad["error"])
+
+
+def test_killed_run_resumes_without_repeating_a_line(tmp_path: Path) -> None:
+    inputs = _inputs(tmp_path, 100)
+    output = tmp_path / "out.jsonl"
+    with Simulator.spawn(latency=0.1) as server:
+        resources = _resources(tmp_path, server.base_url, max_concurrent=4)
+        args = [
+            *PLAIT, "run", "cli_targets.pipelines:single", "--input", str(inputs),
+            "--output", str(output), "--resources", str(resources), "--no-progress",
+        ]  # fmt: skip
+        child = subprocess.Popen(args, cwd=tmp_path, env=_env(), stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if output.exists() and len(output.read_text().splitlines()) >= 30:
+                break
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        first = len(_records(output))
+        assert 30 <= first < 100
+        finished = plait(*args[len(PLAIT) :], cwd=tmp_path)
+        assert finished.returncode == 0, finished.stderr
+        sent = server.stats().requests
+    lines = [record["line"] for record in _records(output)]
+    assert sorted(lines) == list(range(1, 101))  # every line once, none twice
+    assert f"{first} already done" in finished.stderr
+    assert sent <= 100 + 4  # at most what was in flight at the kill ran twice
+
+
+def test_graph_prints_mermaid_and_dot(tmp_path: Path) -> None:
+    mermaid = plait("graph", "cli_targets.pipelines:build", cwd=tmp_path)
+    assert mermaid.returncode == 0, mermaid.stderr
+    assert mermaid.stdout.startswith("flowchart TD")
+    assert "draft" in mermaid.stdout
+    assert "polish" in mermaid.stdout
+    dot = plait("graph", "cli_targets.pipelines:build", "--format", "dot", cwd=tmp_path)
+    assert '"draft" -> "polish";' in dot.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["graph", "cli_targets.pipelines"], "package.module:factory"),
+        (["graph", "cli_targets.missing:build"], "cannot import"),
+        (["graph", "cli_targets.pipelines:nothing"], "no attribute"),
+        (["graph", "cli_targets.pipelines:NOT_A_MODULE"], "not a plait Module"),
+        (["run", "cli_targets.pipelines:build", "--input", "nope.jsonl", "--output", "o"],
+         "does not exist"),
+        (["run", "cli_targets.pipelines:build", "--output", "o"], "--input"),
+        (["run", "x:y", "--input", "a", "--output", "b", "--max-concurrent", "0"],
+         "at least 1"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_exit_2_with_a_clear_message(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    done = plait(*args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+def test_run_without_resources_says_how_to_give_them(tmp_path: Path) -> None:
+    done = plait(
+        "run", "cli_targets.pipelines:build", "--input", str(_inputs(tmp_path, 1)),
+        "--output", str(tmp_path / "out.jsonl"), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--resources" in done.stderr
+
+
+def test_simulate_serves_until_terminated(tmp_path: Path) -> None:
+    child = subprocess.Popen(
+        [*PLAIT, "simulate", "--port", "0", "--latency", "0"],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        base_url = child.stdout.readline().strip()
+        assert base_url.startswith("http://127.0.0.1:")
+        import urllib.request
+
+        with urllib.request.urlopen(f"{base_url}/models", timeout=5) as reply:
+            assert reply.status == 200
+    finally:
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=10) == 0
