@@ -3,6 +3,8 @@
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN := $(UV) run --quiet
+# The integration suite includes the Ray Data tests, so it needs the ray extra.
+RUN_WITH_RAY := $(UV) run --quiet --extra ray
 
 .PHONY: run test test-unit test-integration test-all lint typecheck bench uv
 
@@ -13,16 +15,16 @@ run: uv
 	$(RUN) python main.py
 
 test: uv
-	$(RUN) pytest -q tests/unit tests/integration
+	$(RUN_WITH_RAY) pytest -q tests/unit tests/integration
 
 test-unit: uv
 	$(RUN) pytest -q tests/unit
 
 test-integration: uv
-	$(RUN) pytest -q tests/integration
+	$(RUN_WITH_RAY) pytest -q tests/integration
 
 test-all: uv
-	$(RUN) pytest -q tests -m ''
+	$(RUN_WITH_RAY) pytest -q tests -m ''
 
 lint: uv
 	$(RUN) ruff check src tests benchmarks examples main.py

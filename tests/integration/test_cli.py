@@ -59,7 +59,7 @@ def test_run_writes_every_line_with_its_output(tmp_path: Path, sim: Simulator) -
     inputs = _inputs(tmp_path, 20)
     resources = _resources(tmp_path, sim.base_url)
     done = plait(
-        "run", "cli_targets.pipelines:build", "--input", str(inputs), "--output",
+        "run", "sample_pipelines.pipelines:build", "--input", str(inputs), "--output",
         str(tmp_path / "out.jsonl"), "--resources", str(resources), "--no-progress",
         cwd=tmp_path,
     )  # fmt: skip
@@ -76,7 +76,7 @@ def test_bad_lines_are_recorded_and_the_job_goes_on(tmp_path: Path, sim: Simulat
     inputs.write_text('"fine"\n{not json\n"also fine"\n')
     errors = tmp_path / "errors.jsonl"
     done = plait(
-        "run", "cli_targets.pipelines:single", "--input", str(inputs), "--output",
+        "run", "sample_pipelines.pipelines:single", "--input", str(inputs), "--output",
         str(tmp_path / "out.jsonl"), "--errors", str(errors), "--resources",
         str(_resources(tmp_path, sim.base_url)), "--no-progress", cwd=tmp_path,
     )  # fmt: skip
@@ -93,7 +93,7 @@ def test_killed_run_resumes_without_repeating_a_line(tmp_path: Path) -> None:
     with Simulator.spawn(latency=0.1) as server:
         resources = _resources(tmp_path, server.base_url, max_concurrent=4)
         args = [
-            *PLAIT, "run", "cli_targets.pipelines:single", "--input", str(inputs),
+            *PLAIT, "run", "sample_pipelines.pipelines:single", "--input", str(inputs),
             "--output", str(output), "--resources", str(resources), "--no-progress",
         ]  # fmt: skip
         child = subprocess.Popen(args, cwd=tmp_path, env=_env(), stderr=subprocess.DEVNULL)
@@ -116,25 +116,25 @@ def test_killed_run_resumes_without_repeating_a_line(tmp_path: Path) -> None:
 
 
 def test_graph_prints_mermaid_and_dot(tmp_path: Path) -> None:
-    mermaid = plait("graph", "cli_targets.pipelines:build", cwd=tmp_path)
+    mermaid = plait("graph", "sample_pipelines.pipelines:build", cwd=tmp_path)
     assert mermaid.returncode == 0, mermaid.stderr
     assert mermaid.stdout.startswith("flowchart TD")
     assert "draft" in mermaid.stdout
     assert "polish" in mermaid.stdout
-    dot = plait("graph", "cli_targets.pipelines:build", "--format", "dot", cwd=tmp_path)
+    dot = plait("graph", "sample_pipelines.pipelines:build", "--format", "dot", cwd=tmp_path)
     assert '"draft" -> "polish";' in dot.stdout
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["graph", "cli_targets.pipelines"], "package.module:factory"),
-        (["graph", "cli_targets.missing:build"], "cannot import"),
-        (["graph", "cli_targets.pipelines:nothing"], "no attribute"),
-        (["graph", "cli_targets.pipelines:NOT_A_MODULE"], "not a plait Module"),
-        (["run", "cli_targets.pipelines:build", "--input", "nope.jsonl", "--output", "o"],
+        (["graph", "sample_pipelines.pipelines"], "package.module:factory"),
+        (["graph", "sample_pipelines.missing:build"], "cannot import"),
+        (["graph", "sample_pipelines.pipelines:nothing"], "no attribute"),
+        (["graph", "sample_pipelines.pipelines:NOT_A_MODULE"], "not a plait Module"),
+        (["run", "sample_pipelines.pipelines:build", "--input", "nope.jsonl", "--output", "o"],
          "does not exist"),
-        (["run", "cli_targets.pipelines:build", "--output", "o"], "--input"),
+        (["run", "sample_pipelines.pipelines:build", "--output", "o"], "--input"),
         (["run", "x:y", "--input", "a", "--output", "b", "--max-concurrent", "0"],
          "at least 1"),
         (["frobnicate"], "invalid choice"),
@@ -150,7 +150,7 @@ def test_bad_arguments_exit_2_with_a_clear_message(
 
 def test_run_without_resources_says_how_to_give_them(tmp_path: Path) -> None:
     done = plait(
-        "run", "cli_targets.pipelines:build", "--input", str(_inputs(tmp_path, 1)),
+        "run", "sample_pipelines.pipelines:build", "--input", str(_inputs(tmp_path, 1)),
         "--output", str(tmp_path / "out.jsonl"), cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 2

@@ -25,4 +25,27 @@ def single() -> LLMInference:
     return LLMInference("fast")
 
 
+class Refuse(Module):
+    """Fails on the input "boom", to show per-row errors."""
+
+    def forward(self, text: str) -> str:
+        if text == "boom":
+            raise ValueError("refusing to process 'boom'")
+        return text
+
+
+class Guarded(Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.check = Refuse()
+        self.answer = LLMInference("fast")
+
+    def forward(self, text: str) -> Any:
+        return self.answer(self.check(text))
+
+
+def guarded() -> Guarded:
+    return Guarded()
+
+
 NOT_A_MODULE = 42
