@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from plait.resources import RateLimiter
+from plait.resources import RateLimiter, rate_limit
 
 
 async def timed_acquires(limiter: RateLimiter, count: int, tokens: int = 0) -> float:
@@ -165,12 +165,32 @@ async def test_429_without_retry_after_backs_off_exponentially() -> None:
     assert limiter.paused_for <= 0.1
 
 
-async def test_rate_is_cut_on_429_and_recovers_with_successes() -> None:
+class FakeClock:
+    """Stands in for the ``time`` module inside rate_limit, so tests can step time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(rate_limit, "time", fake)
+    return fake
+
+
+def test_rate_is_cut_on_429_and_recovers_with_successes(clock: FakeClock) -> None:
     limiter = RateLimiter(600, None, recovery=0.1)
     limiter.on_rate_limited(0.0)
     assert limiter.requests_per_minute == pytest.approx(300)
     limiter.on_rate_limited(0.0)  # same burst of 429s: no second cut
     assert limiter.requests_per_minute == pytest.approx(300)
+    limiter.on_success()  # a reply to a call sent before the cut: no recovery yet
+    assert limiter.requests_per_minute == pytest.approx(300)
+    clock.now += 1.5
     rates: list[float] = []
     for _ in range(10):
         limiter.on_success()
@@ -197,22 +217,35 @@ def test_rate_cut_stops_at_the_floor() -> None:
     assert limiter.requests_per_minute == pytest.approx(8)
 
 
-async def test_unlimited_limiter_derives_a_rate_from_traffic() -> None:
+async def test_unlimited_limiter_derives_a_rate_from_traffic(clock: FakeClock) -> None:
     limiter = RateLimiter(None, None, recovery=0.25)
     for _ in range(100):
         await limiter.acquire()
+    clock.now += 0.5
     limiter.on_rate_limited(0.0)
     derived = limiter.requests_per_minute
     assert derived is not None
-    # ~100 requests within the last second: cut to about half, not to the floor.
-    assert derived == pytest.approx(3000, rel=0.1)
+    # 100 requests in the last half second: 200/s observed, cut to half.
+    assert derived == pytest.approx(100 / 0.5 * 60 / 2, rel=0.1)
     assert limiter.try_acquire()
     assert not limiter.try_acquire()  # now paced
+    clock.now += 1.5
     limiter.on_success()
     assert limiter.requests_per_minute == pytest.approx(derived * 1.5)
     limiter.on_success()
     assert limiter.requests_per_minute is None  # back to unlimited
     assert await timed_acquires(limiter, 100) < 0.5
+
+
+def test_an_early_429_does_not_derive_a_crawling_rate(clock: FakeClock) -> None:
+    limiter = RateLimiter(None, None)
+    for _ in range(4):
+        assert limiter.try_acquire()
+    clock.now += 0.002
+    limiter.on_rate_limited(0.0)
+    derived = limiter.requests_per_minute
+    assert derived is not None
+    assert derived >= 100 * 60  # four calls in 2 ms is fast traffic, not 4 per second
 
 
 def test_works_across_successive_event_loops() -> None:

@@ -226,8 +226,9 @@ async def test_429_pauses_the_endpoint_and_cuts_its_rate() -> None:
     start = loop.time()
     await asyncio.wait_for(manager.complete("fast", request()), timeout=2)
     assert loop.time() - start >= 0.25  # waited out the server's Retry-After
-    assert limiter.requests_per_minute is not None
-    assert limiter.requests_per_minute > 3000  # recovering
+    # Replies within a second of the cut do not lift it: they may answer calls
+    # sent before the server said slow down.
+    assert limiter.requests_per_minute == pytest.approx(3000)
 
 
 async def test_token_rate_limit_is_settled_with_real_usage() -> None:

@@ -245,7 +245,12 @@ class RateLimiter:
         self._strikes = 0
         if not self._degraded:
             return
-        self._refill(time.monotonic())
+        now = time.monotonic()
+        if now < self._cut_guard_until:
+            # Replies to calls sent before the cut say nothing about the new
+            # rate; recovering on them would release the whole queue at once.
+            return
+        self._refill(now)
         rate = (self._rps or 0.0) + self._ceiling * self._recovery
         if rate >= self._ceiling:
             self._degraded = False
@@ -303,7 +308,9 @@ class RateLimiter:
         """Requests per second granted recently; the base for a derived limit."""
         for stamp, count in self._marks:
             if stamp >= now - _OBSERVE_WINDOW:
-                return max(self._min_rps, (self._granted - count + 1) / max(now - stamp, 1.0))
+                # A small floor, not a whole second: a rate derived from the
+                # first milliseconds of traffic must not come out far too low.
+                return max(self._min_rps, (self._granted - count + 1) / max(now - stamp, 0.01))
         return self._min_rps
 
     def _dispatch(self) -> None:
