@@ -12,7 +12,7 @@ is plain Python and simply runs ``forward``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -21,7 +21,6 @@ from pydantic import BaseModel
 from plait.clients.base import ChatRequest, ChatResponse
 from plait.errors import ConfigError
 from plait.graph import InferenceGraph, NodeKind
-from plait.optimization.backward import BackwardContext, BackwardResult
 from plait.parameter import Parameter
 from plait.tracing.context import current_tracer
 from plait.tracing.tracer import Tracer
@@ -29,6 +28,7 @@ from plait.values import to_text
 
 if TYPE_CHECKING:
     from plait.execution.runner import Call
+    from plait.optimization.backward import BackwardContext, BackwardResult
 
 
 class _StructureVersion:
@@ -182,11 +182,12 @@ class Module:
                 f"load_state_dict for {type(self).__name__}: {'; '.join(problems)} "
                 "(pass strict=False to load the keys that match)"
             )
-        for name, value in state.items():
-            if name in params:
-                if not isinstance(value, str):
-                    raise ConfigError(f"load_state_dict: value for {name!r} must be a str")
-                params[name].value = value
+        matched = {name: value for name, value in state.items() if name in params}
+        for name, value in matched.items():
+            if not isinstance(value, str):
+                raise ConfigError(f"load_state_dict: value for {name!r} must be a str")
+        for name, value in matched.items():
+            params[name].value = value
 
     def save(self, path: str | Path) -> None:
         """Write ``state_dict()`` as JSON."""
@@ -238,11 +239,21 @@ class Module:
         return self.forward(*args, **kwargs)
 
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+        call = self._call_class()
+        if len(args) == 1 and not kwargs and isinstance(args[0], list):
+            return call.for_batch(self, [((item,), {}) for item in args[0]], {})
+        return call.single(self, args, kwargs, {})
+
+    def _call_class(self) -> type[Call]:
+        """Training-mode calls also stamp their outputs with the resources they
+        ran on, so the loss and the backward pass can reuse them."""
+        if self.training:
+            from plait.optimization.recording import TrainingCall
+
+            return TrainingCall
         from plait.execution.runner import Call
 
-        if len(args) == 1 and not kwargs and isinstance(args[0], list):
-            return Call.for_batch(self, [((item,), {}) for item in args[0]], {})
-        return Call.single(self, args, kwargs, {})
+        return Call
 
     def batch(self, inputs: Any, **settings: Any) -> Call:
         """Run every element of ``inputs`` concurrently; results keep input order.
@@ -252,11 +263,11 @@ class Module:
         dict or tuple as one argument, wrap it: ``(my_dict,)``. ``inputs`` may
         also be an (async) iterable, which is consumed lazily.
         """
-        from plait.execution.runner import Call, batch_items
+        from plait.execution.runner import batch_items
         from plait.execution.settings import check_setting_names
 
         check_setting_names(settings, where=f"{type(self).__name__}.batch()")
-        return Call.for_batch(self, batch_items(inputs), settings)
+        return self._call_class().for_batch(self, batch_items(inputs), settings)
 
     def run_sync(self, *args: Any, **kwargs: Any) -> Any:
         """The blocking form of ``await module(...)``; works inside Jupyter too."""
@@ -300,9 +311,21 @@ class Module:
 
     # -- backward -------------------------------------------------------------
 
-    def backward(self, feedback: str, ctx: BackwardContext) -> BackwardResult:
-        """Default textual backward: every input is blamed with the same feedback."""
-        return BackwardResult(inputs=dict.fromkeys(ctx.inputs, feedback))
+    def backward(
+        self, feedback: str, ctx: BackwardContext
+    ) -> BackwardResult | Awaitable[BackwardResult]:
+        """Turn feedback on this module's output into feedback on its inputs and parameters.
+
+        Called during ``await loss.backward()`` for a module that ran as one
+        node (a module without children). The default blames every input and
+        every learnable parameter with the same feedback, which suits modules
+        that reshape text without judgement of their own. Override it (plain
+        or ``async def``) to route feedback more precisely; ``ctx.ask(prompt)``
+        consults the backward pass's LLM.
+        """
+        from plait.optimization.backward import pass_through
+
+        return pass_through(feedback, ctx)
 
     # -- display --------------------------------------------------------------
 
@@ -395,6 +418,14 @@ class LLMInference(Module):
         if self.response_format is not None and response.parsed is not None:
             return response.parsed
         return response.content
+
+    async def backward(self, feedback: str, ctx: BackwardContext) -> BackwardResult:
+        """TextGrad-style: an LLM reads this call's request, reply and the feedback,
+        and writes feedback for its learnable parameters and for the parts of its
+        prompt that earlier nodes wrote."""
+        from plait.optimization.llm_backward import llm_backward
+
+        return await llm_backward(self, feedback, ctx)
 
     def extra_repr(self) -> str:
         parts = [f"alias={self.alias!r}"]

@@ -6,6 +6,7 @@ optimizer step changes what the next run sends without retracing anything.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from plait.errors import ConfigError, TracingError
@@ -36,18 +37,50 @@ class Parameter:
         self.description = description
         self.requires_grad = requires_grad
         self._feedback: list[str] = []
+        self._scores: list[float] = []
+        self._upstream: dict[int, Parameter] = {}
 
     @property
     def feedback(self) -> tuple[str, ...]:
         """Feedback accumulated since the last ``zero_feedback``, oldest first."""
         return tuple(self._feedback)
 
-    def accumulate_feedback(self, text: str) -> None:
+    @property
+    def scores(self) -> tuple[float, ...]:
+        """Scores of the judged outputs this value helped produce since ``zero_feedback``.
+
+        The optimizer files their mean as the score of the current value, so it
+        can tell a rewrite that helped from one that did not.
+        """
+        return tuple(self._scores)
+
+    @property
+    def upstream(self) -> tuple[Parameter, ...]:
+        """Parameters used earlier in the pipeline than where this one's feedback arose.
+
+        The optimizer rewrites those first, so this one's rewrite can take
+        their new values into account.
+        """
+        return tuple(self._upstream.values())
+
+    def accumulate_feedback(self, text: str, *, upstream: Iterable[Parameter] = ()) -> None:
+        """Add one piece of feedback; ``upstream`` names Parameters that fed the
+        step this feedback was written for (the backward pass fills it in)."""
         if text:
             self._feedback.append(str(text))
+            for param in upstream:
+                if param is not self:
+                    self._upstream[id(param)] = param
+
+    def record_score(self, score: float) -> None:
+        """Note the score of an output this value helped produce."""
+        self._scores.append(float(score))
 
     def zero_feedback(self) -> None:
+        """Forget accumulated feedback, scores and upstream links (an optimizer step used them)."""
         self._feedback.clear()
+        self._scores.clear()
+        self._upstream.clear()
 
     def apply_update(self, value: str) -> None:
         """Replace the value; frozen parameters refuse, so a bug cannot rewrite them."""

@@ -34,12 +34,28 @@ class ValueKind(enum.StrEnum):
 
 @dataclass(slots=True)
 class Value:
-    """A payload with its kind, the id of the node that made it, and free-form metadata."""
+    """A payload with its kind, the id of the node that made it, and free-form metadata.
+
+    A Value never holds another Value: wrapping one (as a training-mode run
+    does when it attaches its record to an output that is already a Value,
+    such as a loss's feedback) merges them, keeping the inner kind and
+    payload, the outer ref when there is one, and both metas with the outer
+    keys winning. Without this the feedback's ``meta["score"]`` would hide one
+    level down.
+    """
 
     kind: ValueKind
     payload: Any
     ref: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        inner = self.payload
+        if isinstance(inner, Value):
+            self.kind = inner.kind
+            self.payload = inner.payload
+            self.ref = self.ref if self.ref is not None else inner.ref
+            self.meta = {**inner.meta, **self.meta}
 
     def __str__(self) -> str:
         return to_text(self.payload)
@@ -47,6 +63,27 @@ class Value:
     @property
     def is_error(self) -> bool:
         return self.kind is ValueKind.ERROR
+
+    async def backward(
+        self,
+        *,
+        alias: str = "optimizer",
+        resources: Any = None,
+        retain_record: bool = False,
+    ) -> None:
+        """Send this feedback back through the forward pass(es) it judges.
+
+        Walks every recorded graph the feedback refers to (``meta["record"]``
+        of a training-mode output, or the records a loss collected from the
+        outputs it judged), accumulating feedback on the Parameters upstream
+        of the judged outputs. ``alias`` names the endpoint the feedback-writing
+        LLM uses; ``resources`` defaults to those the forward ran with, then to
+        the enclosing ExecutionSettings. Records are released afterwards unless
+        ``retain_record`` is true.
+        """
+        from plait.optimization.backward import run_backward
+
+        await run_backward([self], alias=alias, resources=resources, retain_record=retain_record)
 
 
 def kind_of(payload: Any) -> ValueKind:

@@ -1,17 +1,40 @@
-"""What a module's ``backward`` receives and returns.
+"""The textual backward pass: what a module's ``backward`` sees, returns, and who calls it.
 
-Backward is textual: feedback is text about what was wrong with an output, and
-each module turns feedback on its output into feedback on its inputs and its
-parameters.
+Feedback is text about what was wrong with an output. ``run_backward`` walks
+each recorded forward pass from its output towards its inputs; every node
+with feedback on its output has its module's ``backward`` turn that into
+feedback on its inputs (which flows on to the nodes that produced them) and
+on the Parameters it used (which accumulates there for the optimizer).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import weakref
+from collections.abc import Awaitable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from plait.errors import PlaitError
+from plait.graph import InferenceGraph, NodeKind, NodeRef, Template
 
 if TYPE_CHECKING:
+    from plait.execution.record import ForwardRecord
     from plait.parameter import Parameter
+    from plait.values import Value
+
+_T = TypeVar("_T")
+
+
+class BackwardError(PlaitError, RuntimeError):
+    """A backward pass cannot run: nothing recorded, a released record, a bad result."""
+
+
+class ReasoningLLM(Protocol):
+    """The chat model a ``backward`` may consult: prompt in, reply text out."""
+
+    async def __call__(self, prompt: str, *, system: str = "") -> str: ...
 
 
 @dataclass(slots=True)
@@ -19,13 +42,34 @@ class BackwardContext:
     """One node's view of the forward pass: its resolved inputs, output and parameters.
 
     ``inputs`` maps argument positions (``0``, ``1``, ...) and keyword names to
-    the values the node actually ran with.
+    the values the node actually ran with; ``sources`` maps the same keys to
+    the ids of the upstream nodes each input was built from (empty for the
+    pipeline's own inputs and constants, where feedback has nowhere to go).
+    ``llm`` answers prompts through the backward pass's endpoint, batched with
+    every other node's questions at the same depth.
     """
 
     node_id: str
     inputs: dict[int | str, Any]
     output: Any
     parameters: tuple[Parameter, ...] = ()
+    module: Any = None
+    sources: dict[int | str, tuple[str, ...]] = field(default_factory=dict)
+    llm: ReasoningLLM | None = None
+
+    @property
+    def learnable(self) -> tuple[Parameter, ...]:
+        """The parameters feedback may be written for (``requires_grad`` ones)."""
+        return tuple(param for param in self.parameters if param.requires_grad)
+
+    def traced_inputs(self) -> list[int | str]:
+        """Input keys that came from upstream nodes, so feedback on them travels on."""
+        return [key for key, found in self.sources.items() if found]
+
+    async def ask(self, prompt: str, *, system: str = "") -> str:
+        if self.llm is None:
+            raise BackwardError(f"node {self.node_id!r}: this backward pass has no LLM")
+        return await self.llm(prompt, system=system)
 
 
 @dataclass(slots=True)
@@ -33,10 +77,276 @@ class BackwardResult:
     """Feedback for a node's inputs (same keys as ``BackwardContext.inputs``) and parameters."""
 
     inputs: dict[int | str, str] = field(default_factory=dict)
-    parameters: dict[int, str] = field(default_factory=dict)
+    parameters: dict[Parameter, str] = field(default_factory=dict)
 
-    def for_parameter(self, param: Parameter) -> str | None:
-        return self.parameters.get(id(param))
 
-    def set_parameter(self, param: Parameter, feedback: str) -> None:
-        self.parameters[id(param)] = feedback
+def pass_through(feedback: str, ctx: BackwardContext) -> BackwardResult:
+    """The default backward: every input and every learnable parameter gets the feedback.
+
+    Right for modules that transform text without judgement of their own
+    (selection, joining, formatting): whatever was wrong with the output was
+    wrong with what went in.
+    """
+    return BackwardResult(
+        inputs=dict.fromkeys(ctx.inputs, feedback),
+        parameters=dict.fromkeys(ctx.learnable, feedback),
+    )
+
+
+@dataclass(slots=True)
+class FeedbackTarget:
+    """One recorded forward pass and the feedback (and score) on its output."""
+
+    record: ForwardRecord
+    feedback: str
+    score: float | None = None
+    resources: Any = None
+
+
+def feedback_targets(value: Value) -> list[FeedbackTarget]:
+    """The forward passes a feedback Value judges.
+
+    A loss called on training-mode outputs lists them in ``meta["backward"]``;
+    a loss computed inside a traced training step is itself the output of the
+    recorded graph, so its own ``meta["record"]`` is the target.
+    """
+    from plait.values import Value
+
+    if not isinstance(value, Value):
+        raise BackwardError(f"backward needs a feedback Value from a loss, got {type(value)!r}")
+    listed = value.meta.get("backward")
+    record = value.meta.get("record")
+    if listed:
+        return list(listed)
+    if record is None:
+        raise BackwardError(
+            "this value carries no forward record: call module.train() before the forward "
+            "pass and compute the loss on its output (or inside the traced step)"
+        )
+    if not value.meta.get("is_feedback"):
+        raise BackwardError(
+            "backward() was called on a pipeline output, not on feedback: compute a loss on "
+            "it first (loss = await loss_fn(output, target)) and call loss.backward()"
+        )
+    return [
+        FeedbackTarget(record, str(value), value.meta.get("score"), value.meta.get("resources"))
+    ]
+
+
+async def run_backward(
+    losses: Iterable[Value],
+    *,
+    alias: str = "optimizer",
+    resources: Any = None,
+    retain_record: bool = False,
+) -> None:
+    """Backpropagate the feedback of every loss in ``losses`` at once.
+
+    Nodes are visited in reverse topological order, all records together,
+    one depth at a time: every node at one depth is independent of the
+    others, so their LLM calls go out as one batch on the engine and run
+    concurrently under the endpoint's limits. Feedback from fan-out and from
+    every example of a mini-batch accumulates on each Parameter.
+    """
+    from plait.optimization.llm import TextLLM
+
+    targets = [target for loss in losses for target in feedback_targets(loss)]
+    for target in targets:
+        if target.record.released:
+            raise BackwardError(
+                "this forward record was released by an earlier backward(); pass "
+                "retain_record=True to the first backward() to walk it again"
+            )
+    if resources is None:
+        resources = next((t.resources for t in targets if t.resources is not None), None)
+    llm = TextLLM(
+        alias,
+        resources,
+        purpose="the backward pass",
+        advice="bind the pipeline to resources that define it, pass resources=... to "
+        "backward(), or run inside ExecutionSettings(resources=...)",
+    )
+    walks = [_Walk(target) for target in targets]
+    depth = max((len(walk.plan.levels) for walk in walks), default=0)
+    for level in range(depth):
+        jobs = [
+            (walk, node_id)
+            for walk in walks
+            if level < len(walk.plan.levels)
+            for node_id in walk.plan.levels[level]
+            if node_id in walk.pending
+        ]
+        if not jobs:
+            continue
+        results = await gather_all([walk.backward_node(node_id, llm) for walk, node_id in jobs])
+        for (walk, node_id), result in zip(jobs, results, strict=True):
+            walk.apply(node_id, result)
+    if not retain_record:
+        for target in targets:
+            target.record.release()
+
+
+async def gather_all(coroutines: Sequence[Coroutine[Any, Any, _T]]) -> list[_T]:
+    """Run concurrently; on the first failure cancel the rest before raising it."""
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def combine_feedback(texts: Iterable[str]) -> str:
+    """One text from several (fan-out): duplicates dropped, the rest numbered."""
+    unique = list(dict.fromkeys(text.strip() for text in texts if text and text.strip()))
+    if len(unique) <= 1:
+        return unique[0] if unique else ""
+    return "\n\n".join(f"[{index}] {text}" for index, text in enumerate(unique, 1))
+
+
+class _Walk:
+    """The backward state of one record: feedback waiting at each node."""
+
+    def __init__(self, target: FeedbackTarget) -> None:
+        self.record = target.record
+        self.plan = _plan_for(target.record.graph)
+        self.pending: dict[str, list[str]] = {}
+        seeds = [nid for nid in self.plan.graph.output_ids if nid not in self.plan.inputs]
+        if target.feedback.strip():
+            for node_id in seeds:
+                self.pending[node_id] = [target.feedback]
+        if target.score is not None:
+            for param in self.plan.params_feeding(seeds):
+                if param.requires_grad:
+                    param.record_score(target.score)
+
+    async def backward_node(self, node_id: str, llm: ReasoningLLM) -> BackwardResult:
+        node = self.plan.graph.nodes[node_id]
+        feedback = combine_feedback(self.pending.pop(node_id))
+        args, kwargs = self.record.node_inputs.get(node_id, ((), {}))
+        inputs: dict[int | str, Any] = dict(enumerate(args))
+        inputs.update(kwargs)
+        ctx = BackwardContext(
+            node_id=node_id,
+            inputs=inputs,
+            output=self.record.node_outputs.get(node_id),
+            parameters=node.parameters,
+            module=node.module,
+            sources=self.plan.sources[node_id],
+            llm=llm,
+        )
+        method = getattr(node.module, "backward", None)
+        outcome: BackwardResult | Awaitable[BackwardResult] = (
+            method(feedback, ctx) if callable(method) else pass_through(feedback, ctx)
+        )
+        result = await outcome if inspect.isawaitable(outcome) else outcome
+        if not isinstance(result, BackwardResult):
+            raise BackwardError(
+                f"{type(node.module).__name__}.backward must return a BackwardResult, "
+                f"got {type(result).__name__}"
+            )
+        return result
+
+    def apply(self, node_id: str, result: BackwardResult) -> None:
+        sources = self.plan.sources[node_id]
+        for key, text in result.inputs.items():
+            if key not in sources:
+                module = type(self.plan.graph.nodes[node_id].module).__name__
+                raise BackwardError(
+                    f"{module}.backward wrote feedback for input {key!r} of node {node_id!r}, "
+                    f"which has inputs {sorted(map(str, sources))}"
+                )
+            if text and text.strip():
+                for source in sources[key]:
+                    self.pending.setdefault(source, []).append(text)
+        upstream: list[Parameter] | None = None
+        for param, text in result.parameters.items():
+            if param.requires_grad and text and text.strip():
+                if upstream is None:
+                    upstream = [p for p in self.plan.params_above(node_id) if p.requires_grad]
+                param.accumulate_feedback(text.strip(), upstream=upstream)
+
+
+class _BackwardPlan:
+    """Per-graph facts the walk needs, computed once per graph and kept while it lives."""
+
+    def __init__(self, graph: InferenceGraph) -> None:
+        self.graph = graph
+        self.inputs = frozenset(
+            nid for nid, node in graph.nodes.items() if node.kind is NodeKind.INPUT
+        )
+        self.sources: dict[str, dict[int | str, tuple[str, ...]]] = {}
+        for nid, node in graph.nodes.items():
+            keyed: dict[int | str, Any] = dict(enumerate(node.args))
+            keyed.update(node.kwargs)
+            self.sources[nid] = {
+                key: tuple(ref for ref in _refs(spec) if ref not in self.inputs)
+                for key, spec in keyed.items()
+            }
+        self.levels = self._levels()
+        self._above: dict[str, tuple[Parameter, ...]] = {}
+
+    def _levels(self) -> list[list[str]]:
+        """Non-input nodes grouped by their longest distance to a sink.
+
+        Every dependent of a node sits at a lower level, so when a level is
+        processed all feedback for it has arrived, and nodes on one level
+        never depend on each other.
+        """
+        level: dict[str, int] = {}
+        for nid in reversed(self.graph.topological_order()):
+            if nid in self.inputs:
+                continue
+            dependents = self.graph.nodes[nid].dependents
+            level[nid] = 1 + max((level[d] for d in dependents), default=-1)
+        grouped: list[list[str]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
+        for nid in self.graph.topological_order():
+            if nid in level:
+                grouped[level[nid]].append(nid)
+        return grouped
+
+    def params_above(self, node_id: str) -> tuple[Parameter, ...]:
+        """Parameters used by the nodes ``node_id`` depends on, directly or not."""
+        found = self._above.get(node_id)
+        if found is None:
+            nodes = self.graph.nodes
+            collected = [p for nid in self.graph.ancestors(node_id) for p in nodes[nid].parameters]
+            found = self._above[node_id] = tuple(dict.fromkeys(collected))
+        return found
+
+    def params_feeding(self, node_ids: Iterable[str]) -> list[Parameter]:
+        """Parameters used by ``node_ids`` or anything upstream of them."""
+        collected: list[Parameter] = []
+        for nid in node_ids:
+            collected.extend(self.graph.nodes[nid].parameters)
+            collected.extend(self.params_above(nid))
+        return list(dict.fromkeys(collected))
+
+
+_plans: weakref.WeakKeyDictionary[InferenceGraph, _BackwardPlan] = weakref.WeakKeyDictionary()
+
+
+def _plan_for(graph: InferenceGraph) -> _BackwardPlan:
+    plan = _plans.get(graph)
+    if plan is None:
+        plan = _plans[graph] = _BackwardPlan(graph)
+    return plan
+
+
+def _refs(spec: Any) -> list[str]:
+    """Ids of the nodes a placeholder structure refers to, in order, without repeats."""
+    found: list[str] = []
+    stack = [spec]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, NodeRef):
+            found.append(item.id)
+        elif isinstance(item, Template):
+            found.extend(item.refs())
+        elif isinstance(item, list | tuple):
+            stack.extend(reversed(item))
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+    return list(dict.fromkeys(found))

@@ -1,0 +1,61 @@
+"""Prompt optimization: losses, the textual backward pass, and optimizers.
+
+The training loop mirrors PyTorch::
+
+    pipeline.train()
+    outputs = await pipeline(batch)                 # outputs carry forward records
+    loss = await loss_fn(outputs, targets)          # feedback Value, meta["score"]
+    await loss.backward()                           # feedback reaches the Parameters
+    await optimizer.step()                          # an LLM rewrites them
+
+``fit`` runs that loop over a dataset with validation each epoch.
+"""
+
+from plait.optimization.backward import (
+    BackwardContext,
+    BackwardError,
+    BackwardResult,
+    FeedbackTarget,
+    run_backward,
+)
+from plait.optimization.llm import TextLLM
+from plait.optimization.loss import (
+    CompositeLoss,
+    LLMJudge,
+    LLMPreferenceLoss,
+    LLMRubricLoss,
+    Loss,
+    VerifierLoss,
+    feedback,
+)
+from plait.optimization.optimizer import (
+    FeedbackOptimizer,
+    HistoryEntry,
+    Optimizer,
+    ParameterUpdate,
+)
+from plait.optimization.trainer import EpochReport, TrainingReport, evaluate, fit
+
+__all__ = [
+    "BackwardContext",
+    "BackwardError",
+    "BackwardResult",
+    "CompositeLoss",
+    "EpochReport",
+    "FeedbackOptimizer",
+    "FeedbackTarget",
+    "HistoryEntry",
+    "LLMJudge",
+    "LLMPreferenceLoss",
+    "LLMRubricLoss",
+    "Loss",
+    "Optimizer",
+    "ParameterUpdate",
+    "TextLLM",
+    "TrainingReport",
+    "VerifierLoss",
+    "evaluate",
+    "feedback",
+    "fit",
+    "run_backward",
+]
