@@ -1,8 +1,8 @@
 """A rate budget shared across processes, held by one Ray actor.
 
 Each worker asks the actor for a permit before it sends a request. The actor
-runs the token buckets and answers with how long the caller must wait for its
-reserved slot; the caller sleeps locally. Reserving rather than polling keeps
+runs the token buckets and answers with the wall-clock time of the caller's
+reserved slot; the caller sleeps locally until then. Reserving rather than polling keeps
 it to one actor call per request and keeps the actor's own work trivial.
 """
 
@@ -38,10 +38,15 @@ class RateBudget:
             if tpm:
                 self._tokens[alias] = (tpm / 60.0, 0.0)
         self.granted: dict[str, int] = {}
+        self._span: dict[str, tuple[float, float]] = {}
 
     def reserve(self, alias: str, tokens: int) -> float:
-        """Reserve one request and ``tokens`` tokens; returns seconds to wait."""
-        now = time.monotonic()
+        """Reserve one request and ``tokens`` tokens; returns when (``time.time()``) to send.
+
+        An absolute time rather than a delay, so the latency of the reply from
+        this actor does not shift the caller's send time.
+        """
+        now = time.time()
         start = now
         if alias in self._requests:
             rate, next_free = self._requests[alias]
@@ -54,10 +59,16 @@ class RateBudget:
             rate, _ = self._requests[alias]
             self._requests[alias] = (rate, start + 1.0 / rate)
         self.granted[alias] = self.granted.get(alias, 0) + 1
-        return start - now
+        first, _ = self._span.get(alias, (start, start))
+        self._span[alias] = (first, start)
+        return start
 
-    def stats(self) -> dict[str, int]:
-        return dict(self.granted)
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Per alias: permits granted, and the first and last send times handed out."""
+        return {
+            alias: {"granted": count, "first": self._span[alias][0], "last": self._span[alias][1]}
+            for alias, count in self.granted.items()
+        }
 
 
 def create_budget(limits: Mapping[str, Mapping[str, float | None]], name: str | None = None) -> Any:
@@ -81,7 +92,8 @@ class SharedBudgetResources:
 
     async def complete(self, alias: str, request: ChatRequest, *, attempt: int = 0) -> ChatResponse:
         tokens = sum(len(str(message.get("content", ""))) for message in request.messages) // 4
-        wait: float = await self.budget.reserve.remote(alias, tokens + (request.max_tokens or 0))
+        send_at: float = await self.budget.reserve.remote(alias, tokens + (request.max_tokens or 0))
+        wait = send_at - time.time()
         if wait > 0:
             await asyncio.sleep(wait)
         return await self.inner.complete(alias, request, attempt=attempt)
