@@ -63,6 +63,17 @@ class Module:
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"{type(self).__name__} must define forward()")
 
+    if not TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any:
+            # Only reached when normal lookup fails, so it costs nothing otherwise.
+            if "_modules" not in self.__dict__:
+                raise AttributeError(
+                    f"{type(self).__name__} was not initialised as a Module (looking up "
+                    f"{name!r}); call super().__init__() first in __init__"
+                )
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # -- registration ---------------------------------------------------------
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -381,6 +392,14 @@ class LLMInference(Module):
                 "LLMInference response_format must be a pydantic model class, got "
                 f"{response_format!r}"
             )
+        if temperature is not None and (
+            not isinstance(temperature, int | float)
+            or isinstance(temperature, bool)
+            or not temperature >= 0
+        ):
+            raise ConfigError(
+                f"LLMInference temperature must be a number >= 0 or None, got {temperature!r}"
+            )
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
             raise ConfigError(f"LLMInference max_tokens must be a positive int, got {max_tokens!r}")
         self.alias = alias
@@ -397,6 +416,14 @@ class LLMInference(Module):
         """Build the request for ``prompt`` (text, or a list of chat messages)."""
         system = str(self.system_prompt)
         if isinstance(prompt, list):
+            for position, message in enumerate(prompt):
+                if not isinstance(message, Mapping) or "role" not in message:
+                    raise TypeError(
+                        "a list prompt to LLMInference must hold chat messages like "
+                        f"{{'role': 'user', 'content': ...}}; item {position} is "
+                        f"{type(message).__name__}. To send several texts, join them "
+                        "into one string."
+                    )
             messages = [dict(message) for message in prompt]
             if system and not (messages and messages[0].get("role") == "system"):
                 messages.insert(0, {"role": "system", "content": system})

@@ -69,3 +69,11 @@ def test_every_example_is_covered(example: str) -> None:
         "prompt_tuning.py", "batch_job.py", "ray_data.py",
     }  # fmt: skip
     assert example in covered, f"examples/{example} has no test that runs it"
+
+
+def test_batch_job_resumes_without_paying_twice() -> None:
+    out = run("examples/batch_job.py")
+    assert "first run: stopped after 15 of 40 inputs" in out
+    resumed = int(out.split("second run: 40 outputs, ")[1].split(" requests")[0])
+    assert resumed <= 2 * (40 - 15)  # only the unfinished inputs' calls are sent again
+    assert "status finished" in out

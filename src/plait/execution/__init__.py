@@ -1,4 +1,12 @@
-"""Execution: scheduling traced graphs over many inputs under resource limits."""
+"""Execution: scheduling traced graphs over many inputs under resource limits.
+
+``CheckpointManager`` and ``ResponseCache`` are loaded on first use, so
+programs that use neither never import SQLite.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from plait.execution.results import BatchResult
 from plait.execution.runner import Call, run
@@ -6,4 +14,29 @@ from plait.execution.scheduler import Scheduler
 from plait.execution.settings import ExecutionSettings
 from plait.execution.state import ExecutionState
 
-__all__ = ["BatchResult", "Call", "ExecutionSettings", "ExecutionState", "Scheduler", "run"]
+if TYPE_CHECKING:
+    from plait.execution.cache import ResponseCache
+    from plait.execution.checkpoint import CheckpointManager
+
+__all__ = [
+    "BatchResult",
+    "Call",
+    "CheckpointManager",
+    "ExecutionSettings",
+    "ExecutionState",
+    "ResponseCache",
+    "Scheduler",
+    "run",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CheckpointManager":
+        from plait.execution.checkpoint import CheckpointManager
+
+        return CheckpointManager
+    if name == "ResponseCache":
+        from plait.execution.cache import ResponseCache
+
+        return ResponseCache
+    raise AttributeError(f"module 'plait.execution' has no attribute {name!r}")

@@ -11,30 +11,39 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import sys
 import weakref
 from collections import deque
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
     Callable,
+    Coroutine,
     Generator,
     Iterable,
     Iterator,
     Sized,
 )
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from plait.errors import BatchError
+from plait.errors import BatchError, CheckpointError, ConfigError
+from plait.execution.budget import Budget
 from plait.execution.progress import ProgressReporter
 from plait.execution.record import ForwardRecord
 from plait.execution.resources import ResourceManagerLike, as_resource_manager
 from plait.execution.results import BatchResult
-from plait.execution.scheduler import Scheduler
+from plait.execution.scheduler import RunHooks, Scheduler
 from plait.execution.settings import ResolvedSettings, check_setting_names, resolve_settings
 from plait.execution.state import ExecutionState, GraphPlan, plan_for
 from plait.graph import InferenceGraph
+from plait.profiling.observer import RunObserver, combine
+from plait.profiling.profile import Profile, Profiler, default_profile_path
 from plait.values import Value, kind_of
+
+if TYPE_CHECKING:
+    from plait.execution.cache import ResponseCache
+    from plait.execution.checkpoint import CheckpointSession
 
 Item = tuple[tuple[Any, ...], dict[str, Any]]
 
@@ -80,8 +89,17 @@ def _as_item(element: Any) -> Item:
     return (element,), {}
 
 
-class Call:
-    """A pending module call: await it for outputs, or ``async for`` over BatchResults."""
+_USED_TWICE = "a plait call can be awaited or iterated only once; call the module again"
+
+
+class Call(Coroutine[Any, Any, Any]):
+    """A pending module call: await it for outputs, or ``async for`` over BatchResults.
+
+    It is also a coroutine, so ``asyncio.run(module(x))`` and
+    ``asyncio.create_task(module(x))`` work as they do for an ``async def``.
+    The coroutine behind it is made only when it first runs, so a call that
+    is iterated instead, or never used, leaves nothing unawaited behind.
+    """
 
     def __init__(
         self,
@@ -97,7 +115,10 @@ class Call:
         self.settings = settings
         self.is_batch = is_batch
         self.total = total
+        self.profile: Profile | None = None
+        """With ``profile=True``: the run's :class:`~plait.profiling.Profile`, once it ended."""
         self._used = False
+        self._coroutine: Coroutine[Any, Any, Any] | None = None
 
     @classmethod
     def single(
@@ -119,13 +140,28 @@ class Call:
 
     def _claim(self) -> None:
         if self._used:
-            raise RuntimeError(
-                "a plait call can be awaited or iterated only once; call the module again"
-            )
+            raise RuntimeError(_USED_TWICE)
         self._used = True
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return self.result().__await__()
+        if self._coroutine is not None:
+            raise RuntimeError(_USED_TWICE)
+        return self._as_coroutine().__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._as_coroutine().send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        return self._as_coroutine().throw(typ, val, tb)
+
+    def close(self) -> None:
+        if self._coroutine is not None:
+            self._coroutine.close()
+
+    def _as_coroutine(self) -> Coroutine[Any, Any, Any]:
+        if self._coroutine is None:
+            self._coroutine = self.result()
+        return self._coroutine
 
     async def result(self) -> Any:
         """Run to the end: the output (single call) or the list of outputs (batch)."""
@@ -136,6 +172,9 @@ class Call:
             await run.wait()
         finally:
             await run.aclose()
+        if run.fatal is not None:
+            # Set while closing: finished work could not be saved.
+            raise run.fatal
         collected.sort(key=lambda result: result.index)
         if not self.is_batch:
             only = collected[0]
@@ -200,6 +239,8 @@ class _Stream:
                 raise run.fatal
             if run.finished:
                 await self.aclose()
+                if run.fatal is not None:
+                    raise run.fatal
                 raise StopAsyncIteration
             self._waiter = asyncio.get_running_loop().create_future()
             run.on_change = self._wake_weakly
@@ -261,6 +302,13 @@ class _Run:
         self._done: asyncio.Future[None] | None = None
         self._checked_plans: set[int] = set()
         self._plans: dict[tuple[Any, ...], GraphPlan] = {}
+        self.checkpoint: CheckpointSession | None = None
+        self.observer: RunObserver | None = None
+        self.profiler: Profiler | None = None
+        self.budget: Budget | None = None
+        self.stopping = False
+        self._stopper: asyncio.Task[None] | None = None
+        self._ended = False
 
     @property
     def finished(self) -> bool:
@@ -275,9 +323,19 @@ class _Run:
             on_task_complete=self._guarded(self.settings.on_task_complete),
             on_task_failed=self._guarded(self.settings.on_task_failed),
         )
+        try:
+            hooks = self._hooks()
+        except Exception as error:
+            hooks = None
+            self._abort(error)
         self.scheduler = Scheduler(
-            guarded, self.resources, self._state_done, record_inputs=self.training
+            guarded, self.resources, self._state_done, record_inputs=self.training, hooks=hooks
         )
+        if self.fatal is not None:
+            self.observer = self.profiler = None  # nothing ran, so nothing to report
+            return
+        if self.observer is not None:
+            self.observer.run_started(type(self.call.module).__name__, self.call.total)
         items = self.call.items
         if isinstance(items, AsyncIterable):
             self._feeder = asyncio.get_running_loop().create_task(self._feed(items))
@@ -285,6 +343,64 @@ class _Run:
             self._iterator = iter(items)
             self._admit()
         self._check_finished()
+
+    def _hooks(self) -> RunHooks | None:
+        """Set up what the settings ask for beyond plain execution (None if nothing)."""
+        settings = self.settings
+        profiler = None
+        if settings.profile or settings.profile_path is not None:
+            path = settings.profile_path
+            profiler = self.profiler = Profiler(
+                path if path is not None else default_profile_path()
+            )
+        self.observer = combine([_span_observer(settings), profiler])
+        cache: ResponseCache | None = None
+        if settings.cache is not None and settings.cache is not False:
+            from plait.execution.cache import open_cache
+
+            cache = open_cache(settings.cache)
+        if settings.max_tokens_total is not None or settings.max_cost is not None:
+            self.budget = Budget(settings.max_tokens_total, settings.max_cost)
+        # Imported here: the resource layer imports this package, not the reverse.
+        from plait.resources.manager import ResourceManager
+
+        probes = isinstance(self.resources, ResourceManager)
+        needs_manager = [
+            name
+            for name, used in (("cache", cache is not None), ("max_cost", settings.max_cost))
+            if used
+        ]
+        if needs_manager and not probes:
+            raise ConfigError(
+                f"{' and '.join(needs_manager)} need(s) resources that are a plait "
+                f"ResourceManager (or a ResourceConfig), got {type(self.resources).__name__}"
+            )
+        if settings.checkpoint_dir is not None:
+            if self.training:
+                raise ConfigError(
+                    "checkpoint_dir cannot be used in training mode: restored outputs would lack "
+                    "the forward record that backward() needs; call module.eval() first"
+                )
+            from plait.execution.checkpoint import CheckpointSession
+
+            self.checkpoint = CheckpointSession(
+                settings.checkpoint_dir,
+                module=self.call.module,
+                total=self.call.total,
+                mismatch=settings.checkpoint_mismatch,
+                buffer_size=settings.checkpoint_buffer_size,
+                flush_interval=settings.checkpoint_flush_interval,
+            )
+        if (self.observer, cache, self.budget, self.checkpoint) == (None, None, None, None):
+            return None
+        return RunHooks(
+            observer=self.observer,
+            cache=cache,
+            budget=self.budget,
+            probes=probes,
+            on_node_done=self._node_done if self.checkpoint is not None else None,
+            on_budget_exceeded=self._budget_exceeded if self.budget is not None else None,
+        )
 
     async def wait(self) -> None:
         self.start()
@@ -302,6 +418,7 @@ class _Run:
             while (
                 not self.exhausted
                 and self.fatal is None
+                and not self.stopping
                 and self.inflight < self.settings.max_inflight
             ):
                 try:
@@ -323,7 +440,7 @@ class _Run:
                 while self.inflight >= self.settings.max_inflight:
                     self._room = asyncio.get_running_loop().create_future()
                     await self._room
-                if self.fatal is not None:
+                if self.fatal is not None or self.stopping:
                     return
                 self._add(item)
         except Exception as error:
@@ -342,29 +459,69 @@ class _Run:
             if plan is None:
                 plan = self._plans[shape] = plan_for(self.call.module._plait_graph(args, kwargs))
             if id(plan) not in self._checked_plans:
-                if plan.aliases and self.resources is not None:
-                    self.resources.check_aliases(plan.aliases)
+                self._check_plan(plan)
                 self._checked_plans.add(id(plan))
+            stored = None
+            if self.checkpoint is not None:
+                binding = self.checkpoint.bind(plan, shape)
+                key, stored, finished = self.checkpoint.restore(binding, index, args, kwargs)
         except Exception as error:
             self._abort(error)
             return
-        state = ExecutionState(plan, args, kwargs, index=index, input=_as_given(args, kwargs))
+        given = _as_given(args, kwargs)
         self.inflight += 1
+        if self.observer is not None:
+            self.observer.input_started(index)
+        if stored is not None:
+            self._deliver(BatchResult(index, given, stored[0]), restored=True)
+            return
+        state = ExecutionState(plan, args, kwargs, index=index, input=given)
+        if self.checkpoint is not None:
+            state.checkpoint = key
+            if finished:
+                state.restore(finished)
         assert self.scheduler is not None
         self.scheduler.add(state)
+
+    def _check_plan(self, plan: GraphPlan) -> None:
+        """Checks made once per graph, before any of its requests is sent."""
+        if not plan.aliases or self.resources is None:
+            return
+        self.resources.check_aliases(plan.aliases)
+        if self.settings.max_cost is not None:
+            priced = getattr(self.resources, "priced", None)
+            unpriced = [alias for alias in plan.aliases if priced is None or not priced(alias)]
+            if unpriced:
+                raise ConfigError(
+                    f"max_cost needs a price for every endpoint, but alias(es) {unpriced} have "
+                    "endpoints without input_price/output_price; set them in the endpoint "
+                    "config or with ResourceConfig.with_prices({model: {...}})"
+                )
 
     def _state_done(self, state: ExecutionState) -> None:
         error = state.error()
         if error is None:
             try:
                 output = state.output()
+                if self.checkpoint is not None:
+                    self.checkpoint.input_done(state.checkpoint, state.input, output)
                 if self.training:
                     output = _with_record(state, output)
                 result = BatchResult(state.index, state.input, output)
+            except CheckpointError as failure:
+                self._abort(failure)
+                result = BatchResult(state.index, state.input, None, failure)
             except Exception as failure:
                 result = BatchResult(state.index, state.input, None, failure)
         else:
             result = BatchResult(state.index, state.input, None, error)
+            if self.checkpoint is not None:
+                self._save(self.checkpoint.input_failed, state.checkpoint)
+        self._deliver(result, restored=False)
+
+    def _deliver(self, result: BatchResult, *, restored: bool) -> None:
+        if self.observer is not None:
+            self.observer.input_finished(result.index, result.error, restored)
         try:
             self.progress.advance(result.ok)
         except Exception as failure:
@@ -374,6 +531,41 @@ class _Run:
             self.release()
         elif self.on_change is not None:
             self.on_change()
+
+    def _node_done(self, state: ExecutionState, node_id: str, value: Any) -> None:
+        checkpoint = self.checkpoint
+        if checkpoint is not None and node_id in state.results:
+            self._save(
+                checkpoint.node_done, state.checkpoint, node_id, state.plan.nodes[node_id], value
+            )
+
+    def _save(self, record: Callable[..., None], *args: Any) -> None:
+        """Hand something to the checkpoint; a failure to store ends the run with its error."""
+        try:
+            record(*args)
+        except CheckpointError as error:
+            self._abort(error)
+
+    def _budget_exceeded(self) -> None:
+        """The scheduler has stopped starting work; end the run once running nodes finish."""
+        self.stopping = True
+        self._stopper = asyncio.get_running_loop().create_task(self._stop_when_idle())
+
+    async def _stop_when_idle(self) -> None:
+        assert self.scheduler is not None
+        assert self.budget is not None
+        await self.scheduler.wait_stopped()
+        if self._done is None or self._done.done():
+            return
+        if not (self.exhausted and self.admitted == self.progress.done):
+            directory = self.settings.checkpoint_dir
+            self.fatal = self.budget.error(
+                finished=self.progress.done,
+                total=self.call.total,
+                checkpoint_dir=None if directory is None else str(directory),
+            )
+        self.exhausted = True
+        self._resolve_done()
 
     def release(self) -> None:
         """One result has left the run (consumed); make room for another input."""
@@ -424,7 +616,10 @@ class _Run:
             self.scheduler.cancel()
         if self._feeder is not None:
             self._feeder.cancel()
+        if self._stopper is not None:
+            self._stopper.cancel()
         self.progress.close()
+        self._end()
 
     async def aclose(self) -> None:
         self.cancel()
@@ -432,6 +627,48 @@ class _Run:
             await self.scheduler.aclose()
         if self._feeder is not None:
             await asyncio.gather(self._feeder, return_exceptions=True)
+        if self._stopper is not None:
+            await asyncio.gather(self._stopper, return_exceptions=True)
+
+    def _end(self) -> None:
+        """Close what the run opened, once: checkpoint, spans, profile.
+
+        A checkpoint that cannot be written is the run's error, so a result is
+        never returned while the work behind it silently failed to save.
+        """
+        if self._ended or self.scheduler is None:
+            return
+        self._ended = True
+        complete = self.finished and self.fatal is None
+        if self.checkpoint is not None:
+            status = (
+                "stopped" if not complete else "incomplete" if self.progress.failed else "finished"
+            )
+            try:
+                self.checkpoint.close(status)
+            except CheckpointError as error:
+                if self.fatal is None:
+                    self.fatal = error
+        if self.observer is not None:
+            self.observer.run_finished(self.fatal)
+        if self.profiler is not None:
+            self.call.profile = self.profiler.profile
+
+
+def _span_observer(settings: ResolvedSettings) -> RunObserver | None:
+    """Spans for this run, if anyone can receive them.
+
+    An OpenTelemetry SDK can only have been set up by code that imported the
+    API, so until something has, plait does not import it either.
+    """
+    if settings.tracer_provider is None and "opentelemetry.trace" not in sys.modules:
+        return None
+    from plait.profiling.telemetry import SpanObserver, tracer_for
+
+    tracer = tracer_for(settings.tracer_provider)
+    if tracer is None:
+        return None
+    return SpanObserver(tracer, capture_content=settings.capture_content)
 
 
 def _with_record(state: ExecutionState, output: Any) -> Value:
@@ -447,6 +684,12 @@ def run(module: Runnable, *args: Any, resources: Any = None, **settings: Any) ->
 
     A list as the only positional argument is a batch, as with a bound call.
     """
+    if isinstance(module, type) or not hasattr(module, "_plait_graph"):
+        what = f"the class {module.__name__}" if isinstance(module, type) else type(module).__name__
+        raise TypeError(
+            f"plait.run() needs a Module instance as its first argument, got {what}; "
+            "create the module first, e.g. plait.run(MyPipeline(), ...)"
+        )
     check_setting_names(settings, where="plait.run()")
     if resources is not None:
         settings["resources"] = as_resource_manager(resources)

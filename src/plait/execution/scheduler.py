@@ -12,12 +12,16 @@ import asyncio
 import heapq
 import inspect
 import random
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from itertools import count
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+from plait.clients.base import ChatRequest, ChatResponse
 from plait.errors import (
+    BudgetExceededError,
     ExecutionError,
     PlaitError,
     RateLimitError,
@@ -29,9 +33,43 @@ from plait.execution.resources import ResourceManagerLike
 from plait.execution.settings import ResolvedSettings
 from plait.execution.state import ExecutionState
 from plait.graph import NodeKind
+from plait.profiling.observer import CallProbe, NodeRun, RunObserver
+
+if TYPE_CHECKING:
+    from plait.execution.budget import Budget
+    from plait.execution.cache import ResponseCache
+    from plait.resources.manager import ResourceManager
 
 MAX_RATE_LIMIT_REQUEUES = 50
 """A node pushed back by 429s more often than this fails: the endpoint is not recovering."""
+
+
+@dataclass(slots=True)
+class RunHooks:
+    """The optional features of a run that reach into node execution.
+
+    Each is None (or False) when its feature is off, and the scheduler then
+    pays nothing for it: with no observer, cache or budget, nodes take the
+    plain path, and ``on_node_done`` costs one ``is None`` test per node.
+
+    ``probes`` says the resource manager accepts ``cache=`` and ``probe=``
+    (a real :class:`~plait.resources.ResourceManager` does; test doubles
+    need not). ``on_node_done(state, node_id, value)`` runs after a node's
+    result is recorded (checkpointing); ``on_budget_exceeded()`` runs once,
+    after the scheduler has stopped starting work.
+    """
+
+    observer: RunObserver | None = None
+    cache: ResponseCache | None = None
+    budget: Budget | None = None
+    probes: bool = False
+    on_node_done: Callable[[ExecutionState, str, Any], None] | None = None
+    on_budget_exceeded: Callable[[], None] | None = None
+
+    @property
+    def observing(self) -> bool:
+        """Whether nodes must take the path that records what they do."""
+        return self.observer is not None or self.cache is not None or self.budget is not None
 
 
 class Scheduler:
@@ -51,9 +89,13 @@ class Scheduler:
         on_state_done: Callable[[ExecutionState], None],
         *,
         record_inputs: bool = False,
+        hooks: RunHooks | None = None,
     ) -> None:
         self.settings = settings
         self.record_inputs = record_inputs
+        self.hooks = hooks
+        self._node_done = hooks.on_node_done if hooks is not None else None
+        self._observed = hooks is not None and hooks.observing
         self.resources = resources
         self.max_concurrent = settings.max_concurrent
         self._on_state_done = on_state_done
@@ -114,6 +156,7 @@ class Scheduler:
     async def _work(self) -> None:
         heap = self._heap
         loop = self._loop
+        run_node = self._run_observed if self._observed else self._run_node
         self._starting -= 1
         while not self.closed:
             if not heap:
@@ -139,7 +182,7 @@ class Scheduler:
             if self.running > self.peak_running:
                 self.peak_running = self.running
             try:
-                value = await self._run_node(state, node_id)
+                value = await run_node(state, node_id)
             except asyncio.CancelledError:
                 # A cancel aimed at this worker (our own shutdown, or the loop's
                 # at exit) must end it: swallowed, it would hang whoever waits.
@@ -155,7 +198,34 @@ class Scheduler:
             finally:
                 self.running -= 1
 
-    async def _run_node(self, state: ExecutionState, node_id: str) -> Any:
+    async def _run_observed(self, state: ExecutionState, node_id: str) -> Any:
+        """``_run_node`` with a record for observers, the cache and the budget."""
+        hooks = cast(RunHooks, self.hooks)
+        node = state.plan.nodes[node_id]
+        attempt = state.attempts.get(node_id, 0) + state.rate_limited.get(node_id, 0)
+        record = NodeRun(state.index, node_id, node, attempt, time.perf_counter())
+        if node.kind is NodeKind.LLM:
+            record.alias = node.module.alias
+        observer = hooks.observer
+        if observer is not None:
+            observer.node_started(record)
+        try:
+            value = await self._run_node(state, node_id, record)
+        except BaseException as error:
+            record.finished = time.perf_counter()
+            record.error = error
+            if observer is not None:
+                observer.node_finished(record)
+            raise
+        record.finished = time.perf_counter()
+        record.value = value
+        if observer is not None:
+            observer.node_finished(record)
+        return value
+
+    async def _run_node(
+        self, state: ExecutionState, node_id: str, record: NodeRun | None = None
+    ) -> Any:
         node = state.plan.nodes[node_id]
         args, kwargs = state.args_for(node)
         if self.record_inputs:
@@ -176,11 +246,48 @@ class Scheduler:
                 "use module.bind(resources=...), ExecutionSettings(resources=...) or "
                 "plait.run(module, ..., resources=...)"
             )
-        call = resources.complete(module.alias, request, attempt=state.attempts.get(node_id, 0))
+        attempt = state.attempts.get(node_id, 0)
+        call: Awaitable[ChatResponse]
+        if record is None:
+            call = resources.complete(module.alias, request, attempt=attempt)
+        else:
+            call = self._call_observed(resources, module.alias, request, attempt, record)
         response = await (
             call if self.settings.task_timeout is None else self._bounded(node_id, call)
         )
+        if record is not None:
+            record.response = response
+            self._charge(record, response)
         return module.parse_response(response)
+
+    def _call_observed(
+        self,
+        resources: ResourceManagerLike,
+        alias: str,
+        request: ChatRequest,
+        attempt: int,
+        record: NodeRun,
+    ) -> Awaitable[ChatResponse]:
+        hooks = cast(RunHooks, self.hooks)
+        record.request = request
+        if not hooks.probes:
+            return resources.complete(alias, request, attempt=attempt)
+        probe = record.probe = CallProbe(hooks.budget)
+        manager = cast("ResourceManager", resources)
+        return manager.complete(alias, request, attempt=attempt, cache=hooks.cache, probe=probe)
+
+    def _charge(self, record: NodeRun, response: ChatResponse) -> None:
+        """Book a reply against the budget; stop starting work once it is spent."""
+        hooks = cast(RunHooks, self.hooks)
+        budget = hooks.budget
+        probe = record.probe
+        if budget is None or (probe is not None and probe.cache_hit):
+            return
+        tokens = response.input_tokens + response.output_tokens
+        if budget.charge(tokens, probe.cost if probe is not None else None):
+            self.stop_starting()
+            if hooks.on_budget_exceeded is not None:
+                hooks.on_budget_exceeded()
 
     async def _bounded(self, node_id: str, awaitable: Awaitable[Any]) -> Any:
         timeout = self.settings.task_timeout
@@ -198,6 +305,9 @@ class Scheduler:
 
     def _complete(self, state: ExecutionState, node_id: str, value: Any) -> None:
         ready = state.mark_complete(node_id, value)
+        node_done = self._node_done
+        if node_done is not None:
+            node_done(state, node_id, value)
         for _ in ready:
             self._push(state)
         if len(ready) > 1:
@@ -218,6 +328,10 @@ class Scheduler:
 
     def _handle_error(self, state: ExecutionState, node_id: str, error: BaseException) -> None:
         """Retry what may succeed later; fail the rest at once."""
+        if isinstance(error, BudgetExceededError) and self.closed:
+            # Stopped before sending because the budget ran out: the run is
+            # ending, and this node neither failed nor should run again.
+            return
         if isinstance(error, RateLimitError):
             requeues = state.rate_limited.get(node_id, 0) + 1
             state.rate_limited[node_id] = requeues
@@ -272,6 +386,28 @@ class Scheduler:
     @property
     def idle(self) -> bool:
         return self.running == 0 and not self._timers and not self._heap
+
+    def stop_starting(self) -> None:
+        """Start no more nodes; nodes already running carry on to the end.
+
+        Queued work and pending retries are dropped and idle workers exit, so
+        once :meth:`wait_stopped` returns nothing of this run is running.
+        """
+        self.closed = True
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+        self._heap.clear()
+        while self._parked:
+            future = self._parked.popleft()
+            if not future.done():
+                future.set_result(None)
+                self._starting += 1
+
+    async def wait_stopped(self) -> None:
+        """Wait for every worker to finish (after :meth:`stop_starting` or :meth:`cancel`)."""
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)
 
     async def aclose(self) -> None:
         """Cancel everything still running and wait until it has stopped."""

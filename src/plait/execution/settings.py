@@ -9,18 +9,32 @@ The full order, strongest first: call-time keywords (``run``, ``batch``), then
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, fields, replace
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from plait.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
 class ResolvedSettings:
-    """Every setting with its effective value for one call."""
+    """Every setting with its effective value for one call.
+
+    Durability and observability (design_docs/persistence.md and
+    observability.md): ``checkpoint_dir`` keeps finished nodes and inputs on
+    disk so a rerun skips them; ``checkpoint_mismatch`` says what to do when
+    the directory holds results of a changed module (``"error"``, ``"new"``,
+    ``"reuse"``); the checkpoint commits every ``checkpoint_buffer_size``
+    completions or ``checkpoint_flush_interval`` seconds. ``cache`` is the
+    response cache (None/False, True, a path or a ResponseCache).
+    ``max_tokens_total`` and ``max_cost`` stop the call when spent.
+    ``profile`` / ``profile_path`` write a Chrome trace. Spans go to the
+    global OpenTelemetry provider, or ``tracer_provider``; prompt and reply
+    text only with ``capture_content``.
+    """
 
     resources: Any = None
     max_concurrent: int = 256
@@ -34,16 +48,31 @@ class ResolvedSettings:
     progress: bool = False
     on_task_complete: Callable[[str, Any], Any] | None = None
     on_task_failed: Callable[[str, BaseException], Any] | None = None
+    checkpoint_dir: str | os.PathLike[str] | None = None
+    checkpoint_mismatch: Literal["error", "reuse", "new"] = "error"
+    checkpoint_buffer_size: int = 64
+    checkpoint_flush_interval: float = 1.0
+    cache: Any = None
+    max_tokens_total: int | None = None
+    max_cost: float | None = None
+    profile: bool = False
+    profile_path: str | os.PathLike[str] | None = None
+    capture_content: bool = False
+    tracer_provider: Any = None
 
 
 SETTING_NAMES = frozenset(field.name for field in fields(ResolvedSettings))
 
-_POSITIVE_INT = ("max_concurrent", "max_inflight")
+_POSITIVE_INT = ("max_concurrent", "max_inflight", "checkpoint_buffer_size")
+_POSITIVE_INT_OR_NONE = ("max_tokens_total",)
 _NON_NEGATIVE_INT = ("max_task_retries",)
-_POSITIVE_FLOAT_OR_NONE = ("task_timeout",)
+_POSITIVE_FLOAT = ("checkpoint_flush_interval",)
+_POSITIVE_FLOAT_OR_NONE = ("task_timeout", "max_cost")
 _NON_NEGATIVE_FLOAT = ("task_retry_delay",)
-_BOOL = ("streaming", "preserve_order", "progress")
+_BOOL = ("streaming", "preserve_order", "progress", "profile", "capture_content")
 _CALLABLE = ("on_progress", "on_task_complete", "on_task_failed")
+_PATH_OR_NONE = ("checkpoint_dir", "profile_path")
+_MISMATCH_POLICIES = ("error", "reuse", "new")
 
 
 def check_setting_names(settings: Mapping[str, Any], *, where: str) -> None:
@@ -63,8 +92,12 @@ def _check_value(name: str, value: Any, where: str) -> None:
 
     if name in _POSITIVE_INT and (not _is_int(value) or value < 1):
         raise bad("a positive int")
+    if name in _POSITIVE_INT_OR_NONE and value is not None and (not _is_int(value) or value < 1):
+        raise bad("a positive int or None")
     if name in _NON_NEGATIVE_INT and (not _is_int(value) or value < 0):
         raise bad("an int >= 0")
+    if name in _POSITIVE_FLOAT and (not _is_number(value) or value <= 0):
+        raise bad("a number > 0")
     if (
         name in _POSITIVE_FLOAT_OR_NONE
         and value is not None
@@ -77,6 +110,23 @@ def _check_value(name: str, value: Any, where: str) -> None:
         raise bad("True or False")
     if name in _CALLABLE and value is not None and not callable(value):
         raise bad("callable or None")
+    if name in _PATH_OR_NONE and value is not None and not isinstance(value, str | os.PathLike):
+        raise bad("a path (str or os.PathLike) or None")
+    if name == "checkpoint_mismatch" and value not in _MISMATCH_POLICIES:
+        raise bad(f"one of {', '.join(map(repr, _MISMATCH_POLICIES))}")
+    if name == "cache":
+        _check_cache(value, bad)
+    if name == "tracer_provider" and value is not None and not hasattr(value, "get_tracer"):
+        raise bad("an OpenTelemetry TracerProvider or None")
+
+
+def _check_cache(value: Any, bad: Callable[[str], ConfigError]) -> None:
+    if value is None or isinstance(value, bool | str | os.PathLike):
+        return
+    from plait.execution.cache import ResponseCache
+
+    if not isinstance(value, ResponseCache):
+        raise bad("True, False, None, a path or a ResponseCache")
 
 
 def _is_int(value: Any) -> bool:
@@ -84,7 +134,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """An int or float that is not a bool or NaN (NaN compares false with every bound)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
 
 
 _stack: ContextVar[tuple[ExecutionSettings, ...]] = ContextVar("plait_settings", default=())

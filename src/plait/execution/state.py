@@ -104,6 +104,7 @@ class ExecutionState:
         "_stale",
         "attempts",
         "cancelled",
+        "checkpoint",
         "failed",
         "in_progress",
         "index",
@@ -148,6 +149,44 @@ class ExecutionState:
         self.outstanding = plan.node_count
         self._stale: dict[str, int] = {}
         self.node_inputs: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] | None = None
+        self.checkpoint: Any = None
+
+    def restore(self, finished: dict[str, Any]) -> int:
+        """Adopt results of nodes that finished in an earlier run; returns how many.
+
+        Call before the state is scheduled. A node is adopted only if every
+        node it depends on is adopted too, so a stored result never sits
+        downstream of a node that will run again.
+        """
+        plan = self.plan
+        inputs = plan.input_ids
+        adopted = 0
+        for node_id in plan.graph.topological_order():
+            if node_id not in finished or node_id in inputs or node_id in self.results:
+                continue
+            dependencies = plan.nodes[node_id].dependencies
+            if all(dep in inputs or dep in self.results for dep in dependencies):
+                self.results[node_id] = finished[node_id]
+                adopted += 1
+        if not adopted:
+            return 0
+        results = self.results
+        remaining = self.remaining
+        for node_id in remaining:
+            remaining[node_id] = sum(
+                1
+                for dep in plan.nodes[node_id].dependencies
+                if dep not in inputs and dep not in results
+            )
+        keys = plan.keys
+        self.pending = [
+            keys[node_id]
+            for node_id, count in remaining.items()
+            if count == 0 and node_id not in results
+        ]
+        heapq.heapify(self.pending)
+        self.outstanding -= adopted
+        return adopted
 
     @property
     def completed(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import re
 import tomllib
@@ -81,7 +82,12 @@ class EndpointConfig(BaseModel):
     minute, matching how providers publish their limits. ``max_retries``, when
     set, replaces the scheduler's task retry budget for calls to this endpoint's
     alias. ``weight`` is the endpoint's share of traffic inside a pool.
-    ``input_price`` / ``output_price`` are per million tokens, for budgets.
+    ``input_price`` / ``output_price`` are per million tokens; they feed the
+    ``cost`` in usage reports and the ``max_cost`` budget (a config file's
+    ``prices`` table, or :meth:`ResourceConfig.with_prices`, sets them per
+    model). ``cache`` decides whether replies are cached: None follows the
+    run's ``cache=`` setting, False never caches this endpoint, True caches in
+    the default location and a path caches there.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
@@ -99,6 +105,7 @@ class EndpointConfig(BaseModel):
     client: Literal["lean", "openai"] = "lean"
     input_price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     output_price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    cache: bool | str | None = None
 
     if not TYPE_CHECKING:
         # Hidden from type checkers so the pydantic plugin keeps the typed
@@ -227,17 +234,44 @@ class ResourceConfig(RootModel[dict[str, list[EndpointConfig]]]):
         if not isinstance(data, Mapping):
             raise ConfigError(f"{file}: the top level must be a mapping of alias to endpoint")
         endpoints = data.get("endpoints")
+        prices = None
         if isinstance(endpoints, Mapping) and "model" not in endpoints:
-            others = sorted(str(key) for key in data if key != "endpoints")
+            others = sorted(str(key) for key in data if key not in ("endpoints", "prices"))
             if others:
                 raise ConfigError(
                     f"{file}: unexpected top-level keys next to 'endpoints': {', '.join(others)}"
                 )
+            prices = data.get("prices")
             data = endpoints
         try:
-            return cls(data)
+            config = cls(data)
+            return config if prices is None else config.with_prices(prices)
         except ConfigError as exc:
             raise ConfigError(f"{file}: {exc}") from None
+
+    def with_prices(self, prices: Mapping[str, Any]) -> ResourceConfig:
+        """A copy in which endpoints of each listed model get that model's prices.
+
+        ``prices`` maps a model name to ``{"input": ..., "output": ...}`` (per
+        million tokens) or to an ``(input, output)`` pair. Prices an endpoint
+        sets itself are kept.
+        """
+        if not isinstance(prices, Mapping):
+            raise ConfigError("prices must map model names to {input: ..., output: ...}")
+        table = {str(model): _price_pair(str(model), entry) for model, entry in prices.items()}
+        pools: dict[str, list[EndpointConfig]] = {}
+        for alias, pool in self.root.items():
+            updated = []
+            for endpoint in pool:
+                found = table.get(endpoint.model)
+                changes: dict[str, float] = {}
+                if found is not None and endpoint.input_price is None:
+                    changes["input_price"] = found[0]
+                if found is not None and endpoint.output_price is None:
+                    changes["output_price"] = found[1]
+                updated.append(endpoint.model_copy(update=changes) if changes else endpoint)
+            pools[alias] = updated
+        return ResourceConfig(pools)
 
     @property
     def aliases(self) -> tuple[str, ...]:
@@ -257,6 +291,31 @@ class ResourceConfig(RootModel[dict[str, list[EndpointConfig]]]):
 
     def __len__(self) -> int:
         return len(self.root)
+
+
+def _price_pair(model: str, entry: Any) -> tuple[float, float]:
+    if isinstance(entry, Mapping) and set(entry) <= {"input", "output"}:
+        pair = (entry.get("input"), entry.get("output"))
+    elif isinstance(entry, list | tuple) and len(entry) == 2:
+        pair = (entry[0], entry[1])
+    else:
+        raise ConfigError(
+            f"prices for model {model!r} must be {{input: ..., output: ...}} or an "
+            "(input, output) pair, in price per million tokens"
+        )
+    checked = []
+    for name, value in zip(("input", "output"), pair, strict=True):
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise ConfigError(
+                f"prices for model {model!r}: {name} must be a number >= 0, got {value!r}"
+            )
+        checked.append(float(value))
+    return checked[0], checked[1]
 
 
 def _read_file(file: Path) -> Any:

@@ -23,14 +23,18 @@ import difflib
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from plait.clients.base import ChatRequest, ChatResponse, LLMClient
-from plait.errors import RateLimitError, TransientError, UnknownAliasError
+from plait.errors import BudgetExceededError, RateLimitError, TransientError, UnknownAliasError
+from plait.profiling.observer import CallProbe
 from plait.resources.config import EndpointConfig, ResourceConfig
 from plait.resources.pool import EndpointPool
 from plait.resources.rate_limit import RateLimiter
 from plait.resources.usage import AliasUsage
+
+if TYPE_CHECKING:
+    from plait.execution.cache import ResponseCache
 
 ClientFactory = Callable[[EndpointConfig], LLMClient]
 
@@ -82,14 +86,41 @@ def estimate_tokens(request: ChatRequest) -> int:
 class _Endpoint:
     """What the hot path needs about one endpoint, flattened out of the config."""
 
-    __slots__ = ("config", "limiter", "model", "slot", "token_limited")
+    __slots__ = (
+        "_cache",
+        "config",
+        "inherit_cache",
+        "input_price",
+        "label",
+        "limiter",
+        "model",
+        "output_price",
+        "priced",
+        "slot",
+        "token_limited",
+    )
 
-    def __init__(self, config: EndpointConfig, slot: int) -> None:
+    def __init__(self, config: EndpointConfig, slot: int, label: str) -> None:
         self.config = config
         self.slot = slot
+        self.label = label
         self.model = config.model
         self.token_limited = config.token_rate_limit is not None
         self.limiter = RateLimiter(config.rate_limit, config.token_rate_limit)
+        # Prices are per million tokens in the config, per token here.
+        self.priced = config.input_price is not None or config.output_price is not None
+        self.input_price = (config.input_price or 0.0) / 1e6
+        self.output_price = (config.output_price or 0.0) / 1e6
+        self.inherit_cache = config.cache is None
+        self._cache: ResponseCache | None = None
+
+    def own_cache(self) -> ResponseCache | None:
+        """The cache this endpoint's config names (opened on first use), or None."""
+        if self._cache is None and self.config.cache:
+            from plait.execution.cache import open_cache
+
+            self._cache = open_cache(self.config.cache)
+        return self._cache
 
 
 class _Route:
@@ -167,8 +198,9 @@ class ResourceManager:
         self._routes: dict[str, _Route] = {}
         for alias in self.config:
             members = []
-            for endpoint_config in self.config[alias]:
-                endpoint = _Endpoint(endpoint_config, len(self._endpoints))
+            for index, endpoint_config in enumerate(self.config[alias]):
+                label = f"{alias}[{index}] {endpoint_config.model}"
+                endpoint = _Endpoint(endpoint_config, len(self._endpoints), label)
                 self._endpoints.append(endpoint)
                 members.append(endpoint)
             self._routes[alias] = _Route(members)
@@ -192,6 +224,10 @@ class ResourceManager:
         """The alias's ``max_retries`` (largest in a pool), or None to use the scheduler's."""
         return self._route(alias).retry_budget
 
+    def priced(self, alias: str) -> bool:
+        """Whether every endpoint of ``alias`` has prices, so its calls have a cost."""
+        return all(member.item.priced for member in self._route(alias).pool.members)
+
     def limiter(self, alias: str, index: int = 0) -> RateLimiter:
         """The rate limiter of endpoint ``index`` in the alias's pool."""
         return self._route(alias).pool.members[index].item.limiter
@@ -213,12 +249,26 @@ class ResourceManager:
 
     # -- calls -----------------------------------------------------------
 
-    async def complete(self, alias: str, request: ChatRequest, *, attempt: int = 0) -> ChatResponse:
+    async def complete(
+        self,
+        alias: str,
+        request: ChatRequest,
+        *,
+        attempt: int = 0,
+        cache: ResponseCache | None = None,
+        probe: CallProbe | None = None,
+    ) -> ChatResponse:
         """Send ``request`` to an endpoint of ``alias`` and return its reply.
 
         ``request.model`` is set to the chosen endpoint's model (the request
         is the resource layer's to fill in; a retry may land elsewhere and is
         set again). ``attempt`` > 0 marks a retry in the usage counters.
+        ``cache`` is the run's response cache (an endpoint's own ``cache``
+        setting overrides it); a hit returns at once and counts as a cache
+        hit, not a request. ``probe``, when given, is filled in with where the
+        call went, how long it waited and what it cost; if its ``halt`` is
+        exceeded by the time a slot and a rate permit are held, the request
+        is not sent and :class:`BudgetExceededError` is raised.
         """
         route = self._routes.get(alias)
         if route is None:
@@ -228,28 +278,61 @@ class ResourceManager:
         if loop is not self._state_loop or state is None:
             state = self._enter(loop)
         usage = route.usage
-        usage.requests += 1
-        if attempt:
-            usage.retries += 1
+        if probe is not None:
+            probe.started = time.perf_counter()
         pool = route.pool
         member = pool.pick()
         endpoint = member.item
         request.model = endpoint.model
+        store = cache if endpoint.inherit_cache else endpoint.own_cache()
+        if store is not None:
+            key = store.key(request)
+            hit = store.get(request, key)
+            if hit is not None:
+                pool.release(member)
+                usage.cache_hits += 1
+                if probe is not None:
+                    probe.endpoint = endpoint.label
+                    probe.model = endpoint.model
+                    probe.cache_hit = True
+                    probe.sent = probe.done = time.perf_counter()
+                return hit
+        usage.requests += 1
+        if attempt:
+            usage.retries += 1
         try:
             slots = state.slots[endpoint.slot]
             if slots.free:
                 slots.free -= 1
-            else:
+            elif probe is None:
                 await slots.wait()
+            else:
+                waited = time.perf_counter()
+                await slots.wait()
+                probe.slot_wait = time.perf_counter() - waited
             try:
                 limiter = endpoint.limiter
                 estimate = estimate_tokens(request) if endpoint.token_limited else 0
                 if not limiter.try_acquire(estimate):
+                    waited = time.perf_counter()
                     await limiter.acquire(estimate)
+                    blocked = time.perf_counter() - waited
+                    usage.rate_limit_wait += blocked
+                    if probe is not None:
+                        probe.rate_wait = blocked
+                if probe is not None:
+                    probe.endpoint = endpoint.label
+                    probe.model = endpoint.model
+                    halt = probe.halt
+                    if halt is not None and halt.exceeded:
+                        usage.requests -= 1
+                        raise BudgetExceededError("the run's budget ran out before this call")
                 client = state.clients[endpoint.slot]
                 if client is None:
                     client = self._new_client(state, endpoint)
                 started = time.perf_counter()
+                if probe is not None:
+                    probe.sent = started
                 try:
                     response = await client.complete(request)
                 except RateLimitError as exc:
@@ -265,6 +348,9 @@ class ResourceManager:
                 except Exception:
                     usage.failures += 1
                     raise
+                finally:
+                    if probe is not None:
+                        probe.done = time.perf_counter()
                 usage.latency.record(time.perf_counter() - started)
             finally:
                 slots.release()
@@ -274,10 +360,20 @@ class ResourceManager:
         used = response.input_tokens + response.output_tokens
         usage.input_tokens += response.input_tokens
         usage.output_tokens += response.output_tokens
+        if endpoint.priced:
+            cost = (
+                response.input_tokens * endpoint.input_price
+                + response.output_tokens * endpoint.output_price
+            )
+            usage.cost += cost
+            if probe is not None:
+                probe.cost = cost
         if estimate and used:
             limiter.correct(estimate, used)
         limiter.on_success()
         pool.record_success(member)
+        if store is not None:
+            store.put(request, response, key)
         return response
 
     async def aclose(self) -> None:

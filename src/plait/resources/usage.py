@@ -86,9 +86,14 @@ class AliasUsage:
 
     ``requests`` counts calls started; each ends as a success or a failure.
     ``rate_limited`` counts the failures that were 429s and ``retries`` the
-    calls that were a task's second or later attempt. Latency covers the
-    client call of successful requests only (not time spent queued for a
-    concurrency slot or rate permit), in seconds.
+    calls that were a task's second or later attempt. ``cache_hits`` counts
+    calls answered from the response cache, which are not requests: they
+    send nothing and add no tokens or cost. ``cost`` is in the currency of
+    the endpoints' ``input_price``/``output_price`` (0 when none is set).
+    ``rate_limit_wait`` is the total time calls spent waiting for the rate
+    limiter, in seconds. Latency covers the client call of successful
+    requests only (not time spent queued for a concurrency slot or rate
+    permit), in seconds.
     """
 
     requests: int = 0
@@ -99,6 +104,8 @@ class AliasUsage:
     input_tokens: int = 0
     output_tokens: int = 0
     cache_hits: int = 0
+    cost: float = 0.0
+    rate_limit_wait: float = 0.0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram, repr=False)
 
     @property
@@ -136,6 +143,8 @@ class AliasUsage:
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
             cache_hits=self.cache_hits,
+            cost=self.cost,
+            rate_limit_wait=self.rate_limit_wait,
             latency=self.latency.copy(),
         )
 
@@ -150,6 +159,8 @@ class AliasUsage:
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cache_hits": self.cache_hits,
+            "cost": self.cost,
+            "rate_limit_wait": self.rate_limit_wait,
             "latency_p50": self.latency_p50,
             "latency_p90": self.latency_p90,
             "latency_p99": self.latency_p99,
@@ -167,6 +178,8 @@ _COLUMNS = (
     "429s",
     "in tokens",
     "out tokens",
+    "cache hits",
+    "cost",
     "p50",
     "p90",
     "p99",
@@ -189,6 +202,8 @@ def format_usage(usage: Mapping[str, AliasUsage]) -> str:
                 str(u.rate_limited),
                 str(u.input_tokens),
                 str(u.output_tokens),
+                str(u.cache_hits),
+                _cost(u.cost),
                 _seconds(u.latency_p50),
                 _seconds(u.latency_p90),
                 _seconds(u.latency_p99),
@@ -203,6 +218,12 @@ def format_usage(usage: Mapping[str, AliasUsage]) -> str:
         cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def _cost(value: float) -> str:
+    if value == 0:
+        return "-"
+    return f"{value:.4f}" if value < 100 else f"{value:,.2f}"
 
 
 def _seconds(value: float) -> str:

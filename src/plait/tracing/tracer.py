@@ -246,4 +246,11 @@ class Tracer:
 
 def trace(module: Traceable, *args: Any, **kwargs: Any) -> InferenceGraph:
     """Trace ``module`` with example arguments and return its graph; nothing runs."""
+    if isinstance(module, type) or not hasattr(module, "_plait_is_leaf"):
+        what = (
+            f"the class {module.__name__} (call it to make an instance)"
+            if isinstance(module, type)
+            else type(module).__name__
+        )
+        raise TypeError(f"plait.trace() needs a Module instance, got {what}")
     return Tracer().trace(module, *args, **kwargs)

@@ -1,0 +1,597 @@
+"""Checkpoints: finished work kept on disk, so a rerun skips it.
+
+With ``checkpoint_dir`` set, a run writes every finished node and every
+finished input to ``<checkpoint_dir>/checkpoint.sqlite``. Calling the same
+module on the same inputs with the same directory again returns finished
+inputs straight from the file and, for inputs that were cut short, runs only
+the nodes that had not finished.
+
+Identity. A *run* in the store is one version of one module: its class, its
+call shape and the fingerprint of its traced graph (see
+:mod:`plait.execution.fingerprint`: prompts, parameter values, settings and
+wiring). Results are reused only under the same fingerprint. When the module
+has changed since results were stored, the call stops before sending
+anything and says what changed; ``checkpoint_mismatch="new"`` computes fresh
+results for the new version (the old ones stay), ``"reuse"`` adopts the
+stored results on purpose. An input is identified by its position in the
+batch plus a hash of its content, so reordering or editing inputs never
+returns another input's result.
+
+Writing. The event loop only encodes values (JSON, see
+:mod:`plait.execution.codec`) and appends rows to a buffer. The buffer goes
+to a background thread every ``checkpoint_buffer_size`` completions or every
+``checkpoint_flush_interval`` seconds, whichever comes first, and the thread
+commits it as one transaction. SQLite in WAL mode makes each commit atomic,
+so a process killed at any moment (``kill -9`` included) leaves the store
+as it was after some commit: at most the last unflushed buffer and the
+requests in flight are lost, and nothing is ever half-written.
+
+Reading. :class:`CheckpointManager` lists the runs in a directory with their
+progress and exports their results, without needing the module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from plait.errors import CheckpointError
+from plait.execution._sqlite import BackgroundWriter, WriterError, connect
+from plait.execution.codec import (
+    UnencodableError,
+    UnknownClassError,
+    class_path,
+    decode,
+    digest,
+    encode,
+    plain,
+)
+from plait.execution.fingerprint import describe, differences, fingerprint
+from plait.execution.state import GraphPlan
+
+FILENAME = "checkpoint.sqlite"
+SCHEMA_VERSION = 1
+
+MismatchPolicy = Literal["error", "reuse", "new"]
+
+_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS runs(
+        run_id INTEGER PRIMARY KEY,
+        module TEXT NOT NULL,
+        shape TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        description TEXT NOT NULL,
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        status TEXT NOT NULL,
+        total INTEGER,
+        failed INTEGER NOT NULL DEFAULT 0,
+        pid INTEGER,
+        host TEXT,
+        UNIQUE(module, shape, fingerprint)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS inputs(
+        run_id INTEGER NOT NULL,
+        position INTEGER NOT NULL,
+        digest TEXT NOT NULL,
+        input TEXT NOT NULL,
+        output TEXT NOT NULL,
+        finished REAL NOT NULL,
+        PRIMARY KEY(run_id, position, digest)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS nodes(
+        run_id INTEGER NOT NULL,
+        position INTEGER NOT NULL,
+        digest TEXT NOT NULL,
+        node_id TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY(run_id, position, digest, node_id)
+    ) WITHOUT ROWID
+    """,
+)
+
+_INSERT_NODE = "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?)"
+_INSERT_INPUT = "INSERT OR REPLACE INTO inputs VALUES (?, ?, ?, ?, ?, ?)"
+_DELETE_NODES = "DELETE FROM nodes WHERE run_id = ? AND position = ? AND digest = ?"
+_TOUCH_RUN = "UPDATE runs SET updated = ?, failed = failed + ? WHERE run_id = ?"
+_END_RUN = "UPDATE runs SET updated = ?, status = ?, pid = NULL WHERE run_id = ?"
+
+InputKey = tuple[int, int, str]
+"""(run id, position, content digest): where one input's rows live."""
+
+
+# -- reading a directory ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """One run (one version of one module) in a checkpoint directory.
+
+    ``finished`` counts inputs whose output is stored, ``partial`` inputs with
+    some finished nodes but no output yet, ``failed`` the inputs that failed
+    in the latest call. ``total`` is the size of the latest call's batch when
+    it was known. ``status`` is ``running``, ``finished``, ``incomplete``
+    (some inputs failed), ``stopped`` (cancelled, over budget or aborted) or
+    ``interrupted`` (its process died while running).
+    """
+
+    run_id: int
+    module: str
+    shape: str
+    fingerprint: str
+    status: str
+    created: float
+    updated: float
+    total: int | None
+    finished: int
+    partial: int
+    failed: int
+
+    @property
+    def progress(self) -> float | None:
+        """Finished inputs as a fraction of ``total`` (None when the total is unknown)."""
+        if not self.total:
+            return None
+        return min(1.0, self.finished / self.total)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResult:
+    """A finished input as stored: its position in the batch, the input and the output."""
+
+    index: int
+    input: Any
+    output: Any
+
+
+class CheckpointManager:
+    """Reads a checkpoint directory: the runs it holds, their progress, their results.
+
+    Values come back as plain JSON data (models as their fields, tuples as
+    lists), so no module or model class is needed to inspect a checkpoint.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / FILENAME
+        if not self.path.exists():
+            raise CheckpointError(f"no checkpoint found in {self.directory}")
+
+    def runs(self) -> list[RunInfo]:
+        """Every run in the directory, most recently updated first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                """
+                SELECT r.run_id, r.module, r.shape, r.fingerprint, r.status, r.created,
+                       r.updated, r.total, r.failed, r.pid, r.host,
+                       (SELECT COUNT(*) FROM inputs i WHERE i.run_id = r.run_id),
+                       (SELECT COUNT(*) FROM (SELECT DISTINCT position, digest FROM nodes n
+                                              WHERE n.run_id = r.run_id))
+                FROM runs r ORDER BY r.updated DESC, r.run_id DESC
+                """
+            ).fetchall()
+        return [
+            RunInfo(
+                run_id=row[0],
+                module=row[1],
+                shape=row[2],
+                fingerprint=row[3],
+                status=_live_status(row[4], row[9], row[10]),
+                created=row[5],
+                updated=row[6],
+                total=row[7],
+                failed=row[8],
+                finished=row[11],
+                partial=row[12],
+            )
+            for row in rows
+        ]
+
+    def run(self, run_id: int | None = None) -> RunInfo:
+        """One run by id, or the most recently updated one."""
+        runs = self.runs()
+        if not runs:
+            raise CheckpointError(f"the checkpoint in {self.directory} holds no runs")
+        if run_id is None:
+            return runs[0]
+        for info in runs:
+            if info.run_id == run_id:
+                return info
+        known = ", ".join(str(info.run_id) for info in runs)
+        raise CheckpointError(f"no run {run_id} in {self.directory}; runs: {known}")
+
+    def results(self, run_id: int | None = None) -> list[StoredResult]:
+        """The finished inputs of a run (default: the latest), in batch order."""
+        return list(self.iter_results(run_id))
+
+    def iter_results(self, run_id: int | None = None) -> Iterator[StoredResult]:
+        chosen = self.run(run_id).run_id
+        with self._read() as conn:
+            cursor = conn.execute(
+                "SELECT position, input, output FROM inputs WHERE run_id = ? ORDER BY position",
+                (chosen,),
+            )
+            for position, given, output in cursor:
+                yield StoredResult(position, plain(json.loads(given)), plain(json.loads(output)))
+
+    def export(self, path: str | os.PathLike[str], run_id: int | None = None) -> int:
+        """Write a run's results as JSON Lines (index, input, output); returns how many."""
+        count = 0
+        target = Path(path)
+        with target.open("w", encoding="utf-8") as file:
+            for result in self.iter_results(run_id):
+                record = {"index": result.index, "input": result.input, "output": result.output}
+                file.write(json.dumps(record, ensure_ascii=False) + "\n")
+                count += 1
+        return count
+
+    def delete(self, run_id: int) -> None:
+        """Remove a run and everything stored for it."""
+        self.run(run_id)
+        conn = connect(self.path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for table in ("nodes", "inputs", "runs"):
+                conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def _read(self) -> _ReadConnection:
+        return _ReadConnection(self.path)
+
+
+class _ReadConnection:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._conn: sqlite3.Connection | None = None
+
+    def __enter__(self) -> sqlite3.Connection:
+        try:
+            self._conn = connect(self._path, readonly=True)
+            _check_version(self._conn, self._path)
+        except sqlite3.DatabaseError as error:
+            raise CheckpointError(f"{self._path} is not a readable checkpoint: {error}") from None
+        return self._conn
+
+    def __exit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+def _live_status(status: str, pid: int | None, host: str | None) -> str:
+    """A run still marked running whose process is gone was interrupted."""
+    if status != "running" or pid is None or host != socket.gethostname():
+        return status
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "interrupted"
+    except PermissionError:
+        return status
+    return status
+
+
+def _check_version(conn: sqlite3.Connection, path: Path) -> None:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise CheckpointError(
+            f"{path} was written by a newer plait (checkpoint format {version}); upgrade plait"
+        )
+
+
+# -- writing during a run --------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Binding:
+    """What a session knows about one graph (call shape) of the module it runs."""
+
+    run_id: int
+    models: dict[str, type[BaseModel]]
+    has_rows: bool
+
+
+class CheckpointSession:
+    """One call's use of a checkpoint directory: restores at admission, saves as work finishes.
+
+    Created on the event loop that runs the call; everything but the
+    background writer runs on that loop.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        module: Any,
+        total: int | None,
+        mismatch: MismatchPolicy = "error",
+        buffer_size: int = 64,
+        flush_interval: float = 1.0,
+    ) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / FILENAME
+        self.module_name = type(module).__qualname__
+        self.total = total
+        self.mismatch = mismatch
+        self.buffer_size = buffer_size
+        self.flush_interval = flush_interval
+        if self.directory.exists() and not self.directory.is_dir():
+            raise CheckpointError(f"checkpoint_dir {self.directory} exists and is not a directory")
+        try:
+            self._conn = connect(self.path)
+            _check_version(self._conn, self.path)
+            for statement in _SCHEMA:
+                self._conn.execute(statement)
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._writer = BackgroundWriter(self.path)
+        except sqlite3.DatabaseError as error:
+            raise CheckpointError(f"cannot use {self.path} as a checkpoint: {error}") from None
+        except OSError as error:
+            raise CheckpointError(
+                f"cannot create checkpoint_dir {self.directory}: {error}"
+            ) from None
+        self._bindings: dict[int, Binding] = {}
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._nodes: dict[InputKey, list[tuple[int, int, str, str, str]]] = {}
+        self._inputs: list[tuple[int, int, str, str, str, float]] = []
+        self._finished: list[InputKey] = []
+        self._failed: dict[int, int] = {}
+        self._buffered = 0
+        self._closed = False
+
+    # -- admission -------------------------------------------------------------
+
+    def bind(self, plan: GraphPlan, shape: tuple[Any, ...]) -> Binding:
+        """The run this graph's results belong to, found or created (once per graph).
+
+        Raises:
+            CheckpointError: the directory holds results of a different version
+                of this module and ``mismatch`` is ``"error"``.
+        """
+        binding = self._bindings.get(id(plan))
+        if binding is None:
+            binding = self._bindings[id(plan)] = self._bind(plan, json.dumps(list(shape)))
+        return binding
+
+    def _bind(self, plan: GraphPlan, shape: str) -> Binding:
+        description = describe(plan.graph)
+        version = fingerprint(description)
+        conn = self._conn
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                "SELECT run_id FROM runs WHERE module = ? AND shape = ? AND fingerprint = ?",
+                (self.module_name, shape, version),
+            ).fetchone()
+            if row is not None:
+                run_id = int(row[0])
+            else:
+                run_id = self._new_or_adopted(shape, version, description, now)
+            conn.execute(
+                "UPDATE runs SET status = 'running', pid = ?, host = ?, total = ?, failed = 0, "
+                "updated = ? WHERE run_id = ?",
+                (os.getpid(), socket.gethostname(), self.total, now, run_id),
+            )
+            has_rows = (
+                conn.execute(
+                    "SELECT EXISTS(SELECT 1 FROM inputs WHERE run_id = ?) "
+                    "OR EXISTS(SELECT 1 FROM nodes WHERE run_id = ?)",
+                    (run_id, run_id),
+                ).fetchone()[0]
+                == 1
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return Binding(run_id, _models_of(plan), has_rows)
+
+    def _new_or_adopted(
+        self, shape: str, version: str, description: dict[str, Any], now: float
+    ) -> int:
+        conn = self._conn
+        previous = conn.execute(
+            """
+            SELECT run_id, description, updated FROM runs r
+            WHERE module = ? AND shape = ?
+              AND (EXISTS(SELECT 1 FROM inputs i WHERE i.run_id = r.run_id)
+                   OR EXISTS(SELECT 1 FROM nodes n WHERE n.run_id = r.run_id))
+            ORDER BY updated DESC LIMIT 1
+            """,
+            (self.module_name, shape),
+        ).fetchone()
+        text = json.dumps(description, sort_keys=True, ensure_ascii=False)
+        if previous is not None and self.mismatch == "error":
+            raise self._mismatch_error(int(previous[0]), json.loads(previous[1]), description)
+        if previous is not None and self.mismatch == "reuse":
+            conn.execute(
+                "UPDATE runs SET fingerprint = ?, description = ? WHERE run_id = ?",
+                (version, text, previous[0]),
+            )
+            return int(previous[0])
+        cursor = conn.execute(
+            "INSERT INTO runs(module, shape, fingerprint, description, created, updated, status) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'running')",
+            (self.module_name, shape, version, text, now, now),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def _mismatch_error(
+        self, run_id: int, old: dict[str, Any], new: dict[str, Any]
+    ) -> CheckpointError:
+        changes = "\n".join(f"  - {line}" for line in differences(old, new))
+        return CheckpointError(
+            f"checkpoint_dir {self.directory} holds results of a different version of "
+            f"{self.module_name} "
+            f"(run {run_id}); since then:\n{changes}\n"
+            "Nothing was run, since those results may no longer match. Pass "
+            "checkpoint_mismatch='new' to compute results for this version (the old ones are "
+            "kept), checkpoint_mismatch='reuse' to use the stored results anyway, or use "
+            "another checkpoint_dir."
+        )
+
+    def restore(
+        self,
+        binding: Binding,
+        position: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[InputKey, tuple[Any] | None, dict[str, Any]]:
+        """The input's key, ``(output,)`` if its output is stored, and its stored node results.
+
+        Raises:
+            CheckpointError: the input cannot be hashed because it is not JSON data.
+        """
+        try:
+            key: InputKey = (binding.run_id, position, digest([args, kwargs]))
+        except UnencodableError as error:
+            raise CheckpointError(
+                f"input {position} cannot be checkpointed: {error}; checkpointed inputs must "
+                "be JSON data, pydantic models, tuples or bytes"
+            ) from None
+        if not binding.has_rows:
+            return key, None, {}
+        conn = self._conn
+        row = conn.execute(
+            "SELECT output FROM inputs WHERE run_id = ? AND position = ? AND digest = ?", key
+        ).fetchone()
+        if row is not None:
+            try:
+                return key, (decode(row[0], binding.models),), {}
+            except UnknownClassError:
+                pass
+        nodes: dict[str, Any] = {}
+        query = "SELECT node_id, value FROM nodes WHERE run_id = ? AND position = ? AND digest = ?"
+        for node_id, text in conn.execute(query, key):
+            try:
+                nodes[node_id] = decode(text, binding.models)
+            except UnknownClassError:
+                continue
+        return key, None, nodes
+
+    # -- recording -------------------------------------------------------------
+
+    def node_done(self, key: InputKey, node_id: str, node: Any, value: Any) -> None:
+        """Buffer a finished node's value.
+
+        Raises:
+            CheckpointError: the value is not storable as JSON (names the node).
+        """
+        try:
+            text = encode(value)
+        except UnencodableError as error:
+            where = f" ({node.module_path})" if node.module_path else ""
+            raise CheckpointError(
+                f"node {node_id!r}{where} produced a value that cannot be checkpointed: {error}. "
+                "Checkpointed node outputs must be JSON data, pydantic models, plait Values, "
+                "tuples or bytes; return one of those, or run without checkpoint_dir."
+            ) from None
+        rows = self._nodes.get(key)
+        if rows is None:
+            rows = self._nodes[key] = []
+        rows.append((*key, node_id, text))
+        self._added()
+
+    def input_done(self, key: InputKey, given: Any, output: Any) -> None:
+        """Buffer a finished input; its node rows are no longer needed."""
+        try:
+            output_text = encode(output)
+            input_text = encode(given)
+        except UnencodableError as error:
+            raise CheckpointError(
+                f"the output of input {key[1]} cannot be checkpointed: {error}"
+            ) from None
+        self._nodes.pop(key, None)
+        self._inputs.append((*key, input_text, output_text, time.time()))
+        self._finished.append(key)
+        self._added()
+
+    def input_failed(self, key: InputKey) -> None:
+        self._failed[key[0]] = self._failed.get(key[0], 0) + 1
+        self._added()
+
+    def _added(self) -> None:
+        self._buffered += 1
+        if self._buffered >= self.buffer_size:
+            self.flush()
+        elif self._timer is None:
+            self._timer = self._loop.call_later(self.flush_interval, self._flush_on_timer)
+
+    def _flush_on_timer(self) -> None:
+        self._timer = None
+        # A failure is raised again by the next flush, which every run makes as it ends.
+        with contextlib.suppress(CheckpointError):
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand everything buffered to the writer as one transaction."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._buffered:
+            return
+        self._buffered = 0
+        node_rows = [row for rows in self._nodes.values() for row in rows]
+        self._nodes = {}
+        now = time.time()
+        touched = {row[0] for row in node_rows} | {row[0] for row in self._inputs}
+        touched.update(self._failed)
+        writes: list[tuple[str, Any]] = [
+            (_INSERT_NODE, node_rows),
+            (_INSERT_INPUT, self._inputs),
+            (_DELETE_NODES, self._finished),
+            (_TOUCH_RUN, [(now, self._failed.get(run_id, 0), run_id) for run_id in touched]),
+        ]
+        self._inputs = []
+        self._finished = []
+        self._failed = {}
+        try:
+            self._writer.submit(writes)
+        except WriterError as error:
+            raise CheckpointError(str(error)) from None
+
+    def close(self, status: str) -> None:
+        """Write what is buffered, mark the runs with ``status`` and wait for the disk."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.flush()
+            now = time.time()
+            ends = [(now, status, binding.run_id) for binding in self._bindings.values()]
+            self._writer.submit([(_END_RUN, ends)])
+            self._writer.close()
+        except WriterError as error:
+            raise CheckpointError(str(error)) from None
+        finally:
+            self._conn.close()
+
+
+def _models_of(plan: GraphPlan) -> dict[str, type[BaseModel]]:
+    """The pydantic classes the graph's modules name (response formats, parse targets)."""
+    models: dict[str, type[BaseModel]] = {}
+    for node in plan.nodes.values():
+        for value in getattr(node.module, "__dict__", {}).values():
+            if isinstance(value, type) and issubclass(value, BaseModel):
+                models[class_path(value)] = value
+    return models

@@ -1,0 +1,224 @@
+"""Node values and inputs to JSON and back, for checkpoints.
+
+Checkpoint files are data, never code, so nothing is pickled. Plain JSON
+types are stored as themselves; the few Python types that JSON cannot tell
+apart or hold (tuples, pydantic models, plait Values, bytes, exceptions,
+non-finite floats, dicts with non-string keys) are stored as small tagged
+objects. Decoding a model needs its class: it is looked up among the classes
+the caller already knows (the graph's ``response_format`` models) and then
+among modules that are already imported. Nothing is ever imported on behalf
+of a file, so a tampered checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import hashlib
+import json
+import math
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+from plait.errors import ExecutionError
+from plait.values import Value, ValueKind
+
+TAG = "$plait"
+
+
+class UnencodableError(TypeError):
+    """A value has a type that cannot be stored as JSON; ``path`` says where in it."""
+
+    def __init__(self, type_name: str, path: str) -> None:
+        where = f" at {path}" if path else ""
+        super().__init__(f"a {type_name} value{where} cannot be stored as JSON")
+        self.type_name = type_name
+        self.path = path
+
+
+class UnknownClassError(LookupError):
+    """A stored model names a class that this process has not loaded."""
+
+
+def class_path(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def to_json(value: Any) -> Any:
+    """``value`` as plain JSON data, with tags for what JSON cannot express.
+
+    Raises:
+        UnencodableError: some part of ``value`` has another type; its
+            ``path`` says where (worked out only when this happens).
+    """
+    cls = value.__class__
+    if cls is str or cls is int or cls is bool or value is None:
+        return value
+    if cls is float:
+        if math.isfinite(value):
+            return value
+        return {TAG: "float", "repr": repr(value)}
+    if cls is list or cls is tuple:
+        try:
+            items = [to_json(item) for item in value]
+        except UnencodableError as error:
+            raise _located(error, ((f"[{i}]", item) for i, item in enumerate(value))) from None
+        return items if cls is list else {TAG: "tuple", "items": items}
+    if cls is dict:
+        try:
+            if all(key.__class__ is str for key in value) and TAG not in value:
+                return {key: to_json(item) for key, item in value.items()}
+            return {
+                TAG: "dict",
+                "items": [[to_json(key), to_json(item)] for key, item in value.items()],
+            }
+        except UnencodableError as error:
+            parts = [(f"[{key!r}]", item) for key, item in value.items()]
+            parts += [("<key>", key) for key in value]
+            raise _located(error, parts) from None
+    if isinstance(value, BaseModel):
+        return {TAG: "model", "class": class_path(cls), "data": value.model_dump(mode="json")}
+    if isinstance(value, Value):
+        try:
+            return {
+                TAG: "value",
+                "kind": value.kind.value,
+                "payload": to_json(value.payload),
+                "ref": value.ref,
+                "meta": to_json(value.meta),
+            }
+        except UnencodableError as error:
+            raise _located(error, [(".payload", value.payload), (".meta", value.meta)]) from None
+    if isinstance(value, bytes | bytearray):
+        return {TAG: "bytes", "base64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, BaseException):
+        return {TAG: "error", "class": class_path(cls), "message": str(value)}
+    # Subclasses of the scalars (str and int enums, numpy-free float types)
+    # are stored as the plain value they stand for.
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return to_json(float(value))
+    raise UnencodableError(cls.__qualname__, "")
+
+
+def _located(error: UnencodableError, parts: Iterable[tuple[str, Any]]) -> UnencodableError:
+    """``error`` with the path of the first part that cannot be encoded in front."""
+    for label, item in parts:
+        try:
+            to_json(item)
+        except UnencodableError as inner:
+            return UnencodableError(inner.type_name, label + inner.path)
+    return error
+
+
+def encode(value: Any) -> str:
+    """``value`` as compact JSON text; raises :class:`UnencodableError`."""
+    return json.dumps(to_json(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def digest(data: Any) -> str:
+    """A stable content hash of ``data`` (same data, same hash, in any process)."""
+    text = json.dumps(to_json(data), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def decode(text: str, models: Mapping[str, type[BaseModel]] | None = None) -> Any:
+    """Rebuild a value written by :func:`encode`.
+
+    Raises:
+        UnknownClassError: a stored model's class is neither in ``models`` nor
+            in an already imported module.
+    """
+    return from_json(json.loads(text), models or {})
+
+
+def from_json(data: Any, models: Mapping[str, type[BaseModel]]) -> Any:
+    cls = data.__class__
+    if cls is list:
+        return [from_json(item, models) for item in data]
+    if cls is not dict:
+        return data
+    tag = data.get(TAG)
+    if tag is None:
+        return {key: from_json(item, models) for key, item in data.items()}
+    if tag == "tuple":
+        return tuple(from_json(item, models) for item in data["items"])
+    if tag == "dict":
+        return {from_json(k, models): from_json(v, models) for k, v in data["items"]}
+    if tag == "float":
+        return float(data["repr"])
+    if tag == "model":
+        model = models.get(data["class"]) or _loaded_class(data["class"])
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise UnknownClassError(data["class"])
+        return model.model_validate(data["data"])
+    if tag == "value":
+        return Value(
+            ValueKind(data["kind"]),
+            from_json(data["payload"], models),
+            data.get("ref"),
+            from_json(data.get("meta") or {}, models),
+        )
+    if tag == "bytes":
+        return base64.b64decode(data["base64"])
+    if tag == "error":
+        return _rebuild_error(data["class"], data["message"])
+    raise ValueError(f"unknown tag {tag!r} in stored value")
+
+
+def plain(data: Any) -> Any:
+    """Stored JSON data with the tags taken out, for reading without the classes.
+
+    Tuples become lists, models and Values their data, bytes a base64 string,
+    errors their message; the result is plain JSON data.
+    """
+    cls = data.__class__
+    if cls is list:
+        return [plain(item) for item in data]
+    if cls is not dict:
+        return data
+    tag = data.get(TAG)
+    if tag is None:
+        return {key: plain(item) for key, item in data.items()}
+    if tag == "tuple":
+        return [plain(item) for item in data["items"]]
+    if tag == "dict":
+        return {str(plain(key)): plain(value) for key, value in data["items"]}
+    if tag == "model":
+        return plain(data["data"])
+    if tag == "value":
+        return plain(data["payload"])
+    if tag == "bytes":
+        return data["base64"]
+    if tag == "error":
+        return f"{data['class'].rpartition(':')[2]}: {data['message']}"
+    return data.get("repr")
+
+
+def _loaded_class(path: str) -> Any:
+    module_name, _, qualname = path.partition(":")
+    found: Any = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        if found is None:
+            return None
+        found = getattr(found, part, None)
+    return found
+
+
+def _rebuild_error(path: str, message: str) -> BaseException:
+    """Builtin exceptions come back as themselves; others as an ExecutionError that names them."""
+    module_name, _, qualname = path.partition(":")
+    if module_name == "builtins":
+        cls = getattr(builtins, qualname, None)
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            try:
+                return cls(message)
+            except TypeError:
+                pass
+    return ExecutionError(f"{qualname}: {message}")
