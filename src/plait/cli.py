@@ -56,6 +56,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resources", type=Path, help="resource config (.yaml, .json or .toml)")
     run.add_argument("--max-concurrent", type=_positive_int, help="engine-wide concurrency cap")
     run.add_argument("--max-retries", type=_non_negative_int, help="retries per failed call")
+    run.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        help="keep finished calls here too, so a rerun also skips the finished steps of "
+        "inputs that were cut short",
+    )
+    run.add_argument(
+        "--cache",
+        nargs="?",
+        const=True,
+        metavar="PATH",
+        help="reuse identical requests' replies from an on-disk cache (default location, or PATH)",
+    )
+    run.add_argument("--budget-tokens", type=_positive_int, help="stop after this many tokens")
+    run.add_argument("--budget-cost", type=float, help="stop after this cost (needs prices)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     graph = commands.add_parser("graph", help="print a module's graph")
@@ -162,6 +177,14 @@ def _run(options: argparse.Namespace) -> int:
         settings["max_concurrent"] = options.max_concurrent
     if options.max_retries is not None:
         settings["max_task_retries"] = options.max_retries
+    if options.checkpoint_dir is not None:
+        settings["checkpoint_dir"] = options.checkpoint_dir
+    if options.cache is not None:
+        settings["cache"] = options.cache
+    if options.budget_tokens is not None:
+        settings["max_tokens_total"] = options.budget_tokens
+    if options.budget_cost is not None:
+        settings["max_cost"] = options.budget_cost
     resources = module._bound_resources
     if options.resources is not None:
         from plait.resources import ResourceConfig, ResourceManager
@@ -177,7 +200,12 @@ def _run(options: argparse.Namespace) -> int:
 
     done = _done_lines(options.output, options.errors)
     bad: list[tuple[int, str]] = []
-    pending = list(_read_inputs(options.input, done, bad))
+    # With a checkpoint, every line goes to the engine so that each input keeps
+    # its position (part of its checkpoint identity); finished ones come back
+    # from the store without a request and are not written twice.
+    skip = set() if options.checkpoint_dir is not None else done
+    pending = list(_read_inputs(options.input, skip, bad))
+    bad = [(number, message) for number, message in bad if number not in done]
     options.output.parent.mkdir(parents=True, exist_ok=True)
     errors_file = (
         _open_append(options.errors) if options.errors is not None else contextlib.nullcontext()
@@ -187,11 +215,14 @@ def _run(options: argparse.Namespace) -> int:
         for number, message in bad:
             _write(sink, {"line": number, "error": message})
         failed = len(bad)
+        written = 0
         if pending:
-            failed += asyncio.run(_drive(module, pending, settings, resources, output, sink))
+            written, failed_now = asyncio.run(
+                _drive(module, pending, settings, resources, output, sink, done)
+            )
+            failed += failed_now
     print(
-        f"plait: {len(pending) - (failed - len(bad))} lines done, {failed} failed, "
-        f"{len(done)} already done by an earlier run",
+        f"plait: {written} lines done, {failed} failed, {len(done)} already done by an earlier run",
         file=sys.stderr,
     )
     if resources is not None and hasattr(resources, "usage"):
@@ -208,13 +239,17 @@ async def _drive(
     resources: Any,
     output: TextIO,
     sink: TextIO,
-) -> int:
-    """Stream results to the files as they finish; returns how many inputs failed."""
-    failed = 0
+    done: set[int],
+) -> tuple[int, int]:
+    """Stream results to the files as they finish; returns (written, failed) counts."""
+    written = failed = 0
     try:
         async for result in module.batch([_as_call(value) for _, value in pending], **settings):
             number = pending[result.index][0]
+            if number in done:
+                continue
             if result.ok:
+                written += 1
                 _write(output, {"line": number, "output": to_jsonable(result.output)})
             else:
                 failed += 1
@@ -226,7 +261,7 @@ async def _drive(
         close = getattr(resources, "aclose", None)
         if close is not None:
             await close()
-    return failed
+    return written, failed
 
 
 def to_jsonable(value: Any) -> Any:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from plait.execution import CheckpointManager
 from plait.testing import Simulator
 
 HERE = Path(__file__).parent
@@ -173,3 +174,36 @@ def test_simulate_serves_until_terminated(tmp_path: Path) -> None:
     finally:
         child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=10) == 0
+
+
+def test_checkpointed_run_killed_halfway_resumes_from_its_steps(tmp_path: Path) -> None:
+    inputs = _inputs(tmp_path, 100)
+    output = tmp_path / "out.jsonl"
+    checkpoints = tmp_path / "checkpoints"
+    with Simulator.spawn(latency=0.05) as server:
+        resources = _resources(tmp_path, server.base_url, max_concurrent=4)
+        args = [
+            *PLAIT, "run", "sample_pipelines.pipelines:build", "--input", str(inputs),
+            "--output", str(output), "--resources", str(resources), "--no-progress",
+            "--checkpoint-dir", str(checkpoints),
+        ]  # fmt: skip
+        child = subprocess.Popen(args, cwd=tmp_path, env=_env(), stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if output.exists() and len(output.read_text().splitlines()) >= 10:
+                break
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        first = len(_records(output))
+        assert 10 <= first < 100
+        finished = plait(*args[len(PLAIT) :], cwd=tmp_path)
+        assert finished.returncode == 0, finished.stderr
+    records = _records(output)
+    assert sorted(record["line"] for record in records) == list(range(1, 101))
+    # Every line got its own input's result (stored results were matched by position+content).
+    for record in records:
+        assert record["output"] == f"ECHO: Polish: ECHO: item {int(str(record['line'])) - 1}"
+    (run,) = CheckpointManager(checkpoints).runs()
+    assert run.status == "finished"
+    assert run.finished == 100
