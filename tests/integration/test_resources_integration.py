@@ -30,6 +30,7 @@ from plait.clients import LeanClient, LLMClient, OpenAIClient
 from plait.errors import (
     BatchError,
     PermanentError,
+    PlaitError,
     ResponseValidationError,
     TaskTimeoutError,
     UnknownAliasError,
@@ -566,3 +567,30 @@ async def test_openai_client_selected_per_endpoint_works_through_the_stack() -> 
     assert sum(stats.faults.values()) >= 5  # both paths met faults and recovered
     assert manager.usage()["sdk"].successes == count
     assert manager.usage()["lean"].successes == count
+
+
+def test_run_sync_from_two_threads_at_once_does_not_hang() -> None:
+    """One bound manager, two threads calling ``run_sync`` at the same time.
+
+    Each call runs its own event loop. Both must finish (or fail with a clear
+    PlaitError); today the second loop to wait on the shared rate limiter drops
+    the first loop's queued waiters, so the first call never returns.
+    """
+    with Simulator(latency=0.002) as sim:
+        manager = ResourceManager({"fast": endpoint(sim.base_url, rate_limit=1200)})
+        results = run_in_two_threads(Echo().bind(resources=manager), prompts(10))
+    assert None not in results
+    assert all(result == echoes(10) or isinstance(result, PlaitError) for result in results)
+
+
+def test_max_concurrent_holds_when_two_threads_share_a_manager() -> None:
+    """Concurrency slots are kept per event loop, so two loops running at once
+    each get the endpoint's whole ``max_concurrent``: the server sees twice the
+    limit. Sharing the manager must either keep the limit or refuse clearly."""
+    with Simulator(latency=0.02) as sim:
+        manager = ResourceManager({"fast": endpoint(sim.base_url, max_concurrent=4)})
+        results = run_in_two_threads(Echo().bind(resources=manager), prompts(40))
+        stats = sim.stats()
+    assert None not in results
+    assert all(result == echoes(40) or isinstance(result, PlaitError) for result in results)
+    assert stats.peak_concurrency <= 4

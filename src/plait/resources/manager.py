@@ -26,7 +26,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from plait.clients.base import ChatRequest, ChatResponse, LLMClient
-from plait.errors import BudgetExceededError, RateLimitError, TransientError, UnknownAliasError
+from plait.errors import (
+    BudgetExceededError,
+    PlaitError,
+    RateLimitError,
+    TransientError,
+    UnknownAliasError,
+)
 from plait.profiling.observer import CallProbe
 from plait.resources.config import EndpointConfig, ResourceConfig
 from plait.resources.pool import EndpointPool
@@ -176,11 +182,20 @@ class _Slots:
 class _LoopState:
     """The loop-bound half: a client (made on first use) and slots per endpoint."""
 
-    __slots__ = ("clients", "slots")
+    __slots__ = ("clients", "limits", "slots")
 
     def __init__(self, endpoints: list[_Endpoint]) -> None:
         self.clients: list[LLMClient | None] = [None] * len(endpoints)
         self.slots = [_Slots(e.config.max_concurrent) for e in endpoints]
+        self.limits = [e.config.max_concurrent for e in endpoints]
+
+    @property
+    def busy(self) -> bool:
+        """Whether any call on this loop holds or awaits an endpoint slot."""
+        return any(
+            slots.waiters or slots.free < limit
+            for slots, limit in zip(self.slots, self.limits, strict=True)
+        )
 
 
 class ResourceManager:
@@ -410,9 +425,21 @@ class ResourceManager:
         return UnknownAliasError(message)
 
     def _enter(self, loop: asyncio.AbstractEventLoop) -> _LoopState:
-        """Switch the cached loop state, forgetting loops that have closed."""
+        """Switch the cached loop state, forgetting loops that have closed.
+
+        Concurrency slots and rate limiters are not shared across event loops,
+        so two loops sending at once (``run_sync`` from two threads) would each
+        get the whole limit. That is refused with a clear error instead.
+        """
         for old in [old for old in self._states if old.is_closed()]:
             del self._states[old]
+        for other, other_state in self._states.items():
+            if other is not loop and other.is_running() and other_state.busy:
+                raise PlaitError(
+                    "this ResourceManager is already sending requests from another event "
+                    "loop (another thread); its limits hold within one loop at a time. Give "
+                    "each thread its own ResourceManager, or run the calls on one loop."
+                )
         state = self._states.get(loop)
         if state is None:
             state = self._states[loop] = _LoopState(self._endpoints)
