@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 from _durable_batch import BUFFER_SIZE, CALLS_PER_INPUT, INPUTS, MAX_CONCURRENT, TwoStep, run_batch
-from plait.execution.checkpoint import FILENAME
 
 from plait import LLMInference
 from plait.errors import BudgetExceededError, CheckpointError
 from plait.execution import CheckpointManager
+from plait.execution.checkpoint import FILENAME
 from plait.resources import ResourceManager
 from plait.testing import Simulator, SpawnedSimulator
 
@@ -49,7 +49,10 @@ def finished_inputs(directory: Path) -> int:
         conn.close()
 
 
-def test_a_killed_batch_resumes_without_paying_twice(sim: SpawnedSimulator, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kill_after", [5, 150, 280])
+def test_a_killed_batch_resumes_without_paying_twice(
+    sim: SpawnedSimulator, tmp_path: Path, kill_after: int
+) -> None:
     """SIGKILL mid-batch, rerun: same results as an uninterrupted run, and the
     server sees no more calls than the batch needs plus what the kill cut off.
 
@@ -57,6 +60,7 @@ def test_a_killed_batch_resumes_without_paying_twice(sim: SpawnedSimulator, tmp_
     and the completions still in the checkpoint's last unflushed buffer (fewer
     than ``BUFFER_SIZE``, plus any the writer thread had not yet committed).
     """
+    sim.reset_stats()
     reference = asyncio.run(run_batch(sim.base_url, None))
     assert sim.stats().requests == len(INPUTS) * CALLS_PER_INPUT
     sim.reset_stats()
@@ -69,7 +73,7 @@ def test_a_killed_batch_resumes_without_paying_twice(sim: SpawnedSimulator, tmp_
     )
     try:
         deadline = time.monotonic() + GUARD
-        while finished_inputs(checkpoint) < 30:
+        while finished_inputs(checkpoint) < kill_after:
             assert child.poll() is None, child.stderr.read() if child.stderr else ""
             assert time.monotonic() < deadline, "the child made no progress"
             time.sleep(0.005)
@@ -77,7 +81,7 @@ def test_a_killed_batch_resumes_without_paying_twice(sim: SpawnedSimulator, tmp_
     finally:
         child.wait(GUARD)
     at_kill = finished_inputs(checkpoint)
-    assert 30 <= at_kill < len(INPUTS)
+    assert kill_after <= at_kill < len(INPUTS)
     conn = sqlite3.connect(checkpoint / FILENAME)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
