@@ -213,21 +213,27 @@ async def test_optimizer_resources_come_from_bind_or_execution_settings() -> Non
     assert len(updates_sent(settings_side)) == 1
 
 
+class _Noop(Optimizer):
+    async def step(self) -> list[Any]:
+        return []
+
+
 async def test_optimizer_base_class_contract() -> None:
     with pytest.raises(ConfigError, match="no parameters"):
-        Optimizer([])
+        _Noop([])
     with pytest.raises(ConfigError, match="takes Parameters"):
-        Optimizer(["text"])  # type: ignore[list-item]
+        _Noop(["text"])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="abstract"):
+        Optimizer([learnable("y", "y")])  # type: ignore[abstract]
     shared = learnable("x", "shared")
-    optimizer = Optimizer([shared, shared])
+    optimizer = _Noop([shared, shared])
     assert optimizer.params == [shared]
     shared.accumulate_feedback("a")
     shared.record_score(0.5)
     optimizer.zero_feedback()
     assert shared.feedback == ()
     assert shared.scores == ()
-    with pytest.raises(NotImplementedError):
-        await optimizer.step()
+    assert await optimizer.step() == []
     with pytest.raises(ConfigError, match="max_prompt_tokens"):
         FeedbackOptimizer([shared], max_prompt_tokens=0)
     with pytest.raises(ConfigError, match="history_size"):

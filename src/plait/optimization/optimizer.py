@@ -10,6 +10,7 @@ that would bring back a value that did worse is refused.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from statistics import fmean
@@ -63,7 +64,7 @@ class ParameterUpdate:
     """The optimizer model's summary of the feedback, when it gave one."""
 
 
-class Optimizer:
+class Optimizer(abc.ABC):
     """Base class: holds the parameters; ``step`` is for subclasses to write."""
 
     def __init__(self, params: Iterable[Parameter]) -> None:
@@ -84,8 +85,9 @@ class Optimizer:
         for param in self.params:
             param.zero_feedback()
 
+    @abc.abstractmethod
     async def step(self) -> list[ParameterUpdate]:
-        raise NotImplementedError(f"{type(self).__name__} must define step()")
+        """Update the parameters from their accumulated feedback."""
 
 
 class FeedbackOptimizer(Optimizer):
