@@ -27,8 +27,8 @@ test-all: uv
 	$(RUN_WITH_RAY) pytest -q tests -m ''
 
 lint: uv
-	$(RUN) ruff check src tests benchmarks examples main.py
-	$(RUN) ruff format --check src tests benchmarks examples main.py
+	$(RUN) ruff check --no-cache src tests benchmarks examples main.py
+	$(RUN) ruff format --no-cache --check src tests benchmarks examples main.py
 
 typecheck: uv
 	$(RUN) mypy

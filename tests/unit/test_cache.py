@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from _engine_fakes import FakeResources
 from _fake_llm import SECRET, FakeLLM, manager
-from plait.execution.cache import ResponseCache, default_cache_path, open_cache, request_key
 from pydantic import BaseModel
 
 from plait import ExecutionSettings, LLMInference
 from plait.clients.base import ChatRequest, ChatResponse
 from plait.errors import ConfigError
+from plait.execution.cache import ResponseCache, default_cache_path, open_cache, request_key
 
 GUARD = 30.0
 
