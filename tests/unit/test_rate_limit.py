@@ -293,3 +293,29 @@ def test_invalid_arguments(kwargs: dict[str, float | None]) -> None:
 async def test_negative_tokens_rejected() -> None:
     with pytest.raises(ValueError, match="tokens"):
         await RateLimiter(None, None).acquire(-1)
+
+
+def test_only_replies_to_calls_sent_after_the_cut_restore_the_rate(clock: FakeClock) -> None:
+    limiter = RateLimiter(600, None, recovery=0.1)
+    sent_before = clock.now
+    clock.now += 0.01
+    limiter.on_rate_limited(0.0)
+    assert limiter.requests_per_minute == pytest.approx(300)
+    limiter.on_success(sent_before)  # answered after the cut, but sent before it
+    assert limiter.requests_per_minute == pytest.approx(300)
+    clock.now += 0.05  # well inside a second: the evidence is fresh all the same
+    limiter.on_success(clock.now - 0.01)
+    assert limiter.requests_per_minute == pytest.approx(360)
+
+
+def test_a_429_for_a_call_sent_after_the_cut_cuts_again(clock: FakeClock) -> None:
+    limiter = RateLimiter(600, None)
+    sent_before = clock.now
+    clock.now += 0.01
+    limiter.on_rate_limited(0.0, sent_before)
+    assert limiter.requests_per_minute == pytest.approx(300)
+    limiter.on_rate_limited(0.0, sent_before)  # the same burst: already answered
+    assert limiter.requests_per_minute == pytest.approx(300)
+    clock.now += 0.05
+    limiter.on_rate_limited(0.0, clock.now - 0.01)  # sent at the cut rate, still refused
+    assert limiter.requests_per_minute == pytest.approx(150)

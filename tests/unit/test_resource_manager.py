@@ -226,9 +226,10 @@ async def test_429_pauses_the_endpoint_and_cuts_its_rate() -> None:
     start = loop.time()
     await asyncio.wait_for(manager.complete("fast", request()), timeout=2)
     assert loop.time() - start >= 0.25  # waited out the server's Retry-After
-    # Replies within a second of the cut do not lift it: they may answer calls
-    # sent before the server said slow down.
-    assert limiter.requests_per_minute == pytest.approx(3000)
+    # This call was sent after the cut, so its success is evidence for the
+    # new rate: recovery starts.
+    assert limiter.requests_per_minute is not None
+    assert limiter.requests_per_minute > 3000
 
 
 async def test_token_rate_limit_is_settled_with_real_usage() -> None:

@@ -346,6 +346,7 @@ class ResourceManager:
                 if client is None:
                     client = self._new_client(state, endpoint)
                 started = time.perf_counter()
+                sent_at = time.monotonic()
                 if probe is not None:
                     probe.sent = started
                 try:
@@ -354,7 +355,7 @@ class ResourceManager:
                     usage.failures += 1
                     usage.rate_limited += 1
                     limiter.correct(estimate, 0)
-                    limiter.on_rate_limited(exc.retry_after)
+                    limiter.on_rate_limited(exc.retry_after, sent_at)
                     raise
                 except TransientError:
                     usage.failures += 1
@@ -385,7 +386,7 @@ class ResourceManager:
                 probe.cost = cost
         if estimate and used:
             limiter.correct(estimate, used)
-        limiter.on_success()
+        limiter.on_success(sent_at)
         pool.record_success(member)
         if store is not None:
             store.put(request, response, key)

@@ -112,6 +112,7 @@ class RateLimiter:
         self._degraded = False
         self._ceiling = 0.0
         self._cut_guard_until = 0.0
+        self._cut_at = 0.0
         # Unlimited limiters have no rate to cut on a 429, so they keep a
         # grant count and a sampled (time, count) trail to derive one from.
         self._granted = 0
@@ -216,8 +217,16 @@ class RateLimiter:
 
     # -- backpressure ----------------------------------------------------
 
-    def on_rate_limited(self, retry_after: float | None = None) -> None:
-        """Pause every caller and cut the request rate after a 429."""
+    def on_rate_limited(
+        self, retry_after: float | None = None, sent_at: float | None = None
+    ) -> None:
+        """Pause every caller and cut the request rate after a 429.
+
+        A 429 for a call sent before the last cut is already answered by that
+        cut, so it only extends the pause; one for a call sent since says the
+        cut rate is still too high and cuts again. Without ``sent_at``, 429s
+        within a second of a cut are taken as the same burst.
+        """
         now = time.monotonic()
         self._refill(now)
         if retry_after is None or not retry_after >= 0:
@@ -227,7 +236,7 @@ class RateLimiter:
         self._strikes += 1
         self._open = False
         self._paused_until = max(self._paused_until, now + delay)
-        if now < self._cut_guard_until:
+        if (now < self._cut_guard_until) if sent_at is None else (sent_at < self._cut_at):
             return
         if self._rps is None:
             self._ceiling = self._observed_rate(now)
@@ -238,17 +247,25 @@ class RateLimiter:
             current = self._rps
         self._set_rate(max(self._min_rps, current * self._backoff_factor))
         self._degraded = True
+        self._cut_at = now
         self._cut_guard_until = max(self._paused_until, now + _CUT_GUARD)
 
-    def on_success(self) -> None:
-        """Regain a step of the request rate after a 429 cut it."""
+    def on_success(self, sent_at: float | None = None) -> None:
+        """Regain a step of the request rate after a 429 cut it.
+
+        ``sent_at`` is when the call was sent (``time.monotonic()``). Replies to
+        calls sent before the cut say nothing about the new rate: recovering on
+        them would release the whole queue into another burst of 429s. Without
+        ``sent_at``, every reply within a second of the cut is treated so.
+        """
         self._strikes = 0
         if not self._degraded:
             return
         now = time.monotonic()
-        if now < self._cut_guard_until:
-            # Replies to calls sent before the cut say nothing about the new
-            # rate; recovering on them would release the whole queue at once.
+        if sent_at is None:
+            if now < self._cut_guard_until:
+                return
+        elif sent_at < self._cut_at:
             return
         self._refill(now)
         rate = (self._rps or 0.0) + self._ceiling * self._recovery
