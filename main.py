@@ -27,12 +27,21 @@ REVIEWS = [
     "It stopped syncing after the last update and the rollback did not help.",
 ]
 
-SIMULATED_REPLIES = [
-    (r"Summarise the verdict", "Mixed: praised for the product itself, let down by service."),
-    (r"praise", "Praise: quality of the core product."),
-    (r"complaints", "Complaints: reliability and support."),
-    (r"sentiment", "Sentiment: mixed, leaning positive."),
-]
+
+def simulated_reply(body: dict[str, Any]) -> str:
+    """Stand-in for a model when no endpoint is configured: short, review-specific replies."""
+    prompt = body["messages"][-1]["content"]
+    review = prompt.split("review:\n", 1)[-1]
+    clauses = [part.strip(" .") for part in review.replace(";", ",").split(",") if part.strip()]
+    if "Summarise the verdict" in prompt:
+        notes = prompt.split("these notes:\n", 1)[-1].splitlines()
+        points = dict.fromkeys(note.split(": ", 1)[-1].rstrip(".") for note in notes[:2])
+        return "Verdict: " + "; ".join(points)
+    if "praise" in prompt:
+        return f"Praise: {clauses[0]}."
+    if "complaints" in prompt:
+        return f"Complaint: {clauses[-1]}."
+    return "Sentiment: mixed."
 
 
 class ReviewAnalyzer(Module):
@@ -71,7 +80,7 @@ def endpoint() -> Iterator[tuple[str, str, str | None]]:
         yield where, model, api_key
         return
     print("No OPENAI_API_KEY or PLAIT_BASE_URL set: starting plait's built-in simulator.")
-    with Simulator(latency=0.3, latency_jitter=0.1, rules=SIMULATED_REPLIES, seed=7) as sim:
+    with Simulator(latency=0.3, latency_jitter=0.1, reply=simulated_reply, seed=7) as sim:
         print(f"Simulator listening at {sim.base_url}")
         yield sim.base_url, "simulated-model", None
 
