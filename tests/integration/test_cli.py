@@ -17,7 +17,8 @@ from plait.execution import CheckpointManager
 from plait.testing import Simulator
 
 HERE = Path(__file__).parent
-PLAIT = [sys.executable, "-c", "import sys; from plait.cli import main; sys.exit(main())"]
+# The console script that installing plait puts next to the interpreter.
+PLAIT = [str(Path(sys.executable).with_name("plait"))]
 
 
 def _env() -> dict[str, str]:
