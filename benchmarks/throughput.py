@@ -59,17 +59,11 @@ def flat_efficiency(latency: float, count: int = 2_000) -> dict[str, Any]:
     with Simulator.spawn(latency=latency) as sim:
         elapsed = plait_batch(single_call(), sim.base_url, count)
         stats = sim.stats()
-    ideal = math.ceil(count / CONCURRENCY) * latency
-    return {
-        "figure": f"flat batch, {count:,} single-call inputs, concurrency {CONCURRENCY}, "
-        f"latency {latency} s: ideal / actual",
-        "value": ideal / elapsed,
-        "unit": "ratio",
-        "target": ">= 0.95",
-        "met": ideal / elapsed >= 0.95,
-        "detail": {"seconds": elapsed, "ideal": ideal, "server_peak": stats.peak_concurrency},
-        "_peak": stats.peak_concurrency,
-    }
+    figure = (
+        f"flat batch, {count:,} single-call inputs, concurrency {CONCURRENCY}, "
+        f"latency {latency} s: ideal / actual"
+    )
+    return _efficiency_row(figure, count, latency, elapsed, stats.peak_concurrency, 0.95)
 
 
 def versus_baseline(latency: float = 0.05, count: int = 2_000, rounds: int = 3) -> dict[str, Any]:
@@ -104,16 +98,26 @@ def fan_efficiency(latency: float = 0.5, count: int = 500) -> dict[str, Any]:
     calls = count * 4
     if stats.completed != calls:
         raise RuntimeError(f"the simulator completed {stats.completed} calls, expected {calls}")
+    figure = (
+        f"fan-out/fan-in, {count} inputs x (3 parallel + 1 join), concurrency "
+        f"{CONCURRENCY}, latency {latency} s: ideal / actual"
+    )
+    return _efficiency_row(figure, calls, latency, elapsed, stats.peak_concurrency, 0.9)
+
+
+def _efficiency_row(
+    figure: str, calls: int, latency: float, elapsed: float, peak: int, target: float
+) -> dict[str, Any]:
+    """A row comparing a run with the bound that concurrency and latency alone set."""
     ideal = math.ceil(calls / CONCURRENCY) * latency
     return {
-        "figure": f"fan-out/fan-in, {count} inputs x (3 parallel + 1 join), concurrency "
-        f"{CONCURRENCY}, latency {latency} s: ideal / actual",
+        "figure": figure,
         "value": ideal / elapsed,
         "unit": "ratio",
-        "target": ">= 0.9",
-        "met": ideal / elapsed >= 0.9,
-        "detail": {"seconds": elapsed, "ideal": ideal, "server_peak": stats.peak_concurrency},
-        "_peak": stats.peak_concurrency,
+        "target": f">= {target}",
+        "met": ideal / elapsed >= target,
+        "detail": {"seconds": elapsed, "ideal": ideal, "server_peak": peak},
+        "_peak": peak,
     }
 
 

@@ -84,6 +84,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# `plait run` options that map one to one onto ExecutionSettings fields.
+_SETTINGS_FROM_OPTIONS = {
+    "max_concurrent": "max_concurrent",
+    "max_retries": "max_task_retries",
+    "checkpoint_dir": "checkpoint_dir",
+    "cache": "cache",
+    "budget_tokens": "max_tokens_total",
+    "budget_cost": "max_cost",
+}
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -173,18 +184,10 @@ def _run(options: argparse.Namespace) -> int:
         raise PlaitError(f"input file {options.input} does not exist")
     module = load_target(options.target)
     settings: dict[str, Any] = {"streaming": True, "progress": not options.no_progress}
-    if options.max_concurrent is not None:
-        settings["max_concurrent"] = options.max_concurrent
-    if options.max_retries is not None:
-        settings["max_task_retries"] = options.max_retries
-    if options.checkpoint_dir is not None:
-        settings["checkpoint_dir"] = options.checkpoint_dir
-    if options.cache is not None:
-        settings["cache"] = options.cache
-    if options.budget_tokens is not None:
-        settings["max_tokens_total"] = options.budget_tokens
-    if options.budget_cost is not None:
-        settings["max_cost"] = options.budget_cost
+    for option, setting in _SETTINGS_FROM_OPTIONS.items():
+        value = getattr(options, option)
+        if value is not None:
+            settings[setting] = value
     resources = module._bound_resources
     if options.resources is not None:
         from plait.resources import ResourceConfig, ResourceManager
