@@ -29,6 +29,7 @@ test-all: uv
 lint: uv
 	$(RUN) ruff check --no-cache src tests benchmarks examples main.py
 	$(RUN) ruff format --no-cache --check src tests benchmarks examples main.py
+	$(RUN) lint-imports --no-cache
 
 typecheck: uv
 	$(RUN) mypy

@@ -9,7 +9,8 @@ from plait.containers import ModuleDict, ModuleList, ParameterDict, ParameterLis
 from plait.execution.results import BatchResult
 from plait.execution.runner import run
 from plait.execution.settings import ExecutionSettings
-from plait.module import LLMInference, Module
+from plait.inference import LLMInference
+from plait.module import Module
 from plait.parameter import Parameter
 from plait.tracing.tracer import trace
 from plait.values import Value, ValueKind

@@ -1,7 +1,33 @@
-"""Exception hierarchy.
+"""Every exception plait raises, in one tree.
 
 Every error plait raises derives from :class:`PlaitError`, so applications can
-catch the library's failures in one place. The execution engine decides what to
+catch the library's failures in one place::
+
+    PlaitError
+    ├── ConfigError (ValueError)            a setting, file or argument is invalid
+    │   ├── EndpointConfigError             one endpoint's fields, line by line
+    │   └── UnknownAliasError (KeyError)    a module names an alias the config lacks
+    ├── ResourcesNotBoundError (RuntimeError)
+    ├── TracingError                        forward needed a value while tracing
+    ├── ExecutionError (RuntimeError)
+    │   ├── TaskTimeoutError (TimeoutError)
+    │   ├── CancelledNodeError              an upstream node failed
+    │   └── BatchError                      some inputs of a batch failed
+    ├── LLMError                            an endpoint call failed
+    │   ├── TransientError                  worth retrying
+    │   │   └── RateLimitError              429, with the server's delay
+    │   └── PermanentError                  retrying cannot help
+    │       └── ResponseValidationError     a reply did not fit response_format
+    ├── BackwardError (RuntimeError)
+    ├── StorageError                        checkpoints and the cache
+    │   ├── CheckpointError
+    │   ├── UnencodableError (TypeError)    a value JSON cannot hold
+    │   ├── UnknownClassError (LookupError) a stored model class is not loaded
+    │   └── WriterError (RuntimeError)      the background writer failed
+    └── BudgetExceededError
+
+The builtin bases let code that already catches ``ValueError`` or
+``TimeoutError`` keep working. The execution engine decides what to
 do with a failure by its class alone: :class:`TransientError` is retried,
 :class:`RateLimitError` is requeued after the server's requested delay, and
 anything else fails the task at once. Messages say what went wrong and, where
@@ -19,6 +45,19 @@ class PlaitError(Exception):
 
 class ConfigError(PlaitError, ValueError):
     """A configuration value is invalid; the message names the alias and field."""
+
+
+class EndpointConfigError(ConfigError):
+    """An EndpointConfig's problems, kept as lines so an enclosing
+    ResourceConfig can prefix each with the alias and pool index (pydantic
+    calls the custom ``__init__`` for nested endpoints and wraps what it raises).
+    """
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(
+            "invalid endpoint configuration:\n" + "\n".join("  " + line for line in lines)
+        )
+        self.lines = lines
 
 
 class UnknownAliasError(ConfigError, KeyError):
@@ -110,8 +149,34 @@ class ResponseValidationError(PermanentError):
     """A reply did not validate against the requested ``response_format`` model."""
 
 
-class CheckpointError(PlaitError):
+class BackwardError(PlaitError, RuntimeError):
+    """A backward pass cannot run: nothing recorded, a released record, a bad result."""
+
+
+class StorageError(PlaitError):
+    """Checkpoints or the response cache could not store or read something."""
+
+
+class CheckpointError(StorageError):
     """The checkpoint store cannot hold a value, or does not match this run."""
+
+
+class UnencodableError(StorageError, TypeError):
+    """A value has a type that cannot be stored as JSON; ``path`` says where in it."""
+
+    def __init__(self, type_name: str, path: str) -> None:
+        where = f" at {path}" if path else ""
+        super().__init__(f"a {type_name} value{where} cannot be stored as JSON")
+        self.type_name = type_name
+        self.path = path
+
+
+class UnknownClassError(StorageError, LookupError):
+    """A stored model names a class that this process has not loaded."""
+
+
+class WriterError(StorageError, RuntimeError):
+    """The background writer failed; it names the database and the cause."""
 
 
 class BudgetExceededError(PlaitError):

@@ -15,10 +15,23 @@ import re
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from plait.parameter import Parameter
+
+class ParameterLike(Protocol):
+    """What the graph and its walkers need from a learnable prompt.
+
+    Structural, because the graph sits below the user layer that defines
+    :class:`plait.parameter.Parameter`; that class is the one implementation.
+    """
+
+    value: str
+    description: str | None
+    requires_grad: bool
+
+    def accumulate_feedback(self, text: str, *, upstream: Iterable[Any] = ()) -> None: ...
+
+    def record_score(self, score: float) -> None: ...
 
 
 class NodeKind(enum.Enum):
@@ -39,9 +52,9 @@ class NodeRef:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class ParamRef:
-    """Stands for the value a Parameter holds when the node runs."""
+    """Stands for the value a ParameterLike holds when the node runs."""
 
-    param: Parameter
+    param: ParameterLike
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +82,7 @@ class GraphNode:
     module_path: str = ""
     priority: int = 0
     kind: NodeKind = NodeKind.OP
-    parameters: tuple[Parameter, ...] = ()
+    parameters: tuple[ParameterLike, ...] = ()
 
     @property
     def label(self) -> str:
@@ -94,13 +107,13 @@ class InferenceGraph:
         nodes: Mapping[str, GraphNode],
         input_ids: Iterable[str],
         output_ids: Iterable[str],
-        parameters: Mapping[str, Parameter] | None = None,
+        parameters: Mapping[str, ParameterLike] | None = None,
         output: Any = _DEFAULT_OUTPUT,
     ) -> None:
         self.nodes: dict[str, GraphNode] = dict(nodes)
         self.input_ids: list[str] = list(input_ids)
         self.output_ids: list[str] = list(output_ids)
-        self.parameters: dict[str, Parameter] = dict(parameters or {})
+        self.parameters: dict[str, ParameterLike] = dict(parameters or {})
         self.output: Any = _default_output(self.output_ids) if output is _DEFAULT_OUTPUT else output
         self._order: list[str] | None = None
 
@@ -199,3 +212,29 @@ def _default_output(output_ids: list[str]) -> Any:
     if len(output_ids) == 1:
         return NodeRef(output_ids[0])
     return tuple(NodeRef(nid) for nid in output_ids)
+
+
+@dataclass(eq=False, slots=True)
+class ForwardRecord:
+    """The graph of one input's run, with every node's resolved inputs and output.
+
+    Backward walks ``graph`` in reverse topological order and hands each node
+    what it actually saw (``node_inputs``) and produced (``node_outputs``), so
+    feedback is written about the real prompts and replies, not templates.
+    ``resources`` is the manager the run used, so a loss on the output and the
+    backward pass through it reach the same endpoints without binding them
+    again (typed loosely: the resource layer sits above this one).
+    """
+
+    graph: InferenceGraph
+    node_inputs: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=dict)
+    node_outputs: dict[str, Any] = field(default_factory=dict)
+    output: Any = None
+    resources: Any = None
+    released: bool = False
+
+    def release(self) -> None:
+        """Drop the recorded values; the graph stays for inspection."""
+        self.node_inputs = {}
+        self.node_outputs = {}
+        self.released = True

@@ -16,19 +16,15 @@ from collections.abc import Awaitable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from pydantic import BaseModel
-
-from plait.clients.base import ChatRequest, ChatResponse
 from plait.errors import ConfigError
+from plait.execution.runner import Call, batch_items, run_blocking
+from plait.execution.settings import check_setting_names
+from plait.feedback import BackwardContext, BackwardResult, pass_through
 from plait.graph import InferenceGraph, NodeKind
 from plait.parameter import Parameter
+from plait.resources.protocol import as_resource_manager
 from plait.tracing.context import current_tracer
 from plait.tracing.tracer import Tracer
-from plait.values import to_text
-
-if TYPE_CHECKING:
-    from plait.execution.runner import Call
-    from plait.optimization.backward import BackwardContext, BackwardResult
 
 
 class _StructureVersion:
@@ -231,9 +227,6 @@ class Module:
         ``resources`` may be a ResourceConfig, a plain mapping for one, or a
         ResourceManager (to share limits and usage counters between modules).
         """
-        from plait.execution.resources import as_resource_manager
-        from plait.execution.settings import check_setting_names
-
         check_setting_names(settings, where=f"{type(self).__name__}.bind()")
         if resources is not None:
             resources = as_resource_manager(resources)
@@ -250,21 +243,9 @@ class Module:
         return self.forward(*args, **kwargs)
 
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
-        call = self._call_class()
         if len(args) == 1 and not kwargs and isinstance(args[0], list):
-            return call.for_batch(self, [((item,), {}) for item in args[0]], {})
-        return call.single(self, args, kwargs, {})
-
-    def _call_class(self) -> type[Call]:
-        """Training-mode calls also stamp their outputs with the resources they
-        ran on, so the loss and the backward pass can reuse them."""
-        if self.training:
-            from plait.optimization.recording import TrainingCall
-
-            return TrainingCall
-        from plait.execution.runner import Call
-
-        return Call
+            return Call.for_batch(self, [((item,), {}) for item in args[0]], {})
+        return Call.single(self, args, kwargs, {})
 
     def batch(self, inputs: Any, **settings: Any) -> Call:
         """Run every element of ``inputs`` concurrently; results keep input order.
@@ -274,16 +255,11 @@ class Module:
         dict or tuple as one argument, wrap it: ``(my_dict,)``. ``inputs`` may
         also be an (async) iterable, which is consumed lazily.
         """
-        from plait.execution.runner import batch_items
-        from plait.execution.settings import check_setting_names
-
         check_setting_names(settings, where=f"{type(self).__name__}.batch()")
-        return self._call_class().for_batch(self, batch_items(inputs), settings)
+        return Call.for_batch(self, batch_items(inputs), settings)
 
     def run_sync(self, *args: Any, **kwargs: Any) -> Any:
         """The blocking form of ``await module(...)``; works inside Jupyter too."""
-        from plait.execution.runner import run_blocking
-
         return run_blocking(self._call(args, kwargs))
 
     def _plait_is_leaf(self) -> bool:
@@ -334,8 +310,6 @@ class Module:
         or ``async def``) to route feedback more precisely; ``ctx.ask(prompt)``
         consults the backward pass's LLM.
         """
-        from plait.optimization.backward import pass_through
-
         return pass_through(feedback, ctx)
 
     # -- display --------------------------------------------------------------
@@ -355,107 +329,3 @@ class Module:
 
 def _indent(text: str) -> str:
     return text.replace("\n", "\n  ")
-
-
-class LLMInference(Module):
-    """One chat-completions call against the endpoint pool named ``alias``.
-
-    ``forward`` does not talk to the network: it builds the request, and the
-    execution engine sends it through the resource manager, which owns rate
-    limits, retries and endpoint choice. That split is what lets one batch
-    respect an endpoint's limits across thousands of concurrent calls.
-    """
-
-    _plait_node_kind = NodeKind.LLM
-
-    def __init__(
-        self,
-        alias: str,
-        system_prompt: str | Parameter = "",
-        temperature: float | None = 1.0,
-        max_tokens: int | None = None,
-        response_format: type[BaseModel] | None = None,
-        **request_options: Any,
-    ) -> None:
-        super().__init__()
-        if not isinstance(alias, str) or not alias:
-            raise ConfigError(f"LLMInference alias must be a non-empty str, got {alias!r}")
-        if not isinstance(system_prompt, str | Parameter):
-            raise ConfigError(
-                "LLMInference system_prompt must be a str or Parameter, got "
-                f"{type(system_prompt).__name__}"
-            )
-        if response_format is not None and not (
-            isinstance(response_format, type) and issubclass(response_format, BaseModel)
-        ):
-            raise ConfigError(
-                "LLMInference response_format must be a pydantic model class, got "
-                f"{response_format!r}"
-            )
-        if temperature is not None and (
-            not isinstance(temperature, int | float)
-            or isinstance(temperature, bool)
-            or not temperature >= 0
-        ):
-            raise ConfigError(
-                f"LLMInference temperature must be a number >= 0 or None, got {temperature!r}"
-            )
-        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-            raise ConfigError(f"LLMInference max_tokens must be a positive int, got {max_tokens!r}")
-        self.alias = alias
-        self.system_prompt = system_prompt
-        self.temperature = temperature
-        self.max_tokens = max_tokens
-        self.response_format = response_format
-        self.request_options = request_options
-
-    def _plait_is_leaf(self) -> bool:
-        return True
-
-    def forward(self, prompt: Any) -> ChatRequest:
-        """Build the request for ``prompt`` (text, or a list of chat messages)."""
-        system = str(self.system_prompt)
-        if isinstance(prompt, list):
-            for position, message in enumerate(prompt):
-                if not isinstance(message, Mapping) or "role" not in message:
-                    raise TypeError(
-                        "a list prompt to LLMInference must hold chat messages like "
-                        f"{{'role': 'user', 'content': ...}}; item {position} is "
-                        f"{type(message).__name__}. To send several texts, join them "
-                        "into one string."
-                    )
-            messages = [dict(message) for message in prompt]
-            if system and not (messages and messages[0].get("role") == "system"):
-                messages.insert(0, {"role": "system", "content": system})
-        else:
-            text = to_text(prompt)
-            messages = [{"role": "user", "content": text}]
-            if system:
-                messages.insert(0, {"role": "system", "content": system})
-        return ChatRequest(
-            messages=messages,
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            response_format=self.response_format,
-            options=self.request_options,
-        )
-
-    def parse_response(self, response: ChatResponse) -> Any:
-        """The node's output: the validated model with ``response_format``, else the text."""
-        if self.response_format is not None and response.parsed is not None:
-            return response.parsed
-        return response.content
-
-    async def backward(self, feedback: str, ctx: BackwardContext) -> BackwardResult:
-        """TextGrad-style: an LLM reads this call's request, reply and the feedback,
-        and writes feedback for its learnable parameters and for the parts of its
-        prompt that earlier nodes wrote."""
-        from plait.optimization.llm_backward import llm_backward
-
-        return await llm_backward(self, feedback, ctx)
-
-    def extra_repr(self) -> str:
-        parts = [f"alias={self.alias!r}"]
-        if self.response_format is not None:
-            parts.append(f"response_format={self.response_format.__name__}")
-        return ", ".join(parts)

@@ -13,10 +13,13 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import BaseModel
+
+from plait.errors import BackwardError
+from plait.graph import ForwardRecord
 
 
 class ValueKind(enum.StrEnum):
@@ -36,18 +39,19 @@ class ValueKind(enum.StrEnum):
 class Value:
     """A payload with its kind, the id of the node that made it, and free-form metadata.
 
-    A Value never holds another Value: wrapping one (as a training-mode run
-    does when it attaches its record to an output that is already a Value,
-    such as a loss's feedback) merges them, keeping the inner kind and
-    payload, the outer ref when there is one, and both metas with the outer
-    keys winning. Without this the feedback's ``meta["score"]`` would hide one
-    level down.
+    ``record`` is set on a training-mode output: the forward pass that made
+    it, which a loss and ``backward()`` follow. A Value never holds another
+    Value: wrapping one merges them, keeping the inner kind and payload (and
+    the inner class, so a :class:`~plait.feedback.Feedback` stays one), the
+    outer ref and record when there are any, and both metas with the outer
+    keys winning.
     """
 
     kind: ValueKind
     payload: Any
     ref: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    record: ForwardRecord | None = None
 
     def __post_init__(self) -> None:
         inner = self.payload
@@ -56,6 +60,7 @@ class Value:
             self.payload = inner.payload
             self.ref = self.ref if self.ref is not None else inner.ref
             self.meta = {**inner.meta, **self.meta}
+            self.record = self.record if self.record is not None else inner.record
 
     def __str__(self) -> str:
         return to_text(self.payload)
@@ -71,19 +76,26 @@ class Value:
         resources: Any = None,
         retain_record: bool = False,
     ) -> None:
-        """Send this feedback back through the forward pass(es) it judges.
+        """Only feedback can be sent backward; a plain output says what to do instead.
 
-        Walks every recorded graph the feedback refers to (``meta["record"]``
-        of a training-mode output, or the records a loss collected from the
-        outputs it judged), accumulating feedback on the Parameters upstream
-        of the judged outputs. ``alias`` names the endpoint the feedback-writing
-        LLM uses; ``resources`` defaults to those the forward ran with, then to
-        the enclosing ExecutionSettings. Records are released afterwards unless
-        ``retain_record`` is true.
+        :class:`~plait.feedback.Feedback` overrides this with the real walk.
         """
-        from plait.optimization.backward import run_backward
+        if self.record is None:
+            raise BackwardError(
+                "this value carries no forward record: call module.train() before the forward "
+                "pass and compute the loss on its output (or inside the traced step)"
+            )
+        raise BackwardError(
+            "backward() was called on a pipeline output, not on feedback: compute a loss on "
+            "it first (loss = await loss_fn(output, target)) and call loss.backward()"
+        )
 
-        await run_backward([self], alias=alias, resources=resources, retain_record=retain_record)
+
+def with_record(output: Any, ref: str | None, record: ForwardRecord) -> Value:
+    """``output`` as a Value carrying ``record``, keeping its class when it is a Value."""
+    if isinstance(output, Value):
+        return replace(output, ref=ref if ref is not None else output.ref, record=record)
+    return Value(kind_of(output), output, ref, record=record)
 
 
 def kind_of(payload: Any) -> ValueKind:

@@ -22,8 +22,8 @@ from _durable_batch import BUFFER_SIZE, CALLS_PER_INPUT, INPUTS, MAX_CONCURRENT,
 from plait import LLMInference
 from plait.errors import BudgetExceededError, CheckpointError
 from plait.execution import CheckpointManager
-from plait.execution.checkpoint import FILENAME
 from plait.resources import ResourceManager
+from plait.storage.checkpoint import FILENAME
 from plait.testing import Simulator, SpawnedSimulator
 
 SCRIPT = Path(__file__).with_name("_durable_batch.py")

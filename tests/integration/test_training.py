@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from plait import LLMInference, Module, Parameter
+from plait.inference import HEADER
 from plait.optimization import (
     CompositeLoss,
     FeedbackOptimizer,
@@ -28,7 +29,6 @@ from plait.optimization import (
     Loss,
     VerifierLoss,
 )
-from plait.optimization.llm_backward import HEADER
 from plait.optimization.optimizer import UPDATE_HEADER
 from plait.resources import ResourceConfig, ResourceManager
 from plait.testing import Simulator
@@ -116,7 +116,7 @@ async def test_a_training_step_on_a_three_stage_pipeline(
     script, _, resources = served
     pipeline = ThreeStage().bind(resources).train()
     outputs = await pipeline(["tea", "rain"])
-    records = [output.meta["record"] for output in outputs]
+    records = [output.record for output in outputs]
 
     loss = await VerifierLoss(never_good)(outputs, ["milk", "umbrellas"])
     await loss.backward()
@@ -193,7 +193,7 @@ async def test_every_loss_produces_feedback_and_a_score_over_http(
     pipeline = ThreeStage().bind(resources).train()
     loss = await loss_fn(await pipeline("tea"), "milk")
     assert str(loss)
-    assert loss.meta["score"] == pytest.approx(score)
+    assert loss.score == pytest.approx(score)
     await loss.backward()
     assert pipeline.plan_style.feedback
     assert pipeline.write_style.feedback
@@ -206,7 +206,7 @@ async def test_preference_loss_over_http(
     pipeline = ThreeStage().bind(resources).train()
     candidates = await pipeline(["tea", "coffee"])
     loss = await LLMPreferenceLoss()(candidates)
-    assert loss.meta["scores"] == [0.0, 1.0]
+    assert [item.score for item in loss.items] == [0.0, 1.0]
     assert "Candidate 1: Vaguer." in str(loss)
     await loss.backward()
     assert pipeline.plan_style.feedback == ("p1 of [Plan: tea]",)

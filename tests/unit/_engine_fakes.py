@@ -22,7 +22,8 @@ from typing import Any
 
 from plait.clients.base import ChatRequest, ChatResponse
 from plait.errors import UnknownAliasError
-from plait.module import LLMInference, Module
+from plait.inference import LLMInference
+from plait.module import Module
 
 _sleep = asyncio.sleep
 """Bound at import so that tests which patch ``asyncio.sleep`` to count the engine's

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from plait import ExecutionSettings, LLMInference
 from plait.clients.base import ChatRequest, ChatResponse
 from plait.errors import ConfigError
-from plait.execution.cache import ResponseCache, default_cache_path, open_cache, request_key
+from plait.storage.cache import ResponseCache, default_cache_path, open_cache, request_key
 
 GUARD = 30.0
 

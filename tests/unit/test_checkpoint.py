@@ -16,10 +16,10 @@ from _fake_llm import SECRET, FakeLLM, manager
 from pydantic import BaseModel
 
 from plait import ExecutionSettings, LLMInference, Module, Parameter
-from plait.errors import BatchError, CheckpointError, ConfigError, PermanentError
+from plait.errors import BatchError, CheckpointError, ConfigError, PermanentError, UnencodableError
 from plait.execution import CheckpointManager
-from plait.execution.checkpoint import FILENAME
-from plait.execution.codec import UnencodableError, decode, digest, encode
+from plait.storage.checkpoint import FILENAME
+from plait.storage.codec import decode, digest, encode
 from plait.values import Value, ValueKind
 
 GUARD = 30.0
@@ -325,7 +325,7 @@ def test_the_store_survives_a_process_killed_mid_write(tmp_path: Path) -> None:
 import sqlite3, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parents[2] / "src")!r})
 from pathlib import Path
-from plait.execution._sqlite import BackgroundWriter
+from plait.storage._sqlite import BackgroundWriter
 writer = BackgroundWriter(Path({str(tmp_path / "kill.sqlite")!r}),
     setup=lambda c: c.execute("CREATE TABLE IF NOT EXISTS t(batch INTEGER, row INTEGER)"))
 batch = 0

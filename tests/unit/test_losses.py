@@ -10,6 +10,8 @@ from _engine_fakes import FakeResources
 
 from plait import LLMInference, Module, Parameter, Value, ValueKind
 from plait.errors import ConfigError
+from plait.feedback import Feedback
+from plait.inference import HEADER
 from plait.optimization import (
     CompositeLoss,
     LLMJudge,
@@ -19,7 +21,6 @@ from plait.optimization import (
     VerifierLoss,
     feedback,
 )
-from plait.optimization.llm_backward import HEADER
 from plait.optimization.loss import RubricGrades, _parse_score
 
 RUBRIC = {
@@ -81,13 +82,13 @@ async def test_verifier_loss_scores_passes_and_failures() -> None:
     loss_fn = VerifierLoss(mentions_target)
     passed = await loss_fn("tea with milk", "milk")
     failed = await loss_fn("black tea", "milk")
-    assert (passed.kind, passed.payload, passed.meta["score"]) == (ValueKind.TEXT, "", 1.0)
-    assert (str(failed), failed.meta["score"]) == ("should mention milk", 0.0)
+    assert (passed.kind, passed.payload, passed.score) == (ValueKind.TEXT, "", 1.0)
+    assert (str(failed), failed.score) == ("should mention milk", 0.0)
 
     async def slow_check(output: Any, target: Any) -> str | None:
         return None if output == target else "different"
 
-    assert (await VerifierLoss(slow_check)("a", "b")).meta["score"] == 0.0
+    assert (await VerifierLoss(slow_check)("a", "b")).score == 0.0
     with pytest.raises(TypeError, match="None or a feedback str"):
         await VerifierLoss(lambda output, target: 3)("a")  # type: ignore[arg-type, return-value]
     with pytest.raises(ConfigError):
@@ -98,7 +99,7 @@ async def test_llm_judge_turns_a_critique_into_feedback_and_a_score() -> None:
     resources = fake()
     loss = await LLMJudge().bind(resources)("Well, here goes: tea.", "a one-word answer")
     assert str(loss) == "Too long; drop the preamble."
-    assert loss.meta["score"] == pytest.approx(0.4)
+    assert loss.score == pytest.approx(0.4)
     (prompt,) = judge_prompts(resources)
     assert "<OUTPUT>\nWell, here goes: tea.\n</OUTPUT>" in prompt
     assert "<EXPECTED>\na one-word answer\n</EXPECTED>" in prompt
@@ -119,7 +120,7 @@ async def test_llm_judge_reads_scores_in_the_forms_models_write(
 ) -> None:
     resources = FakeResources(("judge",), reply=lambda alias, prompt: reply)
     loss = await LLMJudge().bind(resources)("output")
-    assert loss.meta["score"] == (None if score is None else pytest.approx(score))
+    assert loss.score == (None if score is None else pytest.approx(score))
     assert str(loss) == critique
     assert _parse_score("SCORE: 12") == 1.0
 
@@ -128,7 +129,7 @@ async def test_rubric_loss_weights_graded_criteria_through_structured_output() -
     resources = fake()
     rubric = LLMRubricLoss({"concise": 2.0, "accurate": 1.0, "polite": 1.0}).bind(resources)
     loss = await rubric("A long answer.")
-    assert loss.meta["score"] == pytest.approx((2 * 0.5 + 1 * 1.0) / 3)  # "polite" ungraded
+    assert loss.score == pytest.approx((2 * 0.5 + 1 * 1.0) / 3)  # "polite" ungraded
     assert str(loss) == "- concise (score 5/10, weight 2): Cut the second paragraph."
     assert loss.meta["grades"] == {"concise": 5, "accurate": 10}
     (call,) = [call for call in resources.calls if call.alias == "judge"]
@@ -150,9 +151,9 @@ async def test_preference_ranking_gives_each_candidate_its_own_score_and_feedbac
     pipeline = Answer().bind(resources).train()
     candidates = await pipeline(["q1", "q2", "q3"])
     loss = await LLMPreferenceLoss().bind(resources)(candidates, "short answers")
-    assert loss.meta["scores"] == [0.0, 1.0, 0.5]
-    assert loss.meta["score"] == 0.0
-    assert loss.meta["feedbacks"] == ["Misses the point.", "", "Too long."]
+    assert [item.score for item in loss.items] == [0.0, 1.0, 0.5]
+    assert loss.score == 0.0
+    assert [str(item) for item in loss.items] == ["Misses the point.", "", "Too long."]
     assert str(loss).startswith("Best first: 2, 3, 1.")
     (prompt,) = judge_prompts(resources)
     assert '<CANDIDATE number="3">\nfast(q3)\n</CANDIDATE>' in prompt
@@ -165,8 +166,8 @@ async def test_preference_pairwise_scores_by_share_of_wins() -> None:
     resources = fake()
     loss = await LLMPreferenceLoss(mode="pairwise").bind(resources)(["aaa", "a", "aa"])
     assert len(judge_prompts(resources)) == 3
-    assert loss.meta["scores"] == [0.0, 1.0, 0.5]
-    assert loss.meta["feedbacks"][1] == "B=a\nA=a"
+    assert [item.score for item in loss.items] == [0.0, 1.0, 0.5]
+    assert str(loss.items[1]) == "B=a\nA=a"
     with pytest.raises(ConfigError, match="at least two"):
         LLMPreferenceLoss()(["alone"])
     with pytest.raises(ConfigError, match="mode"):
@@ -183,7 +184,7 @@ async def test_composite_loss_weights_scores_and_labels_feedback() -> None:
         }
     ).bind(resources)
     loss = await composite("black tea", "milk")
-    assert loss.meta["score"] == pytest.approx((1 * 0.0 + 3 * 0.4) / 4)
+    assert loss.score == pytest.approx((1 * 0.0 + 3 * 0.4) / 4)
     assert str(loss) == (
         "[verifier, weight 1] should mention milk\n\n[judge, weight 3] Too long; drop the preamble."
     )
@@ -220,17 +221,17 @@ async def test_every_loss_works_directly_and_inside_a_traced_step(loss_fn: Loss)
     resources = fake()
     pipeline = Answer().bind(resources).train()
     direct = await loss_fn(await pipeline("tea?"), "milk")
-    assert direct.meta["is_feedback"]
+    assert isinstance(direct, Feedback)
     assert str(direct)
-    assert isinstance(direct.meta["score"], float)
-    assert 0.0 <= direct.meta["score"] < 1.0
+    assert isinstance(direct.score, float)
+    assert 0.0 <= direct.score < 1.0
     await direct.backward()
     assert len(pipeline.style.feedback) == 1
 
     step = Step(loss_fn).bind(resources).train()
     resources.calls.clear()
     traced = await step("tea?", "milk")
-    assert (str(traced), traced.meta["score"]) == (str(direct), direct.meta["score"])
+    assert (str(traced), traced.score) == (str(direct), direct.score)
     await traced.backward()
     assert len(step.pipeline.style.feedback) == 1
     backward_calls = [c.prompt for c in resources.calls if c.alias == "optimizer"]
@@ -253,7 +254,7 @@ async def test_preference_inside_a_traced_step_routes_feedback_per_candidate() -
     resources = fake()
     step = TwoAnswers().bind(resources).train()
     loss = await step("q")
-    assert loss.meta["scores"] == [0.0, 1.0]
+    assert [item.score for item in loss.items] == [0.0, 1.0]
     await loss.backward()
     assert step.first.style.feedback == ("Misses the point.",)
     assert step.second.style.feedback == ()
@@ -264,10 +265,10 @@ async def test_a_batch_of_outputs_gives_one_feedback_with_the_mean_score() -> No
     pipeline = Answer().bind(resources).train()
     outputs = await pipeline(["milk?", "tea?"])
     loss = await VerifierLoss(mentions_target)(outputs, ["milk", "milk"])
-    assert loss.meta["score"] == 0.5
+    assert loss.score == 0.5
     assert str(loss) == "Example 2: should mention milk"
-    assert [item.meta["score"] for item in loss.meta["items"]] == [1.0, 0.0]
-    assert len(loss.meta["backward"]) == 2
+    assert [item.score for item in loss.items] == [1.0, 0.0]
+    assert len(loss.targets) == 2
     with pytest.raises(ConfigError, match="list of 2 targets"):
         await VerifierLoss(mentions_target)(outputs, ["milk"])
 
@@ -296,6 +297,6 @@ async def test_a_custom_loss_returns_feedback_and_backpropagates() -> None:
     pipeline = Answer().bind(resources).train()
     loss = await Length()(await pipeline("a long question"))
     assert str(loss) == "shorter please"
-    assert loss.meta["score"] == pytest.approx(10 / len("fast(a long question)"))
+    assert loss.score == pytest.approx(10 / len("fast(a long question)"))
     await loss.backward()
     assert pipeline.style.feedback != ()

@@ -17,7 +17,8 @@ from _engine_fakes import FakeResources
 from plait import ExecutionSettings, LLMInference, Module, Parameter, Value, ValueKind
 from plait import functional as F
 from plait.errors import ResourcesNotBoundError
-from plait.execution.record import ForwardRecord
+from plait.graph import ForwardRecord, InferenceGraph
+from plait.inference import HEADER
 from plait.optimization import (
     BackwardContext,
     BackwardError,
@@ -25,7 +26,6 @@ from plait.optimization import (
     VerifierLoss,
     run_backward,
 )
-from plait.optimization.llm_backward import HEADER
 
 ITEM = re.compile(r'<FEEDBACK item="([^"]+)">\.\.\.</FEEDBACK>')
 USER = re.compile(r"^\[user\] (.*)$", re.MULTILINE)
@@ -86,20 +86,20 @@ async def test_training_output_carries_its_record_and_eval_output_stays_plain() 
     output = await pipeline("tea")
     assert isinstance(output, Value)
     assert output.payload == "fast(Edit: fast(Write from: fast(Plan: tea)))"
-    record = output.meta["record"]
+    record = output.record
     assert isinstance(record, ForwardRecord)
     assert record.node_inputs["writer"] == (("Write from: fast(Plan: tea)",), {})
     assert record.node_outputs["planner"] == "fast(Plan: tea)"
     assert record.graph.nodes["writer"].parameters == (pipeline.write_style,)
     assert record.graph.nodes["editor"].parameters == (pipeline.house_rules,)
-    assert output.meta["resources"] is resources
+    assert output.record.resources is resources
 
     batch = await pipeline(["tea", "rain"])
     assert [value.payload for value in batch] == [
         "fast(Edit: fast(Write from: fast(Plan: tea)))",
         "fast(Edit: fast(Write from: fast(Plan: rain)))",
     ]
-    first, second = (value.meta["record"] for value in batch)
+    first, second = (value.record for value in batch)
     assert first is not second
     assert second.node_outputs["input:0"] == "rain"
     assert second.node_inputs["planner"] == (("Plan: rain",), {})
@@ -193,7 +193,7 @@ async def test_mini_batch_feedback_accumulates_across_examples() -> None:
     pipeline = ThreeStage().bind(resources).train()
     outputs = await pipeline(["tea", "rain", "snow"])
     loss = await VerifierLoss(always_fails)(outputs)
-    assert loss.meta["score"] == 0.0
+    assert loss.score == 0.0
     await loss.backward()
     assert sorted(pipeline.plan_style.feedback) == [
         "p1 of [Plan: rain]",
@@ -201,7 +201,7 @@ async def test_mini_batch_feedback_accumulates_across_examples() -> None:
         "p1 of [Plan: tea]",
     ]
     assert pipeline.plan_style.scores == (0.0, 0.0, 0.0)
-    assert all(value.meta["record"].released for value in outputs)
+    assert all(value.record.released for value in outputs)
 
 
 async def test_independent_backward_calls_run_concurrently_on_one_scheduler() -> None:
@@ -227,7 +227,7 @@ async def test_independent_backward_calls_run_concurrently_on_one_scheduler() ->
 async def test_records_are_released_after_backward_unless_kept() -> None:
     pipeline = ThreeStage().bind(fake())
     loss = await judged(pipeline, "tea")
-    record = loss.meta["backward"][0].record
+    record = loss.targets[0].record
     await loss.backward(retain_record=True)
     assert not record.released
     await loss.backward()
@@ -392,7 +392,7 @@ async def test_backward_resources_come_from_the_forward_then_the_caller() -> Non
     unbound.train()
     async with ExecutionSettings(resources=fake()):
         output = await unbound("tea")
-        output.meta.pop("resources")
+        output.record.resources = None
         loss = await VerifierLoss(always_fails)(output)
     with pytest.raises(ResourcesNotBoundError, match="'optimizer'"):
         await loss.backward(retain_record=True)
@@ -416,20 +416,22 @@ async def test_a_loss_inside_a_traced_step_backpropagates_to_the_pipeline() -> N
     step = Step().bind(resources).train()
     loss = await step("tea", "milk")
     assert str(loss) == "should mention milk"
-    assert loss.meta["score"] == 0.0
+    assert loss.score == 0.0
     await loss.backward()
     assert step.pipeline.plan_style.feedback == ("p1 of [Plan: tea]",)
     assert "<CRITIQUE>\nshould mention milk\n</CRITIQUE>" in backward_prompts(resources)[0]
-    assert loss.meta["record"].released
+    assert loss.record.released
 
 
 def test_a_value_wrapping_a_value_merges_into_one() -> None:
+    record = ForwardRecord(InferenceGraph({}, [], []))
     inner = Value(ValueKind.TEXT, "fix it", "loss", {"score": 0.5, "tag": "inner"})
-    outer = Value(ValueKind.OTHER, inner, "step", {"record": "r", "tag": "outer"})
+    outer = Value(ValueKind.OTHER, inner, "step", {"tag": "outer"}, record=record)
     assert outer.kind is ValueKind.TEXT
     assert outer.payload == "fix it"
     assert outer.ref == "step"
-    assert outer.meta == {"score": 0.5, "tag": "outer", "record": "r"}
+    assert outer.meta == {"score": 0.5, "tag": "outer"}
+    assert outer.record is record
     assert Value(ValueKind.OTHER, inner).ref == "loss"
 
 

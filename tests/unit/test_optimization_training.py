@@ -9,8 +9,8 @@ from _engine_fakes import FakeResources
 
 from plait import ExecutionSettings, LLMInference, Module, Parameter
 from plait.errors import ConfigError
+from plait.inference import HEADER
 from plait.optimization import EpochReport, FeedbackOptimizer, VerifierLoss, evaluate, fit
-from plait.optimization.llm_backward import HEADER
 from plait.optimization.optimizer import UPDATE_HEADER
 
 

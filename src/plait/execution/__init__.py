@@ -15,8 +15,8 @@ from plait.execution.settings import ExecutionSettings
 from plait.execution.state import ExecutionState
 
 if TYPE_CHECKING:
-    from plait.execution.cache import ResponseCache
-    from plait.execution.checkpoint import CheckpointManager
+    from plait.storage.cache import ResponseCache
+    from plait.storage.checkpoint import CheckpointManager
 
 __all__ = [
     "BatchResult",
@@ -32,11 +32,11 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "CheckpointManager":
-        from plait.execution.checkpoint import CheckpointManager
+        from plait.storage.checkpoint import CheckpointManager
 
         return CheckpointManager
     if name == "ResponseCache":
-        from plait.execution.cache import ResponseCache
+        from plait.storage.cache import ResponseCache
 
         return ResponseCache
     raise AttributeError(f"module 'plait.execution' has no attribute {name!r}")

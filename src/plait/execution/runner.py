@@ -30,20 +30,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 from plait.errors import BatchError, CheckpointError, ConfigError
 from plait.execution.budget import Budget
 from plait.execution.progress import ProgressReporter
-from plait.execution.record import ForwardRecord
-from plait.execution.resources import ResourceManagerLike, as_resource_manager
 from plait.execution.results import BatchResult
 from plait.execution.scheduler import RunHooks, Scheduler
 from plait.execution.settings import ResolvedSettings, check_setting_names, resolve_settings
 from plait.execution.state import ExecutionState, GraphPlan, plan_for
-from plait.graph import InferenceGraph
+from plait.graph import ForwardRecord, InferenceGraph
 from plait.profiling.observer import RunObserver, combine
 from plait.profiling.profile import Profile, Profiler, default_profile_path
-from plait.values import Value, kind_of
+from plait.resources.protocol import ResourceManagerLike, as_resource_manager
+from plait.values import Value, with_record
 
 if TYPE_CHECKING:
-    from plait.execution.cache import ResponseCache
-    from plait.execution.checkpoint import CheckpointSession
+    from plait.storage.cache import ResponseCache
+    from plait.storage.checkpoint import CheckpointSession
 
 Item = tuple[tuple[Any, ...], dict[str, Any]]
 
@@ -356,7 +355,7 @@ class _Run:
         self.observer = combine([_span_observer(settings), profiler])
         cache: ResponseCache | None = None
         if settings.cache is not None and settings.cache is not False:
-            from plait.execution.cache import open_cache
+            from plait.storage.cache import open_cache
 
             cache = open_cache(settings.cache)
         if settings.max_tokens_total is not None or settings.max_cost is not None:
@@ -381,7 +380,7 @@ class _Run:
                     "checkpoint_dir cannot be used in training mode: restored outputs would lack "
                     "the forward record that backward() needs; call module.eval() first"
                 )
-            from plait.execution.checkpoint import CheckpointSession
+            from plait.storage.checkpoint import CheckpointSession
 
             self.checkpoint = CheckpointSession(
                 settings.checkpoint_dir,
@@ -463,7 +462,7 @@ class _Run:
                 self._checked_plans.add(id(plan))
             stored = None
             if self.checkpoint is not None:
-                binding = self.checkpoint.bind(plan, shape)
+                binding = self.checkpoint.bind(plan.graph, shape)
                 key, stored, finished = self.checkpoint.restore(binding, index, args, kwargs)
         except Exception as error:
             self._abort(error)
@@ -506,7 +505,7 @@ class _Run:
                 if self.checkpoint is not None:
                     self.checkpoint.input_done(state.checkpoint, state.input, output)
                 if self.training:
-                    output = _with_record(state, output)
+                    output = _with_record(state, output, self.settings.resources)
                 result = BatchResult(state.index, state.input, output)
             except CheckpointError as failure:
                 self._abort(failure)
@@ -671,12 +670,18 @@ def _span_observer(settings: ResolvedSettings) -> RunObserver | None:
     return SpanObserver(tracer, capture_content=settings.capture_content)
 
 
-def _with_record(state: ExecutionState, output: Any) -> Value:
-    """Wrap a training-mode output with the record that backward needs."""
-    record = ForwardRecord(state.plan.graph, state.node_inputs or {}, dict(state.results), output)
+def _with_record(state: ExecutionState, output: Any, resources: Any) -> Value:
+    """Wrap a training-mode output with the record that backward needs.
+
+    The record also keeps the resources the run used, so a loss computed on
+    the output and the backward pass through it reach the same endpoints
+    without the caller binding them again.
+    """
+    record = ForwardRecord(
+        state.plan.graph, state.node_inputs or {}, dict(state.results), output, resources
+    )
     output_ids = state.plan.graph.output_ids
-    ref = output_ids[0] if len(output_ids) == 1 else None
-    return Value(kind_of(output), output, ref, {"record": record})
+    return with_record(output, output_ids[0] if len(output_ids) == 1 else None, record)
 
 
 def run(module: Runnable, *args: Any, resources: Any = None, **settings: Any) -> Call:

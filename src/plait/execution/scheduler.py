@@ -29,16 +29,16 @@ from plait.errors import (
     TaskTimeoutError,
     TransientError,
 )
-from plait.execution.resources import ResourceManagerLike
 from plait.execution.settings import ResolvedSettings
 from plait.execution.state import ExecutionState
 from plait.graph import NodeKind
 from plait.profiling.observer import CallProbe, NodeRun, RunObserver
+from plait.resources.protocol import ResourceManagerLike
 
 if TYPE_CHECKING:
     from plait.execution.budget import Budget
-    from plait.execution.cache import ResponseCache
     from plait.resources.manager import ResourceManager
+    from plait.storage.cache import ResponseCache
 
 MAX_RATE_LIMIT_REQUEUES = 50
 """A node pushed back by 429s more often than this fails: the endpoint is not recovering."""

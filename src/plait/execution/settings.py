@@ -123,7 +123,7 @@ def _check_value(name: str, value: Any, where: str) -> None:
 def _check_cache(value: Any, bad: Callable[[str], ConfigError]) -> None:
     if value is None or isinstance(value, bool | str | os.PathLike):
         return
-    from plait.execution.cache import ResponseCache
+    from plait.storage.cache import ResponseCache
 
     if not isinstance(value, ResponseCache):
         raise bad("True, False, None, a path or a ResponseCache")
@@ -147,7 +147,7 @@ class ExecutionSettings:
     def __init__(self, **settings: Any) -> None:
         check_setting_names(settings, where="ExecutionSettings")
         if settings.get("resources") is not None:
-            from plait.execution.resources import as_resource_manager
+            from plait.resources.protocol import as_resource_manager
 
             settings["resources"] = as_resource_manager(settings["resources"])
         self.settings: dict[str, Any] = settings

@@ -4,21 +4,22 @@ The training loop mirrors PyTorch::
 
     pipeline.train()
     outputs = await pipeline(batch)                 # outputs carry forward records
-    loss = await loss_fn(outputs, targets)          # feedback Value, meta["score"]
+    loss = await loss_fn(outputs, targets)          # a Feedback, with .score
     await loss.backward()                           # feedback reaches the Parameters
     await optimizer.step()                          # an LLM rewrites them
 
 ``fit`` runs that loop over a dataset with validation each epoch.
 """
 
-from plait.optimization.backward import (
+from plait.errors import BackwardError
+from plait.execution.ask import TextLLM
+from plait.feedback import (
     BackwardContext,
-    BackwardError,
     BackwardResult,
+    Feedback,
     FeedbackTarget,
     run_backward,
 )
-from plait.optimization.llm import TextLLM
 from plait.optimization.loss import (
     CompositeLoss,
     LLMJudge,
@@ -42,6 +43,7 @@ __all__ = [
     "BackwardResult",
     "CompositeLoss",
     "EpochReport",
+    "Feedback",
     "FeedbackOptimizer",
     "FeedbackTarget",
     "HistoryEntry",

@@ -1,8 +1,8 @@
 """Losses: Modules that judge outputs and return feedback.
 
-A loss returns a feedback :class:`~plait.values.Value`: its text says what
-is wrong with the output (empty when nothing is) and ``meta["score"]`` rates
-it from 0 to 1, higher being better (None when the judge gave no score).
+A loss returns a :class:`~plait.feedback.Feedback`: its text says what is
+wrong with the output (empty when nothing is) and ``score`` rates it from 0
+to 1, higher being better (None when the judge gave no score).
 
 A loss works two ways. Called directly, ``await loss_fn(output, target)``
 runs on the engine and the feedback remembers the forward record(s) that
@@ -28,18 +28,19 @@ from pydantic import BaseModel, Field
 from plait.errors import ConfigError
 from plait.execution.runner import Call
 from plait.execution.settings import resolve_settings
-from plait.module import LLMInference, Module
-from plait.optimization.backward import BackwardContext, BackwardResult, FeedbackTarget
+from plait.feedback import BackwardContext, BackwardResult, Feedback, FeedbackTarget, text_feedback
+from plait.inference import LLMInference
+from plait.module import Module
 from plait.parameter import Parameter
 from plait.tracing.context import current_tracer
-from plait.values import Value, ValueKind, to_text, unwrap
+from plait.values import Value, to_text, unwrap
 
 Check = Callable[[Any, Any], str | Awaitable[str | None] | None]
 
 
-def feedback(text: str = "", score: float | None = None, **meta: Any) -> Value:
-    """A feedback Value; return one from the ``forward`` of a custom loss."""
-    return Value(ValueKind.TEXT, text, meta={**meta, "score": score, "is_feedback": True})
+def feedback(text: str = "", score: float | None = None, **details: Any) -> Feedback:
+    """A Feedback; return one from the ``forward`` of a custom loss."""
+    return text_feedback(text, score, **details)
 
 
 class Loss(Module):
@@ -60,7 +61,7 @@ class Loss(Module):
         """A loss that runs as one node sends its feedback to the judged output only."""
         return BackwardResult(inputs={0: feedback})
 
-    async def _judge(self, output: Any, target: Any = None) -> Value:
+    async def _judge(self, output: Any, target: Any = None) -> Feedback:
         if _is_batch(output):
             targets = _batch_targets(target, len(output))
             items = [_arguments(out, tgt) for out, tgt in zip(output, targets, strict=True)]
@@ -69,7 +70,7 @@ class Loss(Module):
             return _batch_feedback(output, values)
         args, kwargs = _arguments(output, target)
         value = _as_feedback(await Call.single(self, args, kwargs, self._settings([output])))
-        value.meta["backward"] = _targets([output], [value.payload], [value.meta["score"]])
+        value.targets = _targets([output], [value.payload], [value.score])
         return value
 
     def _settings(self, outputs: Sequence[Any]) -> dict[str, Any]:
@@ -77,8 +78,9 @@ class Loss(Module):
         own = resolve_settings(None, self._bound_settings, self._bound_resources).resources
         if own is None:
             for output in outputs:
-                if isinstance(output, Value) and output.meta.get("resources") is not None:
-                    return {"resources": output.meta["resources"]}
+                record = output.record if isinstance(output, Value) else None
+                if record is not None and record.resources is not None:
+                    return {"resources": record.resources}
         return {}
 
 
@@ -94,7 +96,7 @@ class VerifierLoss(Loss):
             raise ConfigError(f"VerifierLoss needs a callable check, got {check!r}")
         self.check = check
 
-    async def forward(self, output: Any, target: Any = None) -> Value:
+    async def forward(self, output: Any, target: Any = None) -> Feedback:
         verdict = self.check(output, target)
         if inspect.isawaitable(verdict):
             verdict = await verdict
@@ -156,7 +158,7 @@ class LLMJudge(Loss):
 
 
 class _JudgeVerdict(_Verdict):
-    def forward(self, output: Any, reply: Any) -> Value:
+    def forward(self, output: Any, reply: Any) -> Feedback:
         text = to_text(reply)
         score = _parse_score(text)
         critique = _SCORE_LINE.sub("", text).strip()
@@ -244,7 +246,7 @@ class _RubricVerdict(_Verdict):
         super().__init__()
         self.criteria = criteria
 
-    def forward(self, output: Any, reply: Any) -> Value:
+    def forward(self, output: Any, reply: Any) -> Feedback:
         grades = _as_model(reply, RubricGrades)
         by_number = {grade.criterion: grade for grade in grades.grades}
         weighted = total = 0.0
@@ -291,10 +293,10 @@ class LLMPreferenceLoss(Loss):
 
     ``mode="ranking"`` asks for one ranking of all candidates;
     ``mode="pairwise"`` compares every pair and scores each candidate by its
-    share of wins. Each candidate gets its own feedback and score
-    (``meta["feedbacks"]``, ``meta["scores"]``), and backward sends each to
-    the forward pass that produced it. ``meta["score"]`` is the first
-    candidate's score (put the output being trained first).
+    share of wins. Each candidate gets its own feedback and score (the
+    loss's ``items``), and backward sends each to the forward pass that
+    produced it. ``score`` is the first candidate's score (put the output
+    being trained first).
     """
 
     def __init__(
@@ -353,11 +355,15 @@ class LLMPreferenceLoss(Loss):
             lines += ["What a good output must achieve:", "<EXPECTED>", f"{target}", "</EXPECTED>"]
         return lines
 
-    async def _compare(self, candidates: list[Any], target: Any) -> Value:
+    async def _compare(self, candidates: list[Any], target: Any) -> Feedback:
         args = tuple(unwrap(candidate) for candidate in candidates)
         kwargs = {} if target is None else {"target": unwrap(target)}
         value = _as_feedback(await Call.single(self, args, kwargs, self._settings(candidates)))
-        value.meta["backward"] = _targets(candidates, value.meta["feedbacks"], value.meta["scores"])
+        value.targets = _targets(
+            candidates,
+            [str(item) for item in value.items],
+            [item.score for item in value.items],
+        )
         return value
 
 
@@ -366,7 +372,7 @@ class _PreferenceVerdict(_Verdict):
         super().__init__()
         self.mode = mode
 
-    def forward(self, *candidates: Any, verdicts: list[Any]) -> Value:
+    def forward(self, *candidates: Any, verdicts: list[Any]) -> Feedback:
         count = len(candidates)
         notes: list[list[str]] = [[] for _ in range(count)]
         if self.mode == "ranking":
@@ -393,11 +399,18 @@ class _PreferenceVerdict(_Verdict):
         feedbacks = ["\n".join(dict.fromkeys(texts)) for texts in notes]
         lines = [f"Best first: {', '.join(str(index + 1) for index in order)}."]
         lines += [f"Candidate {index + 1}: {text}" for index, text in enumerate(feedbacks) if text]
-        return feedback("\n".join(lines), scores[0], scores=scores, feedbacks=feedbacks)
+        items = tuple(
+            text_feedback(text, score) for text, score in zip(feedbacks, scores, strict=True)
+        )
+        verdict = text_feedback("\n".join(lines), scores[0])
+        verdict.items = items
+        return verdict
 
     def backward(self, feedback: str, ctx: BackwardContext) -> BackwardResult:
-        feedbacks = ctx.output.meta["feedbacks"] if isinstance(ctx.output, Value) else []
-        return BackwardResult(inputs={index: text for index, text in enumerate(feedbacks) if text})
+        items = ctx.output.items if isinstance(ctx.output, Feedback) else ()
+        return BackwardResult(
+            inputs={index: str(item) for index, item in enumerate(items) if str(item)}
+        )
 
 
 class CompositeLoss(Loss):
@@ -448,10 +461,10 @@ class _Combine(Module):
         super().__init__()
         self.weights = weights
 
-    def forward(self, *parts: Value) -> Value:
+    def forward(self, *parts: Feedback) -> Feedback:
         weighted = total = 0.0
         for (_, weight), part in zip(self.weights, parts, strict=True):
-            score = part.meta.get("score")
+            score = part.score
             if score is not None and weight > 0:
                 weighted += weight * score
                 total += weight
@@ -505,38 +518,37 @@ def _arguments(output: Any, target: Any) -> tuple[tuple[Any, ...], dict[str, Any
     return (unwrap(output), unwrap(target)), {}
 
 
-def _as_feedback(result: Any) -> Value:
-    """The loss graph's output as a fresh feedback Value, minus any record of the loss's own run."""
+def _as_feedback(result: Any) -> Feedback:
+    """The loss graph's output as a fresh Feedback, without the record of the loss's own run."""
     if not isinstance(result, Value):
         return feedback(to_text(result))
-    meta = {
-        key: item
-        for key, item in result.meta.items()
-        if key not in ("record", "resources", "backward")
-    }
-    meta.setdefault("score", None)
-    meta["is_feedback"] = True
-    return Value(ValueKind.TEXT, to_text(result.payload), None, meta)
+    made = text_feedback(
+        to_text(result.payload),
+        result.score if isinstance(result, Feedback) else None,
+        **result.meta,
+    )
+    if isinstance(result, Feedback):
+        made.items = result.items
+    return made
 
 
 def _targets(
     outputs: Sequence[Any], texts: Sequence[str], scores: Sequence[float | None]
-) -> list[FeedbackTarget]:
-    return [
-        FeedbackTarget(output.meta["record"], text, score, output.meta.get("resources"))
+) -> tuple[FeedbackTarget, ...]:
+    return tuple(
+        FeedbackTarget(output.record, text, score)
         for output, text, score in zip(outputs, texts, scores, strict=True)
-        if isinstance(output, Value) and output.meta.get("record") is not None
-    ]
+        if isinstance(output, Value) and output.record is not None
+    )
 
 
-def _batch_feedback(outputs: list[Value], values: list[Value]) -> Value:
-    scores = [value.meta["score"] for value in values if value.meta.get("score") is not None]
+def _batch_feedback(outputs: list[Value], values: list[Feedback]) -> Feedback:
+    scores = [value.score for value in values if value.score is not None]
     texts = [f"Example {index}: {value}" for index, value in enumerate(values, 1) if str(value)]
-    return feedback(
+    batch = text_feedback(
         "\n\n".join(texts),
         fmean(scores) if scores else None,
-        items=values,
-        backward=_targets(
-            outputs, [value.payload for value in values], [value.meta["score"] for value in values]
-        ),
+        _targets(outputs, [str(value) for value in values], [value.score for value in values]),
     )
+    batch.items = tuple(values)
+    return batch

@@ -18,13 +18,13 @@ from typing import Any, Self
 
 from plait.clients.base import ChatRequest
 from plait.errors import ConfigError
-from plait.execution.resources import as_resource_manager
+from plait.execution.ask import TextLLM
 from plait.execution.settings import resolve_settings
-from plait.optimization.backward import gather_all
-from plait.optimization.llm import TextLLM
-from plait.optimization.text import quoted, tagged, without_tag
+from plait.feedback import gather_all
+from plait.markup import quoted, tagged, without_tag
 from plait.parameter import Parameter
 from plait.resources.manager import estimate_tokens
+from plait.resources.protocol import as_resource_manager
 
 UPDATE_SYSTEM = (
     "You improve one piece of text used by a pipeline of language-model calls, based on "

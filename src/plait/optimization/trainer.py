@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 from plait.errors import ConfigError
-from plait.execution.settings import resolve_settings
+from plait.execution.settings import ExecutionSettings, resolve_settings
 from plait.module import Module
 from plait.optimization.loss import Loss
 from plait.optimization.optimizer import Optimizer, ParameterUpdate
@@ -63,11 +64,12 @@ async def evaluate(module: Module, loss_fn: Loss, examples: Sequence[Example]) -
     resources = resolve_settings(None, module._bound_settings, module._bound_resources).resources
     try:
         outputs = await module.batch([inputs for inputs, _ in examples])
-        judged = [wrap(output, resources=resources) for output in outputs]
-        loss = await loss_fn(judged, [target for _, target in examples])
+        judged = [wrap(output) for output in outputs]
+        with ExecutionSettings(resources=resources) if resources is not None else nullcontext():
+            loss = await loss_fn(judged, [target for _, target in examples])
     finally:
         module.train(was_training)
-    score = loss.meta.get("score")
+    score = loss.score
     return None if score is None else float(score)
 
 
@@ -138,7 +140,7 @@ async def _train_batch(
     loss = await loss_fn(outputs, [target for _, target in batch])
     await loss.backward()
     updates = await optimizer.step()
-    score = loss.meta.get("score")
+    score = loss.score
     return (None if score is None else float(score)), updates
 
 

@@ -35,7 +35,7 @@ from pydantic import (
     model_validator,
 )
 
-from plait.errors import ConfigError
+from plait.errors import ConfigError, EndpointConfigError
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -346,17 +346,6 @@ def _read_file(file: Path) -> Any:
 
 
 _FIELDS = tuple(EndpointConfig.model_fields)
-
-
-class EndpointConfigError(ConfigError):
-    """An EndpointConfig's problems, kept as lines so an enclosing
-    ResourceConfig can prefix each with the alias and pool index (pydantic
-    calls the custom ``__init__`` for nested endpoints and wraps what it raises).
-    """
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__(_report("invalid endpoint configuration:", lines))
-        self.lines = lines
 
 
 def _problems(exc: ValidationError, raw: Mapping[str, Any] | None) -> list[str]:

@@ -40,7 +40,7 @@ from plait.resources.rate_limit import RateLimiter
 from plait.resources.usage import AliasUsage
 
 if TYPE_CHECKING:
-    from plait.execution.cache import ResponseCache
+    from plait.storage.cache import ResponseCache
 
 ClientFactory = Callable[[EndpointConfig], LLMClient]
 
@@ -123,7 +123,7 @@ class _Endpoint:
     def own_cache(self) -> ResponseCache | None:
         """The cache this endpoint's config names (opened on first use), or None."""
         if self._cache is None and self.config.cache:
-            from plait.execution.cache import open_cache
+            from plait.storage.cache import open_cache
 
             self._cache = open_cache(self.config.cache)
         return self._cache

@@ -16,7 +16,7 @@ from typing import Any
 import ray
 
 from plait.clients.base import ChatRequest, ChatResponse
-from plait.execution.resources import ResourceManagerLike
+from plait.resources.protocol import ResourceManagerLike
 
 
 class RateBudget:

@@ -12,6 +12,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from plait.clients.base import ChatRequest, ChatResponse
 from plait.errors import ConfigError
+from plait.resources.config import ResourceConfig
+from plait.resources.manager import ResourceManager
 
 
 @runtime_checkable
@@ -29,8 +31,6 @@ def as_resource_manager(resources: Any) -> ResourceManagerLike:
     """Accept a manager, a ResourceConfig, or a plain mapping that describes one."""
     if isinstance(resources, ResourceManagerLike):
         return resources
-    from plait.resources import ResourceConfig, ResourceManager
-
     if isinstance(resources, ResourceConfig | Mapping):
         return ResourceManager(resources)
     raise ConfigError(

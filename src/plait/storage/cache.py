@@ -30,7 +30,7 @@ from typing import Any
 from plait.clients.base import ChatRequest, ChatResponse
 from plait.clients.structured import cached_response_format_payload, parse_structured
 from plait.errors import ConfigError, ResponseValidationError
-from plait.execution._sqlite import BackgroundWriter, Write, connect
+from plait.storage._sqlite import BackgroundWriter, Write, connect
 
 FILENAME = "responses.sqlite"
 _LINGER = 0.05

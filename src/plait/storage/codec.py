@@ -23,24 +23,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from plait.errors import ExecutionError
+from plait.errors import ExecutionError, UnencodableError, UnknownClassError
 from plait.values import Value, ValueKind
 
 TAG = "$plait"
-
-
-class UnencodableError(TypeError):
-    """A value has a type that cannot be stored as JSON; ``path`` says where in it."""
-
-    def __init__(self, type_name: str, path: str) -> None:
-        where = f" at {path}" if path else ""
-        super().__init__(f"a {type_name} value{where} cannot be stored as JSON")
-        self.type_name = type_name
-        self.path = path
-
-
-class UnknownClassError(LookupError):
-    """A stored model names a class that this process has not loaded."""
 
 
 def class_path(cls: type) -> str:

@@ -1,10 +1,14 @@
-"""The textual backward pass: what a module's ``backward`` sees, returns, and who calls it.
+"""The backward contract, the Feedback a loss returns, and the walk that runs it.
 
 Feedback is text about what was wrong with an output. ``run_backward`` walks
 each recorded forward pass from its output towards its inputs; every node
 with feedback on its output has its module's ``backward`` turn that into
 feedback on its inputs (which flows on to the nodes that produced them) and
 on the Parameters it used (which accumulates there for the optimizer).
+
+The walk lives beside the contract, below the optimizers, because
+``loss.backward()`` must reach it from a Feedback without the user layer
+importing the optimization layer above it.
 """
 
 from __future__ import annotations
@@ -14,21 +18,14 @@ import inspect
 import weakref
 from collections.abc import Awaitable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from plait.errors import PlaitError
-from plait.graph import InferenceGraph, NodeKind, NodeRef, Template
-
-if TYPE_CHECKING:
-    from plait.execution.record import ForwardRecord
-    from plait.parameter import Parameter
-    from plait.values import Value
+from plait.errors import BackwardError
+from plait.execution.ask import TextLLM
+from plait.graph import ForwardRecord, InferenceGraph, NodeKind, NodeRef, ParameterLike, Template
+from plait.values import Value, ValueKind
 
 _T = TypeVar("_T")
-
-
-class BackwardError(PlaitError, RuntimeError):
-    """A backward pass cannot run: nothing recorded, a released record, a bad result."""
 
 
 class ReasoningLLM(Protocol):
@@ -52,13 +49,13 @@ class BackwardContext:
     node_id: str
     inputs: dict[int | str, Any]
     output: Any
-    parameters: tuple[Parameter, ...] = ()
+    parameters: tuple[ParameterLike, ...] = ()
     module: Any = None
     sources: dict[int | str, tuple[str, ...]] = field(default_factory=dict)
     llm: ReasoningLLM | None = None
 
     @property
-    def learnable(self) -> tuple[Parameter, ...]:
+    def learnable(self) -> tuple[ParameterLike, ...]:
         """The parameters feedback may be written for (``requires_grad`` ones)."""
         return tuple(param for param in self.parameters if param.requires_grad)
 
@@ -77,7 +74,7 @@ class BackwardResult:
     """Feedback for a node's inputs (same keys as ``BackwardContext.inputs``) and parameters."""
 
     inputs: dict[int | str, str] = field(default_factory=dict)
-    parameters: dict[Parameter, str] = field(default_factory=dict)
+    parameters: dict[ParameterLike, str] = field(default_factory=dict)
 
 
 def pass_through(feedback: str, ctx: BackwardContext) -> BackwardResult:
@@ -100,37 +97,69 @@ class FeedbackTarget:
     record: ForwardRecord
     feedback: str
     score: float | None = None
-    resources: Any = None
+
+
+@dataclass(slots=True)
+class Feedback(Value):
+    """What a loss returns: text about what is wrong (empty when nothing is), a score,
+    and the forward passes it judges.
+
+    ``targets`` lists the judged passes when the loss ran on training-mode
+    outputs; a loss computed inside a traced training step has none, and its
+    own ``record`` (the step's forward pass) is the target instead. ``items``
+    holds per-item feedback where a loss judged several outputs at once (the
+    examples of a batch, the candidates of a preference loss).
+    """
+
+    score: float | None = None
+    targets: tuple[FeedbackTarget, ...] = ()
+    items: tuple[Feedback, ...] = ()
+
+    async def backward(
+        self,
+        *,
+        alias: str = "optimizer",
+        resources: Any = None,
+        retain_record: bool = False,
+    ) -> None:
+        """Send this feedback back through the forward pass(es) it judges.
+
+        Accumulates feedback on the Parameters upstream of the judged outputs.
+        ``alias`` names the endpoint the feedback-writing LLM uses;
+        ``resources`` defaults to those the forward ran with, then to the
+        enclosing ExecutionSettings. Records are released afterwards unless
+        ``retain_record`` is true.
+        """
+        await run_backward([self], alias=alias, resources=resources, retain_record=retain_record)
+
+
+def text_feedback(
+    text: str,
+    score: float | None = None,
+    targets: Iterable[FeedbackTarget] = (),
+    **meta: Any,
+) -> Feedback:
+    """Feedback text with its score, judged passes and any extra details in ``meta``."""
+    return Feedback(ValueKind.TEXT, text, meta=dict(meta), score=score, targets=tuple(targets))
 
 
 def feedback_targets(value: Value) -> list[FeedbackTarget]:
-    """The forward passes a feedback Value judges.
-
-    A loss called on training-mode outputs lists them in ``meta["backward"]``;
-    a loss computed inside a traced training step is itself the output of the
-    recorded graph, so its own ``meta["record"]`` is the target.
-    """
-    from plait.values import Value
-
+    """The forward passes a feedback Value judges."""
     if not isinstance(value, Value):
         raise BackwardError(f"backward needs a feedback Value from a loss, got {type(value)!r}")
-    listed = value.meta.get("backward")
-    record = value.meta.get("record")
-    if listed:
-        return list(listed)
-    if record is None:
+    if isinstance(value, Feedback) and value.targets:
+        return list(value.targets)
+    if value.record is None:
         raise BackwardError(
             "this value carries no forward record: call module.train() before the forward "
             "pass and compute the loss on its output (or inside the traced step)"
         )
-    if not value.meta.get("is_feedback"):
+    if not isinstance(value, Feedback):
         raise BackwardError(
             "backward() was called on a pipeline output, not on feedback: compute a loss on "
             "it first (loss = await loss_fn(output, target)) and call loss.backward()"
         )
-    return [
-        FeedbackTarget(record, str(value), value.meta.get("score"), value.meta.get("resources"))
-    ]
+    return [FeedbackTarget(value.record, str(value), value.score)]
 
 
 async def run_backward(
@@ -148,8 +177,6 @@ async def run_backward(
     concurrently under the endpoint's limits. Feedback from fan-out and from
     every example of a mini-batch accumulates on each Parameter.
     """
-    from plait.optimization.llm import TextLLM
-
     targets = [target for loss in losses for target in feedback_targets(loss)]
     for target in targets:
         if target.record.released:
@@ -158,7 +185,9 @@ async def run_backward(
                 "retain_record=True to the first backward() to walk it again"
             )
     if resources is None:
-        resources = next((t.resources for t in targets if t.resources is not None), None)
+        resources = next(
+            (t.record.resources for t in targets if t.record.resources is not None), None
+        )
     llm = TextLLM(
         alias,
         resources,
@@ -261,7 +290,7 @@ class _Walk:
             if text and text.strip():
                 for source in sources[key]:
                     self.pending.setdefault(source, []).append(text)
-        upstream: list[Parameter] | None = None
+        upstream: list[ParameterLike] | None = None
         for param, text in result.parameters.items():
             if param.requires_grad and text and text.strip():
                 if upstream is None:
@@ -286,7 +315,7 @@ class _BackwardPlan:
                 for key, spec in keyed.items()
             }
         self.levels = self._levels()
-        self._above: dict[str, tuple[Parameter, ...]] = {}
+        self._above: dict[str, tuple[ParameterLike, ...]] = {}
 
     def _levels(self) -> list[list[str]]:
         """Non-input nodes grouped by their longest distance to a sink.
@@ -307,7 +336,7 @@ class _BackwardPlan:
                 grouped[level[nid]].append(nid)
         return grouped
 
-    def params_above(self, node_id: str) -> tuple[Parameter, ...]:
+    def params_above(self, node_id: str) -> tuple[ParameterLike, ...]:
         """Parameters used by the nodes ``node_id`` depends on, directly or not."""
         found = self._above.get(node_id)
         if found is None:
@@ -316,9 +345,9 @@ class _BackwardPlan:
             found = self._above[node_id] = tuple(dict.fromkeys(collected))
         return found
 
-    def params_feeding(self, node_ids: Iterable[str]) -> list[Parameter]:
+    def params_feeding(self, node_ids: Iterable[str]) -> list[ParameterLike]:
         """Parameters used by ``node_ids`` or anything upstream of them."""
-        collected: list[Parameter] = []
+        collected: list[ParameterLike] = []
         for nid in node_ids:
             collected.extend(self.graph.nodes[nid].parameters)
             collected.extend(self.params_above(nid))

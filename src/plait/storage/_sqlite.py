@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from plait.errors import WriterError
+
 Rows = Sequence[Sequence[Any]]
 Write = tuple[str, Rows]
 """One statement and the parameter rows to run it with (``executemany``)."""
@@ -51,10 +53,6 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     # last commits, a crashed process loses nothing, and neither corrupts.
     conn.execute("PRAGMA synchronous=NORMAL")
     return conn
-
-
-class WriterError(RuntimeError):
-    """The background writer failed; it names the database and the cause."""
 
 
 class _Flush:

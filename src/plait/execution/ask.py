@@ -1,26 +1,70 @@
 """The chat model that backward passes and optimizers think with.
 
-Their LLM calls are ordinary plait runs of a one-node module, so they go
-through the same scheduler, resource manager, retries and endpoint limits as
-forward calls. Questions asked in the same event-loop turn (every node at one
-depth of a backward pass, every parameter at one stage of an optimizer step)
-are gathered into one batch run, so they run concurrently and a
-``max_concurrent`` setting applies to them together.
+Their LLM calls are ordinary runs of a one-call pipeline, so they go through
+the same scheduler, resource manager, retries and endpoint limits as forward
+calls. Questions asked in the same event-loop turn (every node at one depth
+of a backward pass, every parameter at one stage of an optimizer step) are
+gathered into one batch run, so they run concurrently and a ``max_concurrent``
+setting applies to them together.
+
+The one-call pipeline is defined here rather than borrowed from
+``LLMInference`` so that the feedback and optimization code can ask questions
+without the execution layer reaching up into the user layer.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
+from plait.clients.base import ChatRequest, ChatResponse
 from plait.errors import ResourcesNotBoundError
-from plait.execution.resources import as_resource_manager
 from plait.execution.results import BatchResult
 from plait.execution.runner import run
 from plait.execution.settings import resolve_settings
-from plait.module import LLMInference
+from plait.graph import InferenceGraph, NodeKind
+from plait.resources.protocol import as_resource_manager
+from plait.tracing.tracer import Tracer
 
 Messages = list[dict[str, Any]]
+
+
+class _Question:
+    """A leaf pipeline of one chat call: messages in, reply text out."""
+
+    _plait_node_kind = NodeKind.LLM
+    training = False
+    _bound_resources: Any = None
+
+    def __init__(self, alias: str, temperature: float | None) -> None:
+        self.alias = alias
+        self.temperature = temperature
+        self._bound_settings: dict[str, Any] = {}
+        self._graph: InferenceGraph | None = None
+
+    def forward(self, messages: Messages) -> ChatRequest:
+        return ChatRequest(messages=messages, temperature=self.temperature)
+
+    def parse_response(self, response: ChatResponse) -> str:
+        return response.content
+
+    def _plait_is_leaf(self) -> bool:
+        return True
+
+    def named_modules(self) -> Iterator[tuple[str, _Question]]:
+        yield "", self
+
+    def named_parameters(self) -> Iterator[tuple[str, Any]]:
+        return iter(())
+
+    def parameters(self) -> Iterator[Any]:
+        return iter(())
+
+    def _plait_graph(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> InferenceGraph:
+        if self._graph is None:
+            self._graph = Tracer().trace(self, *args, **kwargs)
+        return self._graph
 
 
 class TextLLM:
@@ -44,7 +88,7 @@ class TextLLM:
         self.resources = None if resources is None else as_resource_manager(resources)
         self.purpose = purpose
         self.advice = advice
-        self._module = LLMInference(alias, temperature=temperature)
+        self._question = _Question(alias, temperature)
         self._queue: list[tuple[Messages, asyncio.Future[str]]] = []
         self._flush_pending = False
         self._sending: set[asyncio.Task[None]] = set()
@@ -76,7 +120,7 @@ class TextLLM:
     async def _send(self, batch: list[tuple[Messages, asyncio.Future[str]]]) -> None:
         try:
             results: list[BatchResult] = await run(
-                self._module,
+                self._question,
                 [messages for messages, _ in batch],
                 resources=self.resources,
                 streaming=True,

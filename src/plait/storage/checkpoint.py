@@ -8,7 +8,7 @@ the nodes that had not finished.
 
 Identity. A *run* in the store is one version of one module: its class, its
 call shape and the fingerprint of its traced graph (see
-:mod:`plait.execution.fingerprint`: prompts, parameter values, settings and
+:mod:`plait.storage.fingerprint`: prompts, parameter values, settings and
 wiring). Results are reused only under the same fingerprint. When the module
 has changed since results were stored, the call stops before sending
 anything and says what changed; ``checkpoint_mismatch="new"`` computes fresh
@@ -18,7 +18,7 @@ batch plus a hash of its content, so reordering or editing inputs never
 returns another input's result.
 
 Writing. The event loop only encodes values (JSON, see
-:mod:`plait.execution.codec`) and appends rows to a buffer. The buffer goes
+:mod:`plait.storage.codec`) and appends rows to a buffer. The buffer goes
 to a background thread every ``checkpoint_buffer_size`` completions or every
 ``checkpoint_flush_interval`` seconds, whichever comes first, and the thread
 commits it as one transaction. SQLite in WAL mode makes each commit atomic,
@@ -46,19 +46,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from plait.errors import CheckpointError
-from plait.execution._sqlite import BackgroundWriter, WriterError, connect
-from plait.execution.codec import (
-    UnencodableError,
-    UnknownClassError,
-    class_path,
-    decode,
-    digest,
-    encode,
-    plain,
-)
-from plait.execution.fingerprint import describe, differences, fingerprint
-from plait.execution.state import GraphPlan
+from plait.errors import CheckpointError, UnencodableError, UnknownClassError, WriterError
+from plait.graph import InferenceGraph
+from plait.storage._sqlite import BackgroundWriter, connect
+from plait.storage.codec import class_path, decode, digest, encode, plain
+from plait.storage.fingerprint import describe, differences, fingerprint
 
 FILENAME = "checkpoint.sqlite"
 SCHEMA_VERSION = 1
@@ -359,20 +351,20 @@ class CheckpointSession:
 
     # -- admission -------------------------------------------------------------
 
-    def bind(self, plan: GraphPlan, shape: tuple[Any, ...]) -> Binding:
+    def bind(self, graph: InferenceGraph, shape: tuple[Any, ...]) -> Binding:
         """The run this graph's results belong to, found or created (once per graph).
 
         Raises:
             CheckpointError: the directory holds results of a different version
                 of this module and ``mismatch`` is ``"error"``.
         """
-        binding = self._bindings.get(id(plan))
+        binding = self._bindings.get(id(graph))
         if binding is None:
-            binding = self._bindings[id(plan)] = self._bind(plan, json.dumps(list(shape)))
+            binding = self._bindings[id(graph)] = self._bind(graph, json.dumps(list(shape)))
         return binding
 
-    def _bind(self, plan: GraphPlan, shape: str) -> Binding:
-        description = describe(plan.graph)
+    def _bind(self, graph: InferenceGraph, shape: str) -> Binding:
+        description = describe(graph)
         version = fingerprint(description)
         conn = self._conn
         now = time.time()
@@ -403,7 +395,7 @@ class CheckpointSession:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return Binding(run_id, _models_of(plan), has_rows)
+        return Binding(run_id, _models_of(graph), has_rows)
 
     def _new_or_adopted(
         self, shape: str, version: str, description: dict[str, Any], now: float
@@ -587,10 +579,10 @@ class CheckpointSession:
             self._conn.close()
 
 
-def _models_of(plan: GraphPlan) -> dict[str, type[BaseModel]]:
+def _models_of(graph: InferenceGraph) -> dict[str, type[BaseModel]]:
     """The pydantic classes the graph's modules name (response formats, parse targets)."""
     models: dict[str, type[BaseModel]] = {}
-    for node in plan.nodes.values():
+    for node in graph.nodes.values():
         for value in getattr(node.module, "__dict__", {}).values():
             if isinstance(value, type) and issubclass(value, BaseModel):
                 models[class_path(value)] = value
