@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from plait.errors import PlaitError
+from plait.errors import PlaitError, UsageError
 
 EXIT_OK = 0
 EXIT_FAILED_LINES = 1
@@ -115,22 +115,22 @@ def load_target(target: str) -> Any:
 
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
-        raise PlaitError(f"target {target!r} must look like package.module:factory")
+        raise UsageError(f"target {target!r} must look like package.module:factory")
     sys.path.insert(0, str(Path.cwd()))
     try:
         imported = importlib.import_module(module_name)
     except ImportError as error:
-        raise PlaitError(f"cannot import {module_name!r}: {error}") from error
+        raise UsageError(f"cannot import {module_name!r}: {error}") from error
     finally:
         sys.path.pop(0)
     try:
         found = getattr(imported, attribute)
     except AttributeError as error:
-        raise PlaitError(f"{module_name!r} has no attribute {attribute!r}") from error
+        raise UsageError(f"{module_name!r} has no attribute {attribute!r}") from error
     if not isinstance(found, Module) and callable(found):
         found = found()
     if not isinstance(found, Module):
-        raise PlaitError(f"{target!r} gave a {type(found).__name__}, not a plait Module")
+        raise UsageError(f"{target!r} gave a {type(found).__name__}, not a plait Module")
     return found
 
 
@@ -181,7 +181,7 @@ def _as_call(value: Any) -> tuple[Any, ...] | dict[str, Any]:
 
 def _run(options: argparse.Namespace) -> int:
     if not options.input.exists():
-        raise PlaitError(f"input file {options.input} does not exist")
+        raise UsageError(f"input file {options.input} does not exist")
     module = load_target(options.target)
     settings: dict[str, Any] = {"streaming": True, "progress": not options.no_progress}
     for option, setting in _SETTINGS_FROM_OPTIONS.items():
@@ -196,7 +196,7 @@ def _run(options: argparse.Namespace) -> int:
             ResourceConfig.from_file(options.resources)
         )
     elif resources is None and module._uses_llm():
-        raise PlaitError(
+        raise UsageError(
             f"{options.target} makes LLM calls but has no resources: pass --resources FILE "
             "or bind them in the factory"
         )

@@ -6,7 +6,8 @@ catch the library's failures in one place::
     PlaitError
     ├── ConfigError (ValueError)            a setting, file or argument is invalid
     │   ├── EndpointConfigError             one endpoint's fields, line by line
-    │   └── UnknownAliasError (KeyError)    a module names an alias the config lacks
+    │   ├── UnknownAliasError (KeyError)    a module names an alias the config lacks
+    │   └── UsageError                      a command-line argument cannot be used
     ├── ResourcesNotBoundError (RuntimeError)
     ├── TracingError                        forward needed a value while tracing
     ├── ExecutionError (RuntimeError)
@@ -66,6 +67,10 @@ class UnknownAliasError(ConfigError, KeyError):
     def __str__(self) -> str:
         # KeyError would otherwise wrap the message in quotes.
         return str(self.args[0]) if self.args else ""
+
+
+class UsageError(ConfigError):
+    """A command-line argument names a target, file or factory that cannot be used."""
 
 
 class ResourcesNotBoundError(PlaitError, RuntimeError):

@@ -18,7 +18,7 @@ from plait.clients._wire import (
     retry_after_seconds,
     transport_error,
 )
-from plait.clients.structured import parse_structured, response_format_payload
+from plait.clients.structured import response_format_payload, validate_reply
 from plait.errors import (
     PermanentError,
     RateLimitError,
@@ -244,7 +244,7 @@ def test_payload_is_a_fresh_copy() -> None:
 
 
 def test_strict_schema_still_accepts_what_the_model_accepts() -> None:
-    assert parse_structured('{"title": "t", "inner": {"score": 1}, "note": null}', Answer) == (
+    assert validate_reply('{"title": "t", "inner": {"score": 1}, "note": null}', Answer) == (
         Answer(title="t", inner=Inner(score=1))
     )
 
@@ -259,12 +259,12 @@ def test_strict_schema_still_accepts_what_the_model_accepts() -> None:
     ],
 )
 def test_parse_structured_tolerates_fences(content: str) -> None:
-    assert parse_structured(content, Inner) == Inner(score=4)
+    assert validate_reply(content, Inner) == Inner(score=4)
 
 
 def test_parse_structured_names_model_and_first_problem() -> None:
     with pytest.raises(ResponseValidationError) as caught:
-        parse_structured('{"title": "t", "inner": {"score": "high"}}', Answer)
+        validate_reply('{"title": "t", "inner": {"score": "high"}}', Answer)
     message = str(caught.value)
     assert "Answer" in message
     assert "inner.score" in message
@@ -273,10 +273,10 @@ def test_parse_structured_names_model_and_first_problem() -> None:
 
 def test_parse_structured_counts_further_problems() -> None:
     with pytest.raises(ResponseValidationError, match=r"title: Field required \(and 1 more"):
-        parse_structured("{}", Answer)
+        validate_reply("{}", Answer)
 
 
 def test_parse_structured_says_when_reply_is_not_json() -> None:
     with pytest.raises(ResponseValidationError, match="not valid JSON for Inner") as caught:
-        parse_structured("I think the score is four.", Inner)
+        validate_reply("I think the score is four.", Inner)
     assert "I think the score" in str(caught.value)

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from plait.clients.base import ChatRequest, ChatResponse
-from plait.clients.structured import cached_response_format_payload, parse_structured
+from plait.clients.structured import cached_response_format_payload, validate_reply
 from plait.errors import (
     LLMError,
     PermanentError,
@@ -120,7 +120,7 @@ def structured_reply(
         raise ResponseValidationError(
             f"the model refused to produce {response_format.__name__}: {refusal}"
         )
-    return parse_structured(content, response_format)
+    return validate_reply(content, response_format)
 
 
 def error_for_status(

@@ -19,7 +19,7 @@ model's default should have applied. Such a schema, or one with free-form
 mappings (``additionalProperties`` that is not ``false``) or a ``$ref`` with
 sibling keywords, is sent with
 ``strict: false``: the server then treats the schema as guidance and
-:func:`parse_structured` remains the real check.
+:func:`validate_reply` remains the real check.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pydantic import BaseModel, ValidationError
 
 from plait.errors import ResponseValidationError
 
-__all__ = ["cached_response_format_payload", "parse_structured", "response_format_payload"]
+__all__ = ["cached_response_format_payload", "response_format_payload", "validate_reply"]
 
 # Keywords whose value is a single sub-schema, a list of them, or a name -> schema map.
 _SUBSCHEMA_KEYS = ("items", "additionalProperties", "not", "contains")
@@ -69,7 +69,7 @@ def cached_response_format_payload(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-def parse_structured(content: str, model: type[BaseModel]) -> BaseModel:
+def validate_reply(content: str, model: type[BaseModel]) -> BaseModel:
     """Validate a reply against ``model``.
 
     Models often wrap JSON in a Markdown fence (sometimes after a sentence of

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from plait.clients.base import ChatRequest, ChatResponse
-from plait.clients.structured import cached_response_format_payload, parse_structured
+from plait.clients.structured import cached_response_format_payload, validate_reply
 from plait.errors import ConfigError, ResponseValidationError
 from plait.storage._sqlite import BackgroundWriter, Write, connect
 
@@ -115,7 +115,7 @@ class ResponseCache:
         parsed = None
         if request.response_format is not None:
             try:
-                parsed = parse_structured(content, request.response_format)
+                parsed = validate_reply(content, request.response_format)
             except ResponseValidationError:
                 return None
         return ChatResponse(

@@ -9,21 +9,42 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from plait.tracing.tracer import Tracer
-
-_current: ContextVar[Tracer | None] = ContextVar("plait_tracer", default=None)
+from plait.tracing.proxy import Proxy, Selecting
 
 
-def current_tracer() -> Tracer | None:
+class Recorder(Selecting, Protocol):
+    """What code being traced may ask of the active tracer.
+
+    Structural, so this file (imported by everything that behaves differently
+    while tracing) sits below the tracer instead of importing it.
+    """
+
+    def call_module(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any: ...
+
+    def record(
+        self,
+        module: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        name: str | None = None,
+    ) -> Proxy: ...
+
+    def param_token(self, param: Any) -> str: ...
+
+
+_current: ContextVar[Recorder | None] = ContextVar("plait_tracer", default=None)
+
+
+def current_tracer() -> Recorder | None:
     """The tracer recording in this context, or None outside tracing."""
     return _current.get()
 
 
 @contextmanager
-def tracing(tracer: Tracer) -> Iterator[Tracer]:
+def tracing(tracer: Recorder) -> Iterator[Recorder]:
     token = _current.set(tracer)
     try:
         yield tracer

@@ -15,13 +15,11 @@ must be the same for every input.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, NoReturn, SupportsIndex
+from typing import Any, NoReturn, Protocol, SupportsIndex
 
 from plait.errors import TracingError
+from plait.graph import GraphNode
 from plait.tracing.ops import Select
-
-if TYPE_CHECKING:
-    from plait.tracing.tracer import Tracer
 
 TOKEN_OPEN = "\ue000"
 TOKEN_CLOSE = "\ue001"
@@ -49,13 +47,21 @@ _ADVICE = (
 )
 
 
+class Selecting(Protocol):
+    """What a proxy asks of the tracer that made it (the tracer sits above this file)."""
+
+    nodes: dict[str, GraphNode]
+
+    def select(self, proxy: Proxy, key: Any, *, attribute: bool) -> Proxy: ...
+
+
 class Proxy(str):
     """A traced value; see the module docstring for what it can and cannot do."""
 
     _plait_ref: str
-    _plait_tracer: Tracer
+    _plait_tracer: Selecting
 
-    def __new__(cls, tracer: Tracer, ref: str) -> Proxy:
+    def __new__(cls, tracer: Selecting, ref: str) -> Proxy:
         proxy = super().__new__(cls, node_token(ref))
         proxy.__dict__["_plait_ref"] = ref
         proxy.__dict__["_plait_tracer"] = tracer
