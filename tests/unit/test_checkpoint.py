@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from plait import ExecutionSettings, LLMInference, Module, Parameter
 from plait.errors import BatchError, CheckpointError, ConfigError, PermanentError, UnencodableError
 from plait.execution import CheckpointManager
-from plait.storage.checkpoint import FILENAME
+from plait.storage.checkpoint_schema import FILENAME
 from plait.storage.codec import decode, digest, encode
 from plait.values import Value, ValueKind
 
