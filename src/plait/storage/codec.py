@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from plait.errors import ExecutionError, UnencodableError, UnknownClassError
+from plait.errors import ExecutionError, StoredValueError, UnencodableError, UnknownClassError
 from plait.values import Value, ValueKind
 
 TAG = "$plait"
@@ -155,7 +155,7 @@ def from_json(data: Any, models: Mapping[str, type[BaseModel]]) -> Any:
         return base64.b64decode(data["base64"])
     if tag == "error":
         return _rebuild_error(data["class"], data["message"])
-    raise ValueError(f"unknown tag {tag!r} in stored value")
+    raise StoredValueError(f"unknown tag {tag!r} in stored value")
 
 
 def plain(data: Any) -> Any:
