@@ -50,8 +50,8 @@ from plait.errors import CheckpointError, UnencodableError, UnknownClassError, W
 from plait.graph import InferenceGraph
 from plait.storage._sqlite import BackgroundWriter
 from plait.storage.checkpoint_schema import FILENAME, open_for_writing
-from plait.storage.codec import class_path, decode, digest, encode
-from plait.storage.fingerprint import describe, differences, fingerprint
+from plait.storage.codec import class_path, content_hash, decode, digest, encode
+from plait.storage.fingerprint import describe, differences
 
 MismatchPolicy = Literal["error", "reuse", "new"]
 
@@ -135,7 +135,7 @@ class CheckpointSession:
 
     def _bind(self, graph: InferenceGraph, shape: str) -> Binding:
         description = describe(graph)
-        version = fingerprint(description)
+        version = content_hash(description)
         conn = self._conn
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
