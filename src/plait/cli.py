@@ -245,6 +245,8 @@ async def _drive(
     done: set[int],
 ) -> tuple[int, int]:
     """Stream results to the files as they finish; returns (written, failed) counts."""
+    from plait.values import jsonable
+
     written = failed = 0
     try:
         async for result in module.batch([_as_call(value) for _, value in pending], **settings):
@@ -253,7 +255,7 @@ async def _drive(
                 continue
             if result.ok:
                 written += 1
-                _write(output, {"line": number, "output": to_jsonable(result.output)})
+                _write(output, {"line": number, "output": jsonable(result.output)})
             else:
                 failed += 1
                 _write(
@@ -265,25 +267,6 @@ async def _drive(
         if close is not None:
             await close()
     return written, failed
-
-
-def to_jsonable(value: Any) -> Any:
-    """Outputs as JSON data: pydantic models as their fields, Values as payloads."""
-    from pydantic import BaseModel
-
-    from plait.values import Value
-
-    if isinstance(value, Value):
-        return to_jsonable(value.payload)
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, list | tuple):
-        return [to_jsonable(item) for item in value]
-    if isinstance(value, dict):
-        return {str(key): to_jsonable(item) for key, item in value.items()}
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
 
 
 def _write(stream: TextIO, record: dict[str, Any]) -> None:

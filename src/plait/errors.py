@@ -24,6 +24,7 @@ catch the library's failures in one place::
     │   ├── CheckpointError
     │   ├── UnencodableError (TypeError)    a value JSON cannot hold
     │   ├── UnknownClassError (LookupError) a stored model class is not loaded
+    │   ├── StoredValueError (ValueError)   a stored value this plait cannot read
     │   └── WriterError (RuntimeError)      the background writer failed
     └── BudgetExceededError
 
@@ -178,6 +179,15 @@ class UnencodableError(StorageError, TypeError):
 
 class UnknownClassError(StorageError, LookupError):
     """A stored model names a class that this process has not loaded."""
+
+
+class StoredValueError(StorageError, ValueError):
+    """A stored value is tagged with a type this plait does not know.
+
+    The file was written by a newer plait or edited by hand. It is also a
+    ``ValueError``: the stored text is well-formed JSON with content that
+    makes no sense here.
+    """
 
 
 class WriterError(StorageError, RuntimeError):

@@ -165,13 +165,26 @@ def to_text(payload: Any) -> str:
     if isinstance(payload, BaseModel):
         return payload.model_dump_json()
     if isinstance(payload, dict | list | tuple):
-        return json.dumps(payload, ensure_ascii=False, default=_json_fallback)
+        return json.dumps(payload, ensure_ascii=False, default=jsonable)
     return str(payload)
 
 
-def _json_fallback(obj: Any) -> Any:
-    if isinstance(obj, BaseModel):
-        return obj.model_dump(mode="json")
-    if isinstance(obj, Value):
-        return obj.payload
-    return str(obj)
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data, for a reader (a prompt, a results file).
+
+    Values become their payloads and models their fields; anything JSON has
+    no type for becomes its ``str``, so this never fails and never
+    round-trips. Checkpoints need the opposite (strict and reversible), which
+    is :func:`plait.storage.codec.to_json`.
+    """
+    if isinstance(value, Value):
+        return jsonable(value.payload)
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list | tuple):
+        return [jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)

@@ -23,7 +23,7 @@ from plait import LLMInference
 from plait.errors import BudgetExceededError, CheckpointError
 from plait.execution import CheckpointManager
 from plait.resources import ResourceManager
-from plait.storage.checkpoint import FILENAME
+from plait.storage.checkpoint_schema import FILENAME
 from plait.testing import Simulator, SpawnedSimulator
 
 SCRIPT = Path(__file__).with_name("_durable_batch.py")

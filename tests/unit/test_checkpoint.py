@@ -16,9 +16,16 @@ from _fake_llm import SECRET, FakeLLM, manager
 from pydantic import BaseModel
 
 from plait import ExecutionSettings, LLMInference, Module, Parameter
-from plait.errors import BatchError, CheckpointError, ConfigError, PermanentError, UnencodableError
+from plait.errors import (
+    BatchError,
+    CheckpointError,
+    ConfigError,
+    PermanentError,
+    StoredValueError,
+    UnencodableError,
+)
 from plait.execution import CheckpointManager
-from plait.storage.checkpoint import FILENAME
+from plait.storage.checkpoint_schema import FILENAME
 from plait.storage.codec import decode, digest, encode
 from plait.values import Value, ValueKind
 
@@ -103,6 +110,11 @@ def test_stored_values_round_trip_through_json() -> None:
 def test_the_codec_says_where_an_unstorable_part_is() -> None:
     with pytest.raises(UnencodableError, match=r"Opaque value at \['a'\]\[1\]\[0\]"):
         encode({"a": [1, (Opaque(),)]})
+
+
+def test_a_stored_value_with_an_unknown_tag_is_a_storage_error() -> None:
+    with pytest.raises(StoredValueError, match="unknown tag 'set'"):
+        decode('{"$plait": "set", "items": [1]}')
 
 
 def test_the_input_digest_depends_on_content_only() -> None:

@@ -16,7 +16,7 @@ from plait.execution.state import ExecutionState
 
 if TYPE_CHECKING:
     from plait.storage.cache import ResponseCache
-    from plait.storage.checkpoint import CheckpointManager
+    from plait.storage.checkpoint_reader import CheckpointManager
 
 __all__ = [
     "BatchResult",
@@ -32,7 +32,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "CheckpointManager":
-        from plait.storage.checkpoint import CheckpointManager
+        from plait.storage.checkpoint_reader import CheckpointManager
 
         return CheckpointManager
     if name == "ResponseCache":

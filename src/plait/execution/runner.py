@@ -42,7 +42,7 @@ from plait.values import Value, with_record
 
 if TYPE_CHECKING:
     from plait.storage.cache import ResponseCache
-    from plait.storage.checkpoint import CheckpointSession
+    from plait.storage.checkpoint_session import CheckpointSession
 
 Item = tuple[tuple[Any, ...], dict[str, Any]]
 
@@ -380,7 +380,7 @@ class _Run:
                     "checkpoint_dir cannot be used in training mode: restored outputs would lack "
                     "the forward record that backward() needs; call module.eval() first"
                 )
-            from plait.storage.checkpoint import CheckpointSession
+            from plait.storage.checkpoint_session import CheckpointSession
 
             self.checkpoint = CheckpointSession(
                 settings.checkpoint_dir,

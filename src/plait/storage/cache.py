@@ -18,8 +18,6 @@ when the interpreter exits are committed then.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sqlite3
 import threading
@@ -31,6 +29,7 @@ from plait.clients.base import ChatRequest, ChatResponse
 from plait.clients.structured import cached_response_format_payload, validate_reply
 from plait.errors import ConfigError, ResponseValidationError
 from plait.storage._sqlite import BackgroundWriter, Write, connect
+from plait.storage.codec import content_hash
 
 FILENAME = "responses.sqlite"
 _LINGER = 0.05
@@ -69,10 +68,7 @@ def request_key(request: ChatRequest) -> str:
         response_format,
         request.options,
     ]
-    text = json.dumps(
-        payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=repr
-    )
-    return hashlib.sha256(text.encode()).hexdigest()
+    return content_hash(payload, algorithm="sha256", default=repr)
 
 
 class ResponseCache:

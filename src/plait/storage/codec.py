@@ -1,4 +1,4 @@
-"""Node values and inputs to JSON and back, for checkpoints.
+"""Node values and inputs to JSON and back, for checkpoints; stable hashes of JSON.
 
 Checkpoint files are data, never code, so nothing is pickled. Plain JSON
 types are stored as themselves; the few Python types that JSON cannot tell
@@ -18,12 +18,12 @@ import hashlib
 import json
 import math
 import sys
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from plait.errors import ExecutionError, UnencodableError, UnknownClassError
+from plait.errors import ExecutionError, StoredValueError, UnencodableError, UnknownClassError
 from plait.values import Value, ValueKind
 
 TAG = "$plait"
@@ -35,6 +35,10 @@ def class_path(cls: type) -> str:
 
 def to_json(value: Any) -> Any:
     """``value`` as plain JSON data, with tags for what JSON cannot express.
+
+    Unlike :func:`plait.values.jsonable`, which renders anything for a reader,
+    this is strict and reversible: a stored value must come back as the same
+    type, and one that cannot is refused rather than stored as its ``str``.
 
     Raises:
         UnencodableError: some part of ``value`` has another type; its
@@ -108,10 +112,36 @@ def encode(value: Any) -> str:
     return json.dumps(to_json(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def digest(data: Any) -> str:
-    """A stable content hash of ``data`` (same data, same hash, in any process)."""
-    text = json.dumps(to_json(data), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+def content_hash(
+    data: Any,
+    *,
+    algorithm: Literal["blake2b", "sha256"] = "blake2b",
+    default: Callable[[Any], Any] | None = None,
+) -> str:
+    """A stable hash of JSON data: same data, same hash, in any process.
+
+    The text hashed is canonical JSON (sorted keys, no spaces), so dict order
+    never matters. Every caller stores its hashes (checkpoint input digests
+    and fingerprints, response-cache keys), so neither the text nor the
+    algorithm may change under them: checkpoints use 128-bit BLAKE2b, the
+    cache SHA-256, and ``default`` lets the cache keep hashing what JSON
+    cannot hold by its ``repr``.
+    """
+    text = json.dumps(
+        data, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=default
+    )
+    if algorithm == "sha256":
+        return hashlib.sha256(text.encode()).hexdigest()
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def digest(data: Any) -> str:
+    """The hash of a live value, tags included, so ``("a",)`` and ``["a"]`` differ.
+
+    Raises:
+        UnencodableError: ``data`` holds something JSON cannot store.
+    """
+    return content_hash(to_json(data))
 
 
 def decode(text: str, models: Mapping[str, type[BaseModel]] | None = None) -> Any:
@@ -155,14 +185,16 @@ def from_json(data: Any, models: Mapping[str, type[BaseModel]]) -> Any:
         return base64.b64decode(data["base64"])
     if tag == "error":
         return _rebuild_error(data["class"], data["message"])
-    raise ValueError(f"unknown tag {tag!r} in stored value")
+    raise StoredValueError(f"unknown tag {tag!r} in stored value")
 
 
 def plain(data: Any) -> Any:
     """Stored JSON data with the tags taken out, for reading without the classes.
 
     Tuples become lists, models and Values their data, bytes a base64 string,
-    errors their message; the result is plain JSON data.
+    errors their message; the result is plain JSON data. It looks like
+    :func:`plait.values.jsonable` but reads the stored, tagged form: the live
+    objects (and their classes) are not there to render.
     """
     cls = data.__class__
     if cls is list:

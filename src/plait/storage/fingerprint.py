@@ -6,9 +6,9 @@ about that: each node's module class and settings (alias, temperature,
 response schema, request options, system prompt), the literal text of every
 prompt template, the current value of every Parameter and how the nodes are
 wired. :func:`describe` turns a graph into plain JSON data, the fingerprint
-is a hash of that, and :func:`differences` explains in words what changed
-between two descriptions, so a mismatch error can say "the prompt of node
-'summary' changed" rather than "hash differs".
+is its :func:`~plait.storage.codec.content_hash`, and :func:`differences`
+explains in words what changed between two descriptions, so a mismatch error
+can say "the prompt of node 'summary' changed" rather than "hash differs".
 
 Classes are named without their Python module, so a pipeline run as a
 script (``__main__``) and the same pipeline imported are the same version.
@@ -18,8 +18,6 @@ What the graph cannot see is the Python code inside a custom module's
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 from pydantic import BaseModel
@@ -51,11 +49,6 @@ def describe(graph: InferenceGraph) -> dict[str, Any]:
         "output": _spec(graph.output),
         "parameters": {name: param.value for name, param in graph.parameters.items()},
     }
-
-
-def fingerprint(description: dict[str, Any]) -> str:
-    text = json.dumps(description, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -122,7 +115,12 @@ def _is_module(value: Any) -> bool:
 
 
 def _spec(value: Any) -> Any:
-    """Placeholders and settings as JSON data; unknown objects by their class only."""
+    """Placeholders and settings as JSON data; unknown objects by their class only.
+
+    Not :func:`plait.values.jsonable`: an object's ``str`` often holds its
+    address, which would change the fingerprint in every process, and a
+    placeholder must say which node or parameter it stands for.
+    """
     cls = value.__class__
     if value is None or cls in (str, int, float, bool):
         return value

@@ -72,7 +72,12 @@ class PlaitMapper:
 
 
 def _plain(value: Any) -> Any:
-    """numpy scalars and pydantic models as plain Python / JSON-like data."""
+    """numpy scalars and pydantic models as plain Python / JSON-like data.
+
+    Not :func:`plait.values.jsonable`: Arrow columns hold lists, dicts and
+    numpy arrays natively, so everything else passes through as it is rather
+    than becoming its ``str``.
+    """
     from pydantic import BaseModel
 
     if isinstance(value, BaseModel):

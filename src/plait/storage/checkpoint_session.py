@@ -26,8 +26,9 @@ so a process killed at any moment (``kill -9`` included) leaves the store
 as it was after some commit: at most the last unflushed buffer and the
 requests in flight are lost, and nothing is ever half-written.
 
-Reading. :class:`CheckpointManager` lists the runs in a directory with their
-progress and exports their results, without needing the module.
+Reading a directory without the module is
+:mod:`plait.storage.checkpoint_reader`; the file's tables are
+:mod:`plait.storage.checkpoint_schema`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -48,55 +48,12 @@ from pydantic import BaseModel
 
 from plait.errors import CheckpointError, UnencodableError, UnknownClassError, WriterError
 from plait.graph import InferenceGraph
-from plait.storage._sqlite import BackgroundWriter, connect
-from plait.storage.codec import class_path, decode, digest, encode, plain
-from plait.storage.fingerprint import describe, differences, fingerprint
-
-FILENAME = "checkpoint.sqlite"
-SCHEMA_VERSION = 1
+from plait.storage._sqlite import BackgroundWriter
+from plait.storage.checkpoint_schema import FILENAME, open_for_writing
+from plait.storage.codec import class_path, content_hash, decode, digest, encode
+from plait.storage.fingerprint import describe, differences
 
 MismatchPolicy = Literal["error", "reuse", "new"]
-
-_SCHEMA = (
-    """
-    CREATE TABLE IF NOT EXISTS runs(
-        run_id INTEGER PRIMARY KEY,
-        module TEXT NOT NULL,
-        shape TEXT NOT NULL,
-        fingerprint TEXT NOT NULL,
-        description TEXT NOT NULL,
-        created REAL NOT NULL,
-        updated REAL NOT NULL,
-        status TEXT NOT NULL,
-        total INTEGER,
-        failed INTEGER NOT NULL DEFAULT 0,
-        pid INTEGER,
-        host TEXT,
-        UNIQUE(module, shape, fingerprint)
-    )
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS inputs(
-        run_id INTEGER NOT NULL,
-        position INTEGER NOT NULL,
-        digest TEXT NOT NULL,
-        input TEXT NOT NULL,
-        output TEXT NOT NULL,
-        finished REAL NOT NULL,
-        PRIMARY KEY(run_id, position, digest)
-    ) WITHOUT ROWID
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS nodes(
-        run_id INTEGER NOT NULL,
-        position INTEGER NOT NULL,
-        digest TEXT NOT NULL,
-        node_id TEXT NOT NULL,
-        value TEXT NOT NULL,
-        PRIMARY KEY(run_id, position, digest, node_id)
-    ) WITHOUT ROWID
-    """,
-)
 
 _INSERT_NODE = "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?)"
 _INSERT_INPUT = "INSERT OR REPLACE INTO inputs VALUES (?, ?, ?, ?, ?, ?)"
@@ -106,189 +63,6 @@ _END_RUN = "UPDATE runs SET updated = ?, status = ?, pid = NULL WHERE run_id = ?
 
 InputKey = tuple[int, int, str]
 """(run id, position, content digest): where one input's rows live."""
-
-
-# -- reading a directory ---------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RunInfo:
-    """One run (one version of one module) in a checkpoint directory.
-
-    ``finished`` counts inputs whose output is stored, ``partial`` inputs with
-    some finished nodes but no output yet, ``failed`` the inputs that failed
-    in the latest call. ``total`` is the size of the latest call's batch when
-    it was known. ``status`` is ``running``, ``finished``, ``incomplete``
-    (some inputs failed), ``stopped`` (cancelled, over budget or aborted) or
-    ``interrupted`` (its process died while running).
-    """
-
-    run_id: int
-    module: str
-    shape: str
-    fingerprint: str
-    status: str
-    created: float
-    updated: float
-    total: int | None
-    finished: int
-    partial: int
-    failed: int
-
-    @property
-    def progress(self) -> float | None:
-        """Finished inputs as a fraction of ``total`` (None when the total is unknown)."""
-        if not self.total:
-            return None
-        return min(1.0, self.finished / self.total)
-
-
-@dataclass(frozen=True, slots=True)
-class StoredResult:
-    """A finished input as stored: its position in the batch, the input and the output."""
-
-    index: int
-    input: Any
-    output: Any
-
-
-class CheckpointManager:
-    """Reads a checkpoint directory: the runs it holds, their progress, their results.
-
-    Values come back as plain JSON data (models as their fields, tuples as
-    lists), so no module or model class is needed to inspect a checkpoint.
-    """
-
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.directory = Path(directory)
-        self.path = self.directory / FILENAME
-        if not self.path.exists():
-            raise CheckpointError(f"no checkpoint found in {self.directory}")
-
-    def runs(self) -> list[RunInfo]:
-        """Every run in the directory, most recently updated first."""
-        with self._read() as conn:
-            rows = conn.execute(
-                """
-                SELECT r.run_id, r.module, r.shape, r.fingerprint, r.status, r.created,
-                       r.updated, r.total, r.failed, r.pid, r.host,
-                       (SELECT COUNT(*) FROM inputs i WHERE i.run_id = r.run_id),
-                       (SELECT COUNT(*) FROM (SELECT DISTINCT position, digest FROM nodes n
-                                              WHERE n.run_id = r.run_id))
-                FROM runs r ORDER BY r.updated DESC, r.run_id DESC
-                """
-            ).fetchall()
-        return [
-            RunInfo(
-                run_id=row[0],
-                module=row[1],
-                shape=row[2],
-                fingerprint=row[3],
-                status=_live_status(row[4], row[9], row[10]),
-                created=row[5],
-                updated=row[6],
-                total=row[7],
-                failed=row[8],
-                finished=row[11],
-                partial=row[12],
-            )
-            for row in rows
-        ]
-
-    def run(self, run_id: int | None = None) -> RunInfo:
-        """One run by id, or the most recently updated one."""
-        runs = self.runs()
-        if not runs:
-            raise CheckpointError(f"the checkpoint in {self.directory} holds no runs")
-        if run_id is None:
-            return runs[0]
-        for info in runs:
-            if info.run_id == run_id:
-                return info
-        known = ", ".join(str(info.run_id) for info in runs)
-        raise CheckpointError(f"no run {run_id} in {self.directory}; runs: {known}")
-
-    def results(self, run_id: int | None = None) -> list[StoredResult]:
-        """The finished inputs of a run (default: the latest), in batch order."""
-        return list(self.iter_results(run_id))
-
-    def iter_results(self, run_id: int | None = None) -> Iterator[StoredResult]:
-        chosen = self.run(run_id).run_id
-        with self._read() as conn:
-            cursor = conn.execute(
-                "SELECT position, input, output FROM inputs WHERE run_id = ? ORDER BY position",
-                (chosen,),
-            )
-            for position, given, output in cursor:
-                yield StoredResult(position, plain(json.loads(given)), plain(json.loads(output)))
-
-    def export(self, path: str | os.PathLike[str], run_id: int | None = None) -> int:
-        """Write a run's results as JSON Lines (index, input, output); returns how many."""
-        count = 0
-        target = Path(path)
-        with target.open("w", encoding="utf-8") as file:
-            for result in self.iter_results(run_id):
-                record = {"index": result.index, "input": result.input, "output": result.output}
-                file.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
-        return count
-
-    def delete(self, run_id: int) -> None:
-        """Remove a run and everything stored for it."""
-        self.run(run_id)
-        conn = connect(self.path)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for table in ("nodes", "inputs", "runs"):
-                conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
-
-    def _read(self) -> _ReadConnection:
-        return _ReadConnection(self.path)
-
-
-class _ReadConnection:
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._conn: sqlite3.Connection | None = None
-
-    def __enter__(self) -> sqlite3.Connection:
-        try:
-            self._conn = connect(self._path, readonly=True)
-            _check_version(self._conn, self._path)
-        except sqlite3.DatabaseError as error:
-            raise CheckpointError(f"{self._path} is not a readable checkpoint: {error}") from None
-        return self._conn
-
-    def __exit__(self, *exc: object) -> None:
-        if self._conn is not None:
-            self._conn.close()
-
-
-def _live_status(status: str, pid: int | None, host: str | None) -> str:
-    """A run still marked running whose process is gone was interrupted."""
-    if status != "running" or pid is None or host != socket.gethostname():
-        return status
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return "interrupted"
-    except PermissionError:
-        return status
-    return status
-
-
-def _check_version(conn: sqlite3.Connection, path: Path) -> None:
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
-    if version > SCHEMA_VERSION:
-        raise CheckpointError(
-            f"{path} was written by a newer plait (checkpoint format {version}); upgrade plait"
-        )
-
-
-# -- writing during a run --------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -327,11 +101,7 @@ class CheckpointSession:
         if self.directory.exists() and not self.directory.is_dir():
             raise CheckpointError(f"checkpoint_dir {self.directory} exists and is not a directory")
         try:
-            self._conn = connect(self.path)
-            _check_version(self._conn, self.path)
-            for statement in _SCHEMA:
-                self._conn.execute(statement)
-            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._conn = open_for_writing(self.path)
             self._writer = BackgroundWriter(self.path)
         except sqlite3.DatabaseError as error:
             raise CheckpointError(f"cannot use {self.path} as a checkpoint: {error}") from None
@@ -365,7 +135,7 @@ class CheckpointSession:
 
     def _bind(self, graph: InferenceGraph, shape: str) -> Binding:
         description = describe(graph)
-        version = fingerprint(description)
+        version = content_hash(description)
         conn = self._conn
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
