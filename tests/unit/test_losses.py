@@ -21,7 +21,8 @@ from plait.optimization import (
     VerifierLoss,
     feedback,
 )
-from plait.optimization.loss import RubricGrades, _parse_score
+from plait.optimization.losses.judge import _parse_score
+from plait.optimization.losses.rubric import RubricGrades
 
 RUBRIC = {
     "grades": [

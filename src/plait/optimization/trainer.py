@@ -22,7 +22,7 @@ from typing import Any
 from plait.errors import ConfigError
 from plait.execution.settings import ExecutionSettings, resolve_settings
 from plait.module import Module
-from plait.optimization.loss import Loss
+from plait.optimization.losses.base import Loss
 from plait.optimization.optimizer import Optimizer, ParameterUpdate
 from plait.values import wrap
 
