@@ -66,13 +66,21 @@ class Loss(Module):
 
     def _settings(self, outputs: Sequence[Any]) -> dict[str, Any]:
         """Run on the loss's own resources (bound or from ExecutionSettings), else the forward's."""
-        own = resolve_settings(None, self._bound_settings, self._bound_resources).resources
-        if own is None:
+        if own_resources(self) is None:
             for output in outputs:
                 record = output.record if isinstance(output, Value) else None
                 if record is not None and record.resources is not None:
                     return {"resources": record.resources}
         return {}
+
+
+def own_resources(module: Module) -> Any:
+    """The resources ``module`` runs on by itself: bound to it, else from ExecutionSettings.
+
+    The one place the optimization layer reads a Module's private bindings,
+    so a public accessor for resolved settings replaces it here alone.
+    """
+    return resolve_settings(None, module._bound_settings, module._bound_resources).resources
 
 
 class _Verdict(Module):
