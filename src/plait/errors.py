@@ -6,7 +6,8 @@ catch the library's failures in one place::
     PlaitError
     ├── ConfigError (ValueError)            a setting, file or argument is invalid
     │   ├── EndpointConfigError             one endpoint's fields, line by line
-    │   └── UnknownAliasError (KeyError)    a module names an alias the config lacks
+    │   ├── UnknownAliasError (KeyError)    a module names an alias the config lacks
+    │   └── LossCheckError (TypeError)      a VerifierLoss check returned neither None nor text
     ├── ResourcesNotBoundError (RuntimeError)
     ├── TracingError                        forward needed a value while tracing
     ├── ExecutionError (RuntimeError)
@@ -66,6 +67,14 @@ class UnknownAliasError(ConfigError, KeyError):
     def __str__(self) -> str:
         # KeyError would otherwise wrap the message in quotes.
         return str(self.args[0]) if self.args else ""
+
+
+class LossCheckError(ConfigError, TypeError):
+    """A VerifierLoss ``check`` returned something other than None or feedback text.
+
+    A ConfigError because the check is the loss's argument and is wrong; a
+    TypeError because the wrong thing is the type of what it returned.
+    """
 
 
 class ResourcesNotBoundError(PlaitError, RuntimeError):

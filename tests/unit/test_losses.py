@@ -9,7 +9,7 @@ import pytest
 from _engine_fakes import FakeResources
 
 from plait import LLMInference, Module, Parameter, Value, ValueKind
-from plait.errors import ConfigError
+from plait.errors import ConfigError, LossCheckError
 from plait.feedback import Feedback
 from plait.inference import HEADER
 from plait.optimization import (
@@ -90,8 +90,9 @@ async def test_verifier_loss_scores_passes_and_failures() -> None:
         return None if output == target else "different"
 
     assert (await VerifierLoss(slow_check)("a", "b")).score == 0.0
-    with pytest.raises(TypeError, match="None or a feedback str"):
+    with pytest.raises(TypeError, match="None or a feedback str") as raised:
         await VerifierLoss(lambda output, target: 3)("a")  # type: ignore[arg-type, return-value]
+    assert isinstance(raised.value, LossCheckError)
     with pytest.raises(ConfigError):
         VerifierLoss("not callable")  # type: ignore[arg-type]
 

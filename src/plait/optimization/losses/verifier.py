@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from plait.errors import ConfigError
+from plait.errors import ConfigError, LossCheckError
 from plait.feedback import Feedback
 from plait.optimization.losses.base import Loss, feedback
 
@@ -32,7 +32,7 @@ class VerifierLoss(Loss):
         if verdict is None:
             return feedback("", 1.0)
         if not isinstance(verdict, str):
-            raise TypeError(
+            raise LossCheckError(
                 f"VerifierLoss check must return None or a feedback str, got {type(verdict)!r}"
             )
         return feedback(verdict, 0.0)
