@@ -133,7 +133,7 @@ async def test_rubric_loss_weights_graded_criteria_through_structured_output() -
     loss = await rubric("A long answer.")
     assert loss.score == pytest.approx((2 * 0.5 + 1 * 1.0) / 3)  # "polite" ungraded
     assert str(loss) == "- concise (score 5/10, weight 2): Cut the second paragraph."
-    assert loss.meta["grades"] == {"concise": 5, "accurate": 10}
+    assert loss.grades == {"concise": 5, "accurate": 10}
     (call,) = [call for call in resources.calls if call.alias == "judge"]
     assert call.request is not None
     assert call.request.response_format is RubricGrades
@@ -190,7 +190,7 @@ async def test_composite_loss_weights_scores_and_labels_feedback() -> None:
     assert str(loss) == (
         "[verifier, weight 1] should mention milk\n\n[judge, weight 3] Too long; drop the preamble."
     )
-    assert set(loss.meta["parts"]) == {"verifier", "judge", "ignored"}
+    assert set(loss.parts) == {"verifier", "judge", "ignored"}
     with pytest.raises(ConfigError, match="one output"):
         CompositeLoss([(LLMPreferenceLoss(), 1.0)])
     with pytest.raises(ConfigError, match="pair"):
@@ -234,6 +234,7 @@ async def test_every_loss_works_directly_and_inside_a_traced_step(loss_fn: Loss)
     resources.calls.clear()
     traced = await step("tea?", "milk")
     assert (str(traced), traced.score) == (str(direct), direct.score)
+    assert type(traced) is type(direct)  # a family's own fields survive either way
     await traced.backward()
     assert len(step.pipeline.style.feedback) == 1
     backward_calls = [c.prompt for c in resources.calls if c.alias == "optimizer"]

@@ -17,6 +17,7 @@ judge's own calls.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from statistics import fmean
 from typing import Any
 
@@ -26,7 +27,7 @@ from plait.execution.settings import resolve_settings
 from plait.feedback import BackwardContext, BackwardResult, Feedback, FeedbackTarget, text_feedback
 from plait.module import Module
 from plait.tracing.context import current_tracer
-from plait.values import Value, to_text, unwrap
+from plait.values import Value, ValueKind, to_text, unwrap
 
 
 def feedback(text: str = "", score: float | None = None, **details: Any) -> Feedback:
@@ -123,17 +124,24 @@ def _arguments(output: Any, target: Any) -> tuple[tuple[Any, ...], dict[str, Any
 
 
 def _as_feedback(result: Any) -> Feedback:
-    """The loss graph's output as a fresh Feedback, without the record of the loss's own run."""
-    if not isinstance(result, Value):
-        return feedback(to_text(result))
-    made = text_feedback(
-        to_text(result.payload),
-        result.score if isinstance(result, Feedback) else None,
-        **result.meta,
-    )
+    """The loss graph's output as a fresh Feedback, without the record of the loss's own run.
+
+    A Feedback keeps its class, so a family's own fields (a rubric's grades,
+    a composite's parts) reach the caller.
+    """
     if isinstance(result, Feedback):
-        made.items = result.items
-    return made
+        return replace(
+            result,
+            kind=ValueKind.TEXT,
+            payload=to_text(result.payload),
+            ref=None,
+            meta=dict(result.meta),
+            record=None,
+            targets=(),
+        )
+    if isinstance(result, Value):
+        return text_feedback(to_text(result.payload), None, **result.meta)
+    return feedback(to_text(result))
 
 
 def _targets(

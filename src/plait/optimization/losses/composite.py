@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from plait.errors import ConfigError
 from plait.feedback import BackwardContext, BackwardResult, Feedback
 from plait.module import Module
-from plait.optimization.losses.base import Loss, feedback
+from plait.optimization.losses.base import Loss
 from plait.optimization.losses.preference import LLMPreferenceLoss
-from plait.values import to_text
+from plait.values import ValueKind, to_text
+
+
+@dataclass(slots=True)
+class CompositeFeedback(Feedback):
+    """A composite loss's feedback, with each part loss's own feedback under its name."""
+
+    parts: dict[str, Feedback] = field(default_factory=dict)
 
 
 class CompositeLoss(Loss):
@@ -19,7 +27,8 @@ class CompositeLoss(Loss):
     ``losses`` is a list of ``(loss, weight)`` pairs or a mapping of name to
     such a pair. The score is the weighted mean of the scores given; the
     feedback joins each loss's feedback, labelled with its name and weight
-    (a weight of 0 keeps a loss for its score display only).
+    (a weight of 0 keeps a loss for its score display only), and its
+    ``parts`` keep every loss's own feedback.
     """
 
     def __init__(
@@ -61,7 +70,7 @@ class _Combine(Module):
         super().__init__()
         self.weights = weights
 
-    def forward(self, *parts: Feedback) -> Feedback:
+    def forward(self, *parts: Feedback) -> CompositeFeedback:
         weighted = total = 0.0
         for (_, weight), part in zip(self.weights, parts, strict=True):
             score = part.score
@@ -71,7 +80,9 @@ class _Combine(Module):
         texts = [text for text in self._labelled(parts).values() if text]
         parts_by_name = {name: part for (name, _), part in zip(self.weights, parts, strict=True)}
         score = weighted / total if total else None
-        return feedback("\n\n".join(texts), score, parts=parts_by_name)
+        return CompositeFeedback(
+            ValueKind.TEXT, "\n\n".join(texts), score=score, parts=parts_by_name
+        )
 
     def backward(self, feedback: str, ctx: BackwardContext) -> BackwardResult:
         parts = [ctx.inputs[index] for index in range(len(self.weights))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -10,8 +11,9 @@ from pydantic import BaseModel, Field
 from plait.errors import ConfigError
 from plait.feedback import Feedback
 from plait.inference import LLMInference
-from plait.optimization.losses.base import Loss, _as_model, _Verdict, feedback
+from plait.optimization.losses.base import Loss, _as_model, _Verdict
 from plait.optimization.losses.judge import JUDGE_SYSTEM
+from plait.values import ValueKind
 
 
 class RubricGrade(BaseModel):
@@ -28,12 +30,20 @@ class RubricGrades(BaseModel):
     grades: list[RubricGrade]
 
 
+@dataclass(slots=True)
+class RubricFeedback(Feedback):
+    """A rubric loss's feedback, with the mark (0 to 10) of each criterion the judge graded."""
+
+    grades: dict[str, int] = field(default_factory=dict)
+
+
 class LLMRubricLoss(Loss):
     """Scored criteria with weights, graded by an LLM through structured output.
 
     ``criteria`` maps each criterion to its weight (or is a list, equally
     weighted). The score is the weighted mean of the grades over the criteria
-    the judge graded; the feedback lists the shortfalls, heaviest first.
+    the judge graded; the feedback lists the shortfalls, heaviest first, and
+    its ``grades`` hold each graded criterion's mark.
     """
 
     def __init__(
@@ -86,7 +96,7 @@ class _RubricVerdict(_Verdict):
         super().__init__()
         self.criteria = criteria
 
-    def forward(self, output: Any, reply: Any) -> Feedback:
+    def forward(self, output: Any, reply: Any) -> RubricFeedback:
         grades = _as_model(reply, RubricGrades)
         by_number = {grade.criterion: grade for grade in grades.grades}
         weighted = total = 0.0
@@ -105,4 +115,5 @@ class _RubricVerdict(_Verdict):
                 shortfalls.append((weight * (10 - mark), line))
         shortfalls.sort(key=lambda item: -item[0])
         score = weighted / total if total else None
-        return feedback("\n".join(line for _, line in shortfalls), score, grades=marks)
+        text = "\n".join(line for _, line in shortfalls)
+        return RubricFeedback(ValueKind.TEXT, text, score=score, grades=marks)
