@@ -7,7 +7,8 @@ catch the library's failures in one place::
     ├── ConfigError (ValueError)            a setting, file or argument is invalid
     │   ├── EndpointConfigError             one endpoint's fields, line by line
     │   ├── UnknownAliasError (KeyError)    a module names an alias the config lacks
-    │   └── UsageError                      a command-line argument cannot be used
+    │   ├── UsageError                      a command-line argument cannot be used
+    │   └── LossCheckError (TypeError)      a VerifierLoss check returned neither None nor text
     ├── ResourcesNotBoundError (RuntimeError)
     ├── TracingError                        forward needed a value while tracing
     ├── ExecutionError (RuntimeError)
@@ -72,6 +73,14 @@ class UnknownAliasError(ConfigError, KeyError):
 
 class UsageError(ConfigError):
     """A command-line argument names a target, file or factory that cannot be used."""
+
+
+class LossCheckError(ConfigError, TypeError):
+    """A VerifierLoss ``check`` returned something other than None or feedback text.
+
+    A ConfigError because the check is the loss's argument and is wrong; a
+    TypeError because the wrong thing is the type of what it returned.
+    """
 
 
 class ResourcesNotBoundError(PlaitError, RuntimeError):

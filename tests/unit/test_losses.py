@@ -9,7 +9,7 @@ import pytest
 from _engine_fakes import FakeResources
 
 from plait import LLMInference, Module, Parameter, Value, ValueKind
-from plait.errors import ConfigError
+from plait.errors import ConfigError, LossCheckError
 from plait.feedback import Feedback
 from plait.inference import HEADER
 from plait.optimization import (
@@ -21,7 +21,8 @@ from plait.optimization import (
     VerifierLoss,
     feedback,
 )
-from plait.optimization.loss import RubricGrades, _parse_score
+from plait.optimization.losses.judge import _parse_score
+from plait.optimization.losses.rubric import RubricGrades
 
 RUBRIC = {
     "grades": [
@@ -89,8 +90,9 @@ async def test_verifier_loss_scores_passes_and_failures() -> None:
         return None if output == target else "different"
 
     assert (await VerifierLoss(slow_check)("a", "b")).score == 0.0
-    with pytest.raises(TypeError, match="None or a feedback str"):
+    with pytest.raises(TypeError, match="None or a feedback str") as raised:
         await VerifierLoss(lambda output, target: 3)("a")  # type: ignore[arg-type, return-value]
+    assert isinstance(raised.value, LossCheckError)
     with pytest.raises(ConfigError):
         VerifierLoss("not callable")  # type: ignore[arg-type]
 
@@ -131,7 +133,7 @@ async def test_rubric_loss_weights_graded_criteria_through_structured_output() -
     loss = await rubric("A long answer.")
     assert loss.score == pytest.approx((2 * 0.5 + 1 * 1.0) / 3)  # "polite" ungraded
     assert str(loss) == "- concise (score 5/10, weight 2): Cut the second paragraph."
-    assert loss.meta["grades"] == {"concise": 5, "accurate": 10}
+    assert loss.grades == {"concise": 5, "accurate": 10}
     (call,) = [call for call in resources.calls if call.alias == "judge"]
     assert call.request is not None
     assert call.request.response_format is RubricGrades
@@ -188,7 +190,7 @@ async def test_composite_loss_weights_scores_and_labels_feedback() -> None:
     assert str(loss) == (
         "[verifier, weight 1] should mention milk\n\n[judge, weight 3] Too long; drop the preamble."
     )
-    assert set(loss.meta["parts"]) == {"verifier", "judge", "ignored"}
+    assert set(loss.parts) == {"verifier", "judge", "ignored"}
     with pytest.raises(ConfigError, match="one output"):
         CompositeLoss([(LLMPreferenceLoss(), 1.0)])
     with pytest.raises(ConfigError, match="pair"):
@@ -232,6 +234,7 @@ async def test_every_loss_works_directly_and_inside_a_traced_step(loss_fn: Loss)
     resources.calls.clear()
     traced = await step("tea?", "milk")
     assert (str(traced), traced.score) == (str(direct), direct.score)
+    assert type(traced) is type(direct)  # a family's own fields survive either way
     await traced.backward()
     assert len(step.pipeline.style.feedback) == 1
     backward_calls = [c.prompt for c in resources.calls if c.alias == "optimizer"]

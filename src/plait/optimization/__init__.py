@@ -20,15 +20,12 @@ from plait.feedback import (
     FeedbackTarget,
     run_backward,
 )
-from plait.optimization.loss import (
-    CompositeLoss,
-    LLMJudge,
-    LLMPreferenceLoss,
-    LLMRubricLoss,
-    Loss,
-    VerifierLoss,
-    feedback,
-)
+from plait.optimization.losses.base import Loss, feedback
+from plait.optimization.losses.composite import CompositeLoss
+from plait.optimization.losses.judge import LLMJudge
+from plait.optimization.losses.preference import LLMPreferenceLoss
+from plait.optimization.losses.rubric import LLMRubricLoss
+from plait.optimization.losses.verifier import VerifierLoss
 from plait.optimization.optimizer import (
     FeedbackOptimizer,
     HistoryEntry,

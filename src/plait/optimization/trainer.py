@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plait.errors import ConfigError
-from plait.execution.settings import ExecutionSettings, resolve_settings
+from plait.execution.settings import ExecutionSettings
 from plait.module import Module
-from plait.optimization.loss import Loss
+from plait.optimization.losses.base import Loss, own_resources
 from plait.optimization.optimizer import Optimizer, ParameterUpdate
 from plait.values import wrap
 
@@ -61,7 +61,7 @@ async def evaluate(module: Module, loss_fn: Loss, examples: Sequence[Example]) -
     was_training = module.training
     module.eval()
     # The forward's resources go with the outputs, so an LLM loss can use them.
-    resources = resolve_settings(None, module._bound_settings, module._bound_resources).resources
+    resources = own_resources(module)
     try:
         outputs = await module.batch([inputs for inputs, _ in examples])
         judged = [wrap(output) for output in outputs]
