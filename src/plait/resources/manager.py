@@ -37,32 +37,11 @@ from plait.resources.config import ResourceConfig
 from plait.resources.endpoint import ClientFactory, Endpoint, LoopState, default_client_factory
 from plait.resources.pool import EndpointPool
 from plait.resources.rate_limit import RateLimiter
+from plait.resources.tokens import estimate_tokens
 from plait.resources.usage import AliasUsage
 
 if TYPE_CHECKING:
     from plait.storage.cache import ResponseCache
-
-# Output tokens assumed for a request without max_tokens, until the reply's
-# usage corrects the estimate.
-DEFAULT_OUTPUT_TOKENS = 256
-
-
-def estimate_tokens(request: ChatRequest) -> int:
-    """A cheap upper-ish guess at a call's tokens: 4 characters per input token
-    plus the output allowance. The reply's usage settles the difference."""
-    chars = 0
-    for message in request.messages:
-        content = message.get("content")
-        if isinstance(content, str):
-            chars += len(content)
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict):
-                    text = part.get("text")
-                    if isinstance(text, str):
-                        chars += len(text)
-    output = request.max_tokens if request.max_tokens is not None else DEFAULT_OUTPUT_TOKENS
-    return -(-chars // 4) + output
 
 
 class _Route:
