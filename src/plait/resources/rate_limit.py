@@ -26,6 +26,7 @@ import asyncio
 import time
 from collections import deque
 
+from plait.errors import ConfigError
 from plait.resources.waiters import WaitQueue
 
 # Waits shorter than this are granted at once: timers fire a hair early and
@@ -72,17 +73,17 @@ class RateLimiter:
             ("tokens_per_minute", tokens_per_minute),
         ):
             if value is not None and not value > 0:
-                raise ValueError(f"{name} must be > 0 or None")
+                raise ConfigError(f"{name} must be > 0 or None")
         if not burst_seconds >= 0:
-            raise ValueError("burst_seconds must be >= 0")
+            raise ConfigError("burst_seconds must be >= 0")
         if not 0 < backoff_factor < 1:
-            raise ValueError("backoff_factor must be between 0 and 1")
+            raise ConfigError("backoff_factor must be between 0 and 1")
         if not 0 < recovery <= 1:
-            raise ValueError("recovery must be in (0, 1]")
+            raise ConfigError("recovery must be in (0, 1]")
         if not min_requests_per_minute > 0:
-            raise ValueError("min_requests_per_minute must be > 0")
+            raise ConfigError("min_requests_per_minute must be > 0")
         if not 0 < base_backoff <= max_backoff:
-            raise ValueError("need 0 < base_backoff <= max_backoff")
+            raise ConfigError("need 0 < base_backoff <= max_backoff")
 
         self._configured_rpm = requests_per_minute
         self._tpm = tokens_per_minute
@@ -180,7 +181,7 @@ class RateLimiter:
     async def acquire(self, tokens: int = 0) -> None:
         """Wait, in arrival order, for one request permit and ``tokens`` token permits."""
         if tokens < 0:
-            raise ValueError("tokens must be >= 0")
+            raise ConfigError("tokens must be >= 0")
         if self.try_acquire(tokens):
             return
         loop = asyncio.get_running_loop()
