@@ -8,6 +8,7 @@ catch the library's failures in one place::
     │   ├── EndpointConfigError             one endpoint's fields, line by line
     │   └── UnknownAliasError (KeyError)    a module names an alias the config lacks
     ├── ResourcesNotBoundError (RuntimeError)
+    ├── ResourcesInUseError                 a ResourceManager is busy on another loop
     ├── TracingError                        forward needed a value while tracing
     ├── ExecutionError (RuntimeError)
     │   ├── TaskTimeoutError (TimeoutError)
@@ -70,6 +71,11 @@ class UnknownAliasError(ConfigError, KeyError):
 
 class ResourcesNotBoundError(PlaitError, RuntimeError):
     """An ``LLMInference`` was called with no resources to run against."""
+
+
+class ResourcesInUseError(PlaitError):
+    """A ResourceManager was asked to send from a second event loop while another
+    was still sending; its limits hold within one loop at a time."""
 
 
 class TracingError(PlaitError):

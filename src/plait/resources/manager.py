@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 from plait.clients.base import ChatRequest, ChatResponse, LLMClient
 from plait.errors import (
     BudgetExceededError,
-    PlaitError,
     RateLimitError,
+    ResourcesInUseError,
     TransientError,
     UnknownAliasError,
 )
@@ -294,7 +294,7 @@ class ResourceManager:
             del self._states[old]
         for other, other_state in self._states.items():
             if other is not loop and other.is_running() and other_state.busy:
-                raise PlaitError(
+                raise ResourcesInUseError(
                     "this ResourceManager is already sending requests from another event "
                     "loop (another thread); its limits hold within one loop at a time. Give "
                     "each thread its own ResourceManager, or run the calls on one loop."
