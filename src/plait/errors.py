@@ -10,6 +10,7 @@ catch the library's failures in one place::
     │   ├── UsageError                      a command-line argument cannot be used
     │   └── LossCheckError (TypeError)      a VerifierLoss check returned neither None nor text
     ├── ResourcesNotBoundError (RuntimeError)
+    ├── ResourcesInUseError                 a ResourceManager is busy on another loop
     ├── TracingError                        forward needed a value while tracing
     ├── ExecutionError (RuntimeError)
     │   ├── TaskTimeoutError (TimeoutError)
@@ -85,6 +86,11 @@ class LossCheckError(ConfigError, TypeError):
 
 class ResourcesNotBoundError(PlaitError, RuntimeError):
     """An ``LLMInference`` was called with no resources to run against."""
+
+
+class ResourcesInUseError(PlaitError):
+    """A ResourceManager was asked to send from a second event loop while another
+    was still sending; its limits hold within one loop at a time."""
 
 
 class TracingError(PlaitError):

@@ -36,7 +36,7 @@ from plait.errors import (
     UnknownAliasError,
 )
 from plait.resources import EndpointConfig, ResourceConfig, ResourceManager, format_usage
-from plait.resources.manager import default_client_factory
+from plait.resources.endpoint import default_client_factory
 from plait.testing import Simulator
 
 MODEL = "sim-model"

@@ -16,15 +16,14 @@ from dataclasses import dataclass
 from statistics import fmean
 from typing import Any, Self
 
-from plait.clients.base import ChatRequest
 from plait.errors import ConfigError
 from plait.execution.ask import TextLLM
 from plait.execution.settings import resolve_settings
 from plait.feedback import gather_all
 from plait.markup import quoted, tagged, without_tag
 from plait.parameter import Parameter
-from plait.resources.manager import estimate_tokens
 from plait.resources.protocol import as_resource_manager
+from plait.resources.tokens import text_tokens
 
 UPDATE_SYSTEM = (
     "You improve one piece of text used by a pipeline of language-model calls, based on "
@@ -35,11 +34,6 @@ UPDATE_HEADER = "Optimizer: rewrite a text used by an LLM pipeline."
 CONDENSE_SYSTEM = "You condense feedback into the distinct changes it asks for."
 CONDENSE_HEADER = "Optimizer: condense feedback."
 """First lines of the optimizer's prompts; they also let scripted replies recognise them."""
-
-
-def prompt_tokens(text: str) -> int:
-    """The resource manager's estimate for a prompt of this text, without the reply allowance."""
-    return estimate_tokens(ChatRequest([{"role": "user", "content": text}], max_tokens=0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +97,8 @@ class FeedbackOptimizer(Optimizer):
         max_prompt_tokens: the optimizer model's prompt budget. Feedback that
             would overflow it is condensed in chunks first.
         history_size: how many earlier values (with scores) a prompt shows.
-        count_tokens: how to count a prompt's tokens (default: the resource
-            manager's four-characters-per-token estimate).
+        count_tokens: how to count a prompt's tokens (default: plait's
+            four-characters-per-token estimate).
     """
 
     def __init__(
@@ -130,7 +124,7 @@ class FeedbackOptimizer(Optimizer):
         self.temperature = temperature
         self.max_prompt_tokens = max_prompt_tokens
         self.history_size = history_size
-        self.count_tokens = count_tokens or prompt_tokens
+        self.count_tokens = count_tokens or text_tokens
         self.history: dict[Parameter, list[HistoryEntry]] = {}
 
     def bind(self, resources: Any) -> Self:

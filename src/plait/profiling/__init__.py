@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from plait.profiling.observer import CallProbe, NodeRun, RunObserver
-from plait.profiling.profile import NodeTiming, Profile, Profiler, ProfileSummary, last_profile
+from plait.profiling.profile import Profile, Profiler, ProfileSummary, last_profile
+from plait.profiling.timing import NodeTiming
 
 if TYPE_CHECKING:
     from plait.profiling.telemetry import SpanObserver, tracer_for

@@ -1,18 +1,8 @@
-"""Run profiles: where a run's time went, as a Chrome trace and as a summary.
+"""Run profiles: where a run's time went, collected during the run and summarised.
 
 A :class:`Profiler` keeps one compact record per node attempt (timestamps,
-endpoint, tokens) and, when the run ends, builds a :class:`Profile`. The
-profile writes Chrome's trace-event JSON, which Perfetto (ui.perfetto.dev)
-and chrome://tracing open directly:
-
-* one process per endpoint ("fast[0] gpt-4o-mini"), its LLM calls as slices
-  with "waiting for endpoint" (concurrency slot and rate limiter) and
-  "request" nested inside, and a counter of its requests in flight;
-* a "plait scheduler" process for the other nodes and the run-wide counters:
-  nodes running, nodes queued (ready but not yet picked up), inputs in flight.
-
-Slices on one thread must nest, and concurrent calls overlap, so each
-process spreads its slices over as few lanes (threads) as keep them apart.
+endpoint, tokens) and, when the run ends, builds a :class:`Profile`, which
+can write itself as a Chrome trace (:mod:`plait.profiling.chrome_trace`).
 
 :meth:`Profile.summary` answers the usual questions from Python: the
 critical path (the chain of nodes that finished last), the slowest nodes,
@@ -22,9 +12,7 @@ and to the requests themselves.
 
 from __future__ import annotations
 
-import heapq
 import itertools
-import json
 import logging
 import os
 import time
@@ -34,67 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plait.profiling.chrome_trace import trace_events, write_trace
 from plait.profiling.observer import NodeRun, RunObserver
+from plait.profiling.timing import NodeTiming
 
 logger = logging.getLogger("plait")
-
-_SCHEDULER_PID = 1
-
-
-@dataclass(slots=True)
-class NodeTiming:
-    """One attempt at one node; times are seconds from the start of the run.
-
-    ``ready`` is when the node could first have run (its input admitted and
-    its dependencies finished; for a retry, the end of the previous attempt),
-    ``started`` when a worker took it, ``sent`` when its request went out
-    (LLM nodes; equal to ``started`` otherwise), ``finished`` when it ended.
-    """
-
-    index: int
-    node_id: str
-    label: str
-    kind: str
-    alias: str | None
-    endpoint: str | None
-    attempt: int
-    started: float
-    sent: float
-    finished: float
-    slot_wait: float = 0.0
-    rate_wait: float = 0.0
-    error: str | None = None
-    cache_hit: bool = False
-    input_tokens: int = 0
-    output_tokens: int = 0
-    dependencies: tuple[str, ...] = ()
-    ready: float = 0.0
-
-    @property
-    def queue_wait(self) -> float:
-        return max(0.0, self.started - self.ready)
-
-    @property
-    def endpoint_wait(self) -> float:
-        return max(0.0, self.sent - self.started)
-
-    @property
-    def run_time(self) -> float:
-        return max(0.0, self.finished - self.started)
-
-    @property
-    def request_time(self) -> float:
-        return max(0.0, self.finished - self.sent)
-
-    def describe(self) -> str:
-        parts = [f"queued {self.queue_wait:.3f}s"]
-        if self.kind == "llm":
-            parts.append(f"endpoint {self.endpoint_wait:.3f}s")
-            parts.append(f"request {self.request_time:.3f}s")
-        else:
-            parts.append(f"ran {self.run_time:.3f}s")
-        retry = f", attempt {self.attempt + 1}" if self.attempt else ""
-        return f"input {self.index} {self.label}{retry} ({', '.join(parts)})"
 
 
 @dataclass(slots=True)
@@ -186,54 +118,16 @@ class Profile:
 
     def chrome_trace(self) -> dict[str, Any]:
         """The profile as Chrome trace-event JSON data (timestamps in microseconds)."""
-        events: list[dict[str, Any]] = []
-        processes: dict[str, int] = {"plait scheduler": _SCHEDULER_PID}
-        by_process: dict[int, list[NodeTiming]] = defaultdict(list)
-        for node in self.nodes:
-            if node.kind == "llm":
-                name = node.endpoint or f"alias {node.alias}"
-                pid = processes.setdefault(name, len(processes) + 1)
-            else:
-                pid = _SCHEDULER_PID
-            by_process[pid].append(node)
-        for name, pid in processes.items():
-            events.append(_meta("process_name", pid, 0, name))
-            events.append(
-                {"name": "process_sort_index", "ph": "M", "pid": pid, "args": {"sort_index": pid}}
-            )
-        for pid, nodes in by_process.items():
-            lanes = _assign_lanes(nodes)
-            for lane in sorted(set(lanes.values())):
-                events.append(_meta("thread_name", pid, lane, f"lane {lane}"))
-            for node in nodes:
-                events.extend(_slices(node, pid, lanes[id(node)]))
-            if pid != _SCHEDULER_PID:
-                llm = [(node.sent, node.finished) for node in nodes if not node.cache_hit]
-                events.extend(_counter("requests in flight", pid, llm))
-        events.extend(
-            _counter("nodes running", _SCHEDULER_PID, [(n.started, n.finished) for n in self.nodes])
+        return trace_events(
+            self.nodes,
+            admitted=self.admitted,
+            inputs_done=self.inputs_done,
+            wall_time=self.wall_time,
         )
-        events.extend(
-            _counter("nodes queued", _SCHEDULER_PID, [(n.ready, n.started) for n in self.nodes])
-        )
-        spans = [
-            (start, self.inputs_done.get(index, self.wall_time))
-            for index, start in self.admitted.items()
-        ]
-        events.extend(_counter("inputs in flight", _SCHEDULER_PID, spans))
-        return {
-            "traceEvents": events,
-            "displayTimeUnit": "ms",
-            "otherData": {"producer": "plait", "wall_time_s": self.wall_time},
-        }
 
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Write the Chrome trace to ``path`` and return it."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("w", encoding="utf-8") as file:
-            json.dump(self.chrome_trace(), file, separators=(",", ":"))
-        return target
+        return write_trace(self.chrome_trace(), path)
 
 
 class Profiler(RunObserver):
@@ -344,104 +238,3 @@ def _fill_ready(nodes: list[NodeTiming], admitted: dict[int, float]) -> None:
         first.ready = min(ready, first.started)
         for previous, retry in itertools.pairwise(tries):
             retry.ready = min(previous.finished, retry.started)
-
-
-def _assign_lanes(nodes: list[NodeTiming]) -> dict[int, int]:
-    """Spread slices over the fewest lanes on which none overlap (by object id)."""
-    lanes: dict[int, int] = {}
-    free: list[tuple[float, int]] = []
-    count = 0
-    for node in sorted(nodes, key=lambda node: (node.started, node.finished)):
-        if free and free[0][0] <= node.started:
-            _, lane = heapq.heappop(free)
-        else:
-            count += 1
-            lane = count
-        lanes[id(node)] = lane
-        heapq.heappush(free, (node.finished, lane))
-    return lanes
-
-
-def _us(seconds: float) -> float:
-    return round(seconds * 1e6, 3)
-
-
-def _meta(kind: str, pid: int, tid: int, name: str) -> dict[str, Any]:
-    return {"name": kind, "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}}
-
-
-def _slices(node: NodeTiming, pid: int, tid: int) -> list[dict[str, Any]]:
-    args: dict[str, Any] = {
-        "input": node.index,
-        "node": node.node_id,
-        "attempt": node.attempt,
-        "queue_wait_ms": round(node.queue_wait * 1e3, 3),
-        "run_ms": round(node.run_time * 1e3, 3),
-    }
-    if node.kind == "llm":
-        args.update(
-            alias=node.alias,
-            endpoint_wait_ms=round(node.endpoint_wait * 1e3, 3),
-            rate_limit_wait_ms=round(node.rate_wait * 1e3, 3),
-            input_tokens=node.input_tokens,
-            output_tokens=node.output_tokens,
-            cache_hit=node.cache_hit,
-        )
-    if node.error is not None:
-        args["error"] = node.error
-    slices = [
-        {
-            "name": node.label,
-            "cat": node.kind,
-            "ph": "X",
-            "pid": pid,
-            "tid": tid,
-            "ts": _us(node.started),
-            "dur": _us(node.run_time),
-            "args": args,
-        }
-    ]
-    if node.kind == "llm" and not node.cache_hit:
-        if node.endpoint_wait > 0:
-            slices.append(
-                {
-                    "name": "waiting for endpoint",
-                    "cat": "wait",
-                    "ph": "X",
-                    "pid": pid,
-                    "tid": tid,
-                    "ts": _us(node.started),
-                    "dur": _us(node.endpoint_wait),
-                }
-            )
-        slices.append(
-            {
-                "name": "request",
-                "cat": "request",
-                "ph": "X",
-                "pid": pid,
-                "tid": tid,
-                "ts": _us(node.sent),
-                "dur": _us(node.request_time),
-            }
-        )
-    return slices
-
-
-def _counter(name: str, pid: int, spans: list[tuple[float, float]]) -> list[dict[str, Any]]:
-    """A counter track that is, at each moment, the number of spans open."""
-    changes: list[tuple[float, int]] = []
-    for start, end in spans:
-        changes.append((start, 1))
-        changes.append((max(start, end), -1))
-    changes.sort()
-    events: list[dict[str, Any]] = []
-    level = 0
-    for at, step in changes:
-        level += step
-        event = {"name": name, "ph": "C", "pid": pid, "ts": _us(at), "args": {name: level}}
-        if events and events[-1]["ts"] == event["ts"]:
-            events[-1] = event
-        else:
-            events.append(event)
-    return events

@@ -8,8 +8,9 @@ scheduler's job, and it decides by error class.
 
 Configuration-level state (usage, pool health, rate limiters) is shared by
 every event loop, so limits and counters hold across successive ``run_sync``
-calls. Clients and semaphores are bound to an event loop, so they are kept
-per loop, created on first use there, and dropped once their loop closes.
+calls. Clients and concurrency slots are bound to an event loop, so they are
+kept per loop (``endpoint.LoopState``), created on first use there, and
+dropped once their loop closes.
 
 ``complete`` runs once per LLM call at thousands of calls per second, so it
 avoids logging, pydantic, copies and coroutine calls on its uncontended path.
@@ -18,184 +19,41 @@ avoids logging, pydantic, copies and coroutine calls on its uncontended path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import difflib
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from plait.clients.base import ChatRequest, ChatResponse, LLMClient
 from plait.errors import (
     BudgetExceededError,
-    PlaitError,
     RateLimitError,
+    ResourcesInUseError,
     TransientError,
     UnknownAliasError,
 )
 from plait.profiling.observer import CallProbe
-from plait.resources.config import EndpointConfig, ResourceConfig
+from plait.resources.config import ResourceConfig
+from plait.resources.endpoint import ClientFactory, Endpoint, LoopState, default_client_factory
 from plait.resources.pool import EndpointPool
 from plait.resources.rate_limit import RateLimiter
+from plait.resources.tokens import estimate_tokens
 from plait.resources.usage import AliasUsage
 
 if TYPE_CHECKING:
     from plait.storage.cache import ResponseCache
 
-ClientFactory = Callable[[EndpointConfig], LLMClient]
-
-# Output tokens assumed for a request without max_tokens, until the reply's
-# usage corrects the estimate.
-DEFAULT_OUTPUT_TOKENS = 256
-
-
-def default_client_factory(endpoint: EndpointConfig) -> LLMClient:
-    """Build the client class that ``endpoint.client`` names."""
-    # Imported here so the resource layer loads without the HTTP stacks.
-    client_class: type[LLMClient]
-    if endpoint.client == "openai":
-        from plait.clients.openai_sdk import OpenAIClient
-
-        client_class = OpenAIClient
-    else:
-        from plait.clients.lean import LeanClient
-
-        client_class = LeanClient
-    api_key = endpoint.api_key.get_secret_value() if endpoint.api_key is not None else None
-    return client_class(
-        endpoint.base_url,
-        api_key,
-        timeout=endpoint.timeout,
-        headers=dict(endpoint.headers),
-        max_connections=endpoint.max_concurrent,
-    )
-
-
-def estimate_tokens(request: ChatRequest) -> int:
-    """A cheap upper-ish guess at a call's tokens: 4 characters per input token
-    plus the output allowance. The reply's usage settles the difference."""
-    chars = 0
-    for message in request.messages:
-        content = message.get("content")
-        if isinstance(content, str):
-            chars += len(content)
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict):
-                    text = part.get("text")
-                    if isinstance(text, str):
-                        chars += len(text)
-    output = request.max_tokens if request.max_tokens is not None else DEFAULT_OUTPUT_TOKENS
-    return -(-chars // 4) + output
-
-
-class _Endpoint:
-    """What the hot path needs about one endpoint, flattened out of the config."""
-
-    __slots__ = (
-        "_cache",
-        "config",
-        "inherit_cache",
-        "input_price",
-        "label",
-        "limiter",
-        "model",
-        "output_price",
-        "priced",
-        "slot",
-        "token_limited",
-    )
-
-    def __init__(self, config: EndpointConfig, slot: int, label: str) -> None:
-        self.config = config
-        self.slot = slot
-        self.label = label
-        self.model = config.model
-        self.token_limited = config.token_rate_limit is not None
-        self.limiter = RateLimiter(config.rate_limit, config.token_rate_limit)
-        # Prices are per million tokens in the config, per token here.
-        self.priced = config.input_price is not None or config.output_price is not None
-        self.input_price = (config.input_price or 0.0) / 1e6
-        self.output_price = (config.output_price or 0.0) / 1e6
-        self.inherit_cache = config.cache is None
-        self._cache: ResponseCache | None = None
-
-    def own_cache(self) -> ResponseCache | None:
-        """The cache this endpoint's config names (opened on first use), or None."""
-        if self._cache is None and self.config.cache:
-            from plait.storage.cache import open_cache
-
-            self._cache = open_cache(self.config.cache)
-        return self._cache
-
 
 class _Route:
+    """One alias: its pool of endpoints, its usage, and its retry budget."""
+
     __slots__ = ("pool", "retry_budget", "usage")
 
-    def __init__(self, endpoints: list[_Endpoint]) -> None:
+    def __init__(self, endpoints: list[Endpoint]) -> None:
         self.pool = EndpointPool(endpoints, [e.config.weight for e in endpoints])
         budgets = [e.config.max_retries for e in endpoints if e.config.max_retries is not None]
         self.retry_budget = max(budgets) if budgets else None
         self.usage = AliasUsage()
-
-
-class _Slots:
-    """An endpoint's concurrency limit: a FIFO counting semaphore.
-
-    Unlike ``asyncio.Semaphore`` the uncontended path is an attribute
-    decrement inline in the caller, with no coroutine, which is a measurable
-    share of the per-call budget. A released slot passes straight to the
-    oldest waiter, so late arrivals cannot overtake it.
-    """
-
-    __slots__ = ("free", "waiters")
-
-    def __init__(self, limit: int) -> None:
-        self.free = limit
-        self.waiters: deque[asyncio.Future[None]] = deque()
-
-    async def wait(self) -> None:
-        """Queue for a slot (only when ``free`` is 0); it is handed over by ``release``."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiters.append(future)
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.cancelled():
-                with contextlib.suppress(ValueError):
-                    self.waiters.remove(future)
-            else:
-                # The slot arrived in the same tick as the cancellation.
-                self.release()
-            raise
-
-    def release(self) -> None:
-        waiters = self.waiters
-        while waiters:
-            future = waiters.popleft()
-            if not future.done():
-                future.set_result(None)
-                return
-        self.free += 1
-
-
-class _LoopState:
-    """The loop-bound half: a client (made on first use) and slots per endpoint."""
-
-    __slots__ = ("clients", "limits", "slots")
-
-    def __init__(self, endpoints: list[_Endpoint]) -> None:
-        self.clients: list[LLMClient | None] = [None] * len(endpoints)
-        self.slots = [_Slots(e.config.max_concurrent) for e in endpoints]
-        self.limits = [e.config.max_concurrent for e in endpoints]
-
-    @property
-    def busy(self) -> bool:
-        """Whether any call on this loop holds or awaits an endpoint slot."""
-        return any(
-            slots.waiters or slots.free < limit
-            for slots, limit in zip(self.slots, self.limits, strict=True)
-        )
 
 
 class ResourceManager:
@@ -209,19 +67,19 @@ class ResourceManager:
     ) -> None:
         self.config = config if isinstance(config, ResourceConfig) else ResourceConfig(config)
         self._factory = client_factory or default_client_factory
-        self._endpoints: list[_Endpoint] = []
+        self._endpoints: list[Endpoint] = []
         self._routes: dict[str, _Route] = {}
         for alias in self.config:
             members = []
             for index, endpoint_config in enumerate(self.config[alias]):
                 label = f"{alias}[{index}] {endpoint_config.model}"
-                endpoint = _Endpoint(endpoint_config, len(self._endpoints), label)
+                endpoint = Endpoint(endpoint_config, len(self._endpoints), label)
                 self._endpoints.append(endpoint)
                 members.append(endpoint)
             self._routes[alias] = _Route(members)
-        self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self._states: dict[asyncio.AbstractEventLoop, LoopState] = {}
         self._state_loop: asyncio.AbstractEventLoop | None = None
-        self._state: _LoopState | None = None
+        self._state: LoopState | None = None
 
     # -- checks and introspection ---------------------------------------
 
@@ -316,7 +174,7 @@ class ResourceManager:
         if attempt:
             usage.retries += 1
         try:
-            slots = state.slots[endpoint.slot]
+            slots = state.slots[endpoint.index]
             if slots.free:
                 slots.free -= 1
             elif probe is None:
@@ -342,7 +200,7 @@ class ResourceManager:
                     if halt is not None and halt.exceeded:
                         usage.requests -= 1
                         raise BudgetExceededError("the run's budget ran out before this call")
-                client = state.clients[endpoint.slot]
+                client = state.clients[endpoint.index]
                 if client is None:
                     client = self._new_client(state, endpoint)
                 started = time.perf_counter()
@@ -425,7 +283,7 @@ class ResourceManager:
             message += f" (did you mean {', '.join(hints)}?)"
         return UnknownAliasError(message)
 
-    def _enter(self, loop: asyncio.AbstractEventLoop) -> _LoopState:
+    def _enter(self, loop: asyncio.AbstractEventLoop) -> LoopState:
         """Switch the cached loop state, forgetting loops that have closed.
 
         Concurrency slots and rate limiters are not shared across event loops,
@@ -436,19 +294,19 @@ class ResourceManager:
             del self._states[old]
         for other, other_state in self._states.items():
             if other is not loop and other.is_running() and other_state.busy:
-                raise PlaitError(
+                raise ResourcesInUseError(
                     "this ResourceManager is already sending requests from another event "
                     "loop (another thread); its limits hold within one loop at a time. Give "
                     "each thread its own ResourceManager, or run the calls on one loop."
                 )
         state = self._states.get(loop)
         if state is None:
-            state = self._states[loop] = _LoopState(self._endpoints)
+            state = self._states[loop] = LoopState(self._endpoints)
         self._state_loop = loop
         self._state = state
         return state
 
-    def _new_client(self, state: _LoopState, endpoint: _Endpoint) -> LLMClient:
+    def _new_client(self, state: LoopState, endpoint: Endpoint) -> LLMClient:
         client = self._factory(endpoint.config)
-        state.clients[endpoint.slot] = client
+        state.clients[endpoint.index] = client
         return client

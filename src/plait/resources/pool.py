@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+from plait.errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -70,15 +72,15 @@ class EndpointPool(Generic[T]):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not items:
-            raise ValueError("a pool needs at least one endpoint")
+            raise ConfigError("a pool needs at least one endpoint")
         if weights is None:
             weights = [1.0] * len(items)
         if len(weights) != len(items) or any(not w > 0 for w in weights):
-            raise ValueError("weights must be positive, one per endpoint")
+            raise ConfigError("weights must be positive, one per endpoint")
         if failure_threshold < 1:
-            raise ValueError("failure_threshold must be >= 1")
+            raise ConfigError("failure_threshold must be >= 1")
         if not 0 < base_cooldown <= max_cooldown:
-            raise ValueError("need 0 < base_cooldown <= max_cooldown")
+            raise ConfigError("need 0 < base_cooldown <= max_cooldown")
         self.members = [
             PoolMember(i, item, w) for i, (item, w) in enumerate(zip(items, weights, strict=True))
         ]

@@ -8,8 +8,9 @@ matches the configured one. Levels may go negative (debt): an oversized or
 under-estimated request is paid for by the requests after it, which keeps the
 long-run rate exact and means no request can be too large to ever pass.
 
-Waiting is FIFO and event driven: waiters queue on futures, and a single
-timer is set for the moment the head of the queue can go, so nothing polls.
+Waiting is FIFO and event driven: waiters queue in a
+:class:`~plait.resources.waiters.WaitQueue`, and a single timer is set for
+the moment the head of the queue can go, so nothing polls.
 Futures and the timer are created on first use in the running loop rather
 than in ``__init__``, because ``run_sync`` may run successive calls in fresh
 event loops; a limiter follows whichever loop uses it, one at a time.
@@ -25,6 +26,9 @@ import asyncio
 import time
 from collections import deque
 
+from plait.errors import ConfigError
+from plait.resources.waiters import WaitQueue
+
 # Waits shorter than this are granted at once: timers fire a hair early and
 # levels may go slightly negative, which the debt accounting absorbs.
 _EPSILON = 1e-4
@@ -33,14 +37,6 @@ _EPSILON = 1e-4
 _CUT_GUARD = 1.0
 # How far back the observed rate is measured when no rate was configured.
 _OBSERVE_WINDOW = 10.0
-
-
-class _Waiter:
-    __slots__ = ("future", "tokens")
-
-    def __init__(self, future: asyncio.Future[None], tokens: int) -> None:
-        self.future = future
-        self.tokens = tokens
 
 
 class RateLimiter:
@@ -77,17 +73,17 @@ class RateLimiter:
             ("tokens_per_minute", tokens_per_minute),
         ):
             if value is not None and not value > 0:
-                raise ValueError(f"{name} must be > 0 or None")
+                raise ConfigError(f"{name} must be > 0 or None")
         if not burst_seconds >= 0:
-            raise ValueError("burst_seconds must be >= 0")
+            raise ConfigError("burst_seconds must be >= 0")
         if not 0 < backoff_factor < 1:
-            raise ValueError("backoff_factor must be between 0 and 1")
+            raise ConfigError("backoff_factor must be between 0 and 1")
         if not 0 < recovery <= 1:
-            raise ValueError("recovery must be in (0, 1]")
+            raise ConfigError("recovery must be in (0, 1]")
         if not min_requests_per_minute > 0:
-            raise ValueError("min_requests_per_minute must be > 0")
+            raise ConfigError("min_requests_per_minute must be > 0")
         if not 0 < base_backoff <= max_backoff:
-            raise ValueError("need 0 < base_backoff <= max_backoff")
+            raise ConfigError("need 0 < base_backoff <= max_backoff")
 
         self._configured_rpm = requests_per_minute
         self._tpm = tokens_per_minute
@@ -119,7 +115,10 @@ class RateLimiter:
         self._marks: deque[tuple[float, int]] = deque(maxlen=64)
         self._open = self._rps is None and self._tps is None
 
-        self._waiters: deque[_Waiter] = deque()
+        # Each waiter queues with the tokens it wants.
+        self._waiters: WaitQueue[int] = WaitQueue(
+            on_lost_wake=self._refund, on_head_change=self._dispatch
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -182,25 +181,15 @@ class RateLimiter:
     async def acquire(self, tokens: int = 0) -> None:
         """Wait, in arrival order, for one request permit and ``tokens`` token permits."""
         if tokens < 0:
-            raise ValueError("tokens must be >= 0")
+            raise ConfigError("tokens must be >= 0")
         if self.try_acquire(tokens):
             return
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._adopt(loop)
-        waiter = _Waiter(loop.create_future(), tokens)
-        self._waiters.append(waiter)
-        if len(self._waiters) == 1:
-            self._dispatch()
-        try:
-            await waiter.future
-        except asyncio.CancelledError:
-            if waiter.future.cancelled():
-                self._withdraw(waiter)
-            else:
-                # Granted in the same tick as the cancellation: give it back.
-                self._refund(tokens)
-            raise
+        # A caller cancelled after its grant refunds it (``_refund``); the
+        # first in line re-arms the timer (``_dispatch``).
+        await self._waiters.wait(tokens)
 
     def correct(self, estimated: int, actual: int) -> None:
         """Settle a token estimate against the usage the reply reported.
@@ -338,34 +327,20 @@ class RateLimiter:
         now = time.monotonic()
         self._refill(now)
         waiters = self._waiters
-        while waiters:
-            head = waiters[0]
-            if head.future.done():
-                waiters.popleft()
-                continue
-            wait = self._wait_for(now, head.tokens)
+        while (head := waiters.head()) is not None:
+            wait = self._wait_for(now, head.value)
             if wait > _EPSILON:
                 if self._loop is not None:
                     self._timer = self._loop.call_later(wait, self._dispatch)
                 return
-            waiters.popleft()
-            self._take(head.tokens)
-            head.future.set_result(None)
+            self._take(head.value)
+            waiters.wake_one()
 
     def _refund(self, tokens: int) -> None:
         if self._rps is not None:
             self._req_level = min(self._req_cap, self._req_level + 1.0)
         self.correct(tokens, 0)
         if self._waiters:
-            self._dispatch()
-
-    def _withdraw(self, waiter: _Waiter) -> None:
-        was_head = bool(self._waiters) and self._waiters[0] is waiter
-        try:
-            self._waiters.remove(waiter)
-        except ValueError:
-            return
-        if was_head:
             self._dispatch()
 
     def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:

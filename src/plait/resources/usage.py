@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from plait.errors import ConfigError
+
 _LOW = 1e-4  # seconds; everything faster lands in the first bucket
 _RATIO = 1.04  # bucket width: percentiles are accurate to about 2%
 _BUCKETS = 480  # _LOW * _RATIO**480 is about 1.5e4 s
@@ -49,7 +51,7 @@ class LatencyHistogram:
     def percentile(self, q: float) -> float:
         """The latency below which a fraction ``q`` of calls finished (0 if none)."""
         if not 0 <= q <= 1:
-            raise ValueError("q must be between 0 and 1")
+            raise ConfigError("q must be between 0 and 1")
         if not self.count:
             return 0.0
         rank = max(1, math.ceil(q * self.count))

@@ -13,10 +13,11 @@ import random
 import time
 from typing import Any
 
+from plait.resources.tokens import message_tokens, text_tokens
 from plait.testing._config import SimulatorConfig, check_fault_kind
 from plait.testing._http import Connection
 from plait.testing._limiter import TokenBucket
-from plait.testing._replies import Replier, count_tokens, message_text
+from plait.testing._replies import Replier
 from plait.testing.stats import SimulatorStats
 
 DEFAULT_MODEL = "plait-simulator"
@@ -184,8 +185,9 @@ class Engine:
         except Exception as exc:
             conn.send(500, error_body(500, f"reply callable raised {type(exc).__name__}: {exc}"))
             return
-        prompt_tokens = count_tokens(sum(len(message_text(m)) for m in messages))
-        completion_tokens = count_tokens(len(content))
+        # A server never reports an empty prompt or reply as zero tokens.
+        prompt_tokens = max(1, message_tokens(messages))
+        completion_tokens = max(1, text_tokens(content))
         stats = self.stats
         stats.completed += 1
         stats.prompt_tokens += prompt_tokens

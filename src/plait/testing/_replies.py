@@ -76,11 +76,6 @@ def message_text(message: Any) -> str:
     return ""
 
 
-def count_tokens(chars: int) -> int:
-    """The simulator's token estimate: a quarter of the characters, at least 1."""
-    return max(1, math.ceil(chars / 4))
-
-
 def synthesize(schema: Any) -> Any:
     """Return the smallest plain value that a JSON schema accepts.
 

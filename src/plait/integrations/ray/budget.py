@@ -17,6 +17,7 @@ import ray
 
 from plait.clients.base import ChatRequest, ChatResponse
 from plait.resources.protocol import ResourceManagerLike
+from plait.resources.tokens import message_tokens
 
 
 class RateBudget:
@@ -91,7 +92,7 @@ class SharedBudgetResources:
         self.budget = budget
 
     async def complete(self, alias: str, request: ChatRequest, *, attempt: int = 0) -> ChatResponse:
-        tokens = sum(len(str(message.get("content", ""))) for message in request.messages) // 4
+        tokens = message_tokens(request.messages)
         send_at: float = await self.budget.reserve.remote(alias, tokens + (request.max_tokens or 0))
         wait = send_at - time.time()
         if wait > 0:

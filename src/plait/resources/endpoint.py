@@ -1,0 +1,107 @@
+"""One configured endpoint, split by lifetime.
+
+:class:`Endpoint` is what outlives event loops: the config flattened into the
+fields the hot path reads, the rate limiter (limits hold across successive
+``run_sync`` calls) and the endpoint's own response cache. :class:`LoopState`
+is what is bound to one event loop: every endpoint's client (its connection
+pool) and concurrency slots, made for that loop and dropped with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from plait.clients.base import LLMClient
+from plait.resources.config import EndpointConfig
+from plait.resources.rate_limit import RateLimiter
+from plait.resources.slots import Slots
+
+if TYPE_CHECKING:
+    from plait.storage.cache import ResponseCache
+
+ClientFactory = Callable[[EndpointConfig], LLMClient]
+
+
+def default_client_factory(endpoint: EndpointConfig) -> LLMClient:
+    """Build the client class that ``endpoint.client`` names."""
+    # Imported here so the resource layer loads without the HTTP stacks.
+    client_class: type[LLMClient]
+    if endpoint.client == "openai":
+        from plait.clients.openai_sdk import OpenAIClient
+
+        client_class = OpenAIClient
+    else:
+        from plait.clients.lean import LeanClient
+
+        client_class = LeanClient
+    api_key = endpoint.api_key.get_secret_value() if endpoint.api_key is not None else None
+    return client_class(
+        endpoint.base_url,
+        api_key,
+        timeout=endpoint.timeout,
+        headers=dict(endpoint.headers),
+        max_connections=endpoint.max_concurrent,
+    )
+
+
+class Endpoint:
+    """What the hot path needs about one endpoint, flattened out of the config.
+
+    ``index`` is the endpoint's place in every :class:`LoopState`'s lists.
+    """
+
+    __slots__ = (
+        "_cache",
+        "config",
+        "index",
+        "inherit_cache",
+        "input_price",
+        "label",
+        "limiter",
+        "model",
+        "output_price",
+        "priced",
+        "token_limited",
+    )
+
+    def __init__(self, config: EndpointConfig, index: int, label: str) -> None:
+        self.config = config
+        self.index = index
+        self.label = label
+        self.model = config.model
+        self.token_limited = config.token_rate_limit is not None
+        self.limiter = RateLimiter(config.rate_limit, config.token_rate_limit)
+        # Prices are per million tokens in the config, per token here.
+        self.priced = config.input_price is not None or config.output_price is not None
+        self.input_price = (config.input_price or 0.0) / 1e6
+        self.output_price = (config.output_price or 0.0) / 1e6
+        self.inherit_cache = config.cache is None
+        self._cache: ResponseCache | None = None
+
+    def own_cache(self) -> ResponseCache | None:
+        """The cache this endpoint's config names (opened on first use), or None."""
+        if self._cache is None and self.config.cache:
+            from plait.storage.cache import open_cache
+
+            self._cache = open_cache(self.config.cache)
+        return self._cache
+
+
+class LoopState:
+    """The loop-bound half: a client (made on first use) and slots per endpoint."""
+
+    __slots__ = ("clients", "limits", "slots")
+
+    def __init__(self, endpoints: list[Endpoint]) -> None:
+        self.clients: list[LLMClient | None] = [None] * len(endpoints)
+        self.slots = [Slots(e.config.max_concurrent) for e in endpoints]
+        self.limits = [e.config.max_concurrent for e in endpoints]
+
+    @property
+    def busy(self) -> bool:
+        """Whether any call on this loop holds or awaits an endpoint slot."""
+        return any(
+            slots.waiters or slots.free < limit
+            for slots, limit in zip(self.slots, self.limits, strict=True)
+        )

@@ -1,0 +1,119 @@
+"""The FIFO of parked callers behind every limit that makes callers wait.
+
+Concurrency slots, rate limiters and idle scheduler workers all park a caller
+on a future and later wake the oldest one, so arrival order is kept and
+nothing polls. The hard part is cancellation, and it is the same for all of
+them: a caller cancelled while queued must leave the queue, and one that was
+woken in the same tick as its cancellation holds a grant it will never use,
+which has to be passed on or the limit leaks. That logic lives here once.
+
+A waiter carries a value (a rate limiter's token count; ``None`` where there
+is nothing to carry) so a queue that grants by condition can check its head.
+Futures are made in the running loop at wait time, never up front, because
+``run_sync`` may run successive calls in fresh event loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Waiter(Generic[T]):
+    """One parked caller: the future it awaits and the value it queued with."""
+
+    __slots__ = ("future", "value")
+
+    def __init__(self, future: asyncio.Future[None], value: T) -> None:
+        self.future = future
+        self.value = value
+
+
+class WaitQueue(Generic[T]):
+    """Callers waiting in arrival order, woken one at a time or all at once.
+
+    ``on_lost_wake(value)`` runs when a woken caller turns out to have been
+    cancelled in the same tick: whatever it was granted must go to someone
+    else. ``on_head_change()`` runs when the first waiter changes other than
+    by being woken (a caller joined an empty queue, or the first one was
+    cancelled), for queues that arm a timer for their head.
+
+    ``len()`` counts queued callers, including cancelled ones that have not
+    yet run their cleanup; the wake methods skip those.
+    """
+
+    __slots__ = ("_on_head_change", "_on_lost_wake", "_waiters")
+
+    def __init__(
+        self,
+        *,
+        on_lost_wake: Callable[[T], None] | None = None,
+        on_head_change: Callable[[], None] | None = None,
+    ) -> None:
+        self._waiters: deque[Waiter[T]] = deque()
+        self._on_lost_wake = on_lost_wake
+        self._on_head_change = on_head_change
+
+    def __len__(self) -> int:
+        return len(self._waiters)
+
+    async def wait(self, value: T) -> None:
+        """Queue at the back and return once woken; cancellation is cleaned up."""
+        waiter = Waiter(asyncio.get_running_loop().create_future(), value)
+        waiters = self._waiters
+        waiters.append(waiter)
+        if len(waiters) == 1 and self._on_head_change is not None:
+            self._on_head_change()
+        try:
+            await waiter.future
+        except asyncio.CancelledError:
+            if waiter.future.cancelled():
+                self._withdraw(waiter)
+            elif self._on_lost_wake is not None:
+                self._on_lost_wake(value)
+            raise
+
+    def head(self) -> Waiter[T] | None:
+        """The oldest caller still waiting (cancelled ones are dropped), or None."""
+        waiters = self._waiters
+        while waiters:
+            first = waiters[0]
+            if not first.future.done():
+                return first
+            waiters.popleft()
+        return None
+
+    def wake_one(self) -> bool:
+        """Wake the oldest caller still waiting; False if there was none."""
+        waiters = self._waiters
+        while waiters:
+            future = waiters.popleft().future
+            if not future.done():
+                future.set_result(None)
+                return True
+        return False
+
+    def wake_all(self) -> int:
+        """Wake every caller still waiting; returns how many were woken."""
+        woken = 0
+        while self.wake_one():
+            woken += 1
+        return woken
+
+    def clear(self) -> None:
+        """Forget every waiter without waking it (their loop has finished)."""
+        self._waiters.clear()
+
+    def _withdraw(self, waiter: Waiter[T]) -> None:
+        waiters = self._waiters
+        was_head = bool(waiters) and waiters[0] is waiter
+        try:
+            waiters.remove(waiter)
+        except ValueError:
+            return
+        if was_head and self._on_head_change is not None:
+            self._on_head_change()
