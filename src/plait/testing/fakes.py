@@ -98,19 +98,23 @@ class FakeResources:
     reply. ``retry_budgets`` gives an alias's ``max_retries``. With ``record``
     false, calls are counted but not kept, for large batches.
 
-    Example::
+    Example: the judge's first call fails with a 503, which the engine
+    retries, and the script's next reply answers the retry::
 
-        fake = FakeResources(
-            {"fast": "Paris", "judge": [TransientError("503"), "SCORE: 9"]},
-            latency=0.01,
-        )
-        module = Pipeline().bind(resources=fake, max_concurrent=4)
-        await module(["q1", "q2"])
-        assert fake.peak <= 4
-        assert [call.outcome for call in fake.calls if call.alias == "judge"] == [
-            "TransientError",
-            "ok",
-        ]
+        class Answer(Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.draft = LLMInference("fast")
+                self.judge = LLMInference("judge")
+
+            def forward(self, question: str) -> Any:
+                return self.judge(f"Grade: {self.draft(question)}")
+
+        fake = FakeResources({"fast": "Paris", "judge": [TransientError("503"), "SCORE: 9"]})
+        module = Answer().bind(resources=fake, task_retry_delay=0.01)
+        assert await module("Capital of France?") == "SCORE: 9"
+        assert fake.prompts("judge") == ["Grade: Paris", "Grade: Paris"]
+        assert [call.outcome for call in fake.calls] == ["ok", "TransientError", "ok"]
     """
 
     def __init__(

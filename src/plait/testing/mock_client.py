@@ -33,23 +33,20 @@ class MockClient:
     Pass :meth:`factory` as the manager's ``client_factory``; every endpoint
     and event loop then gets this one client, so its counters see every call.
 
-    Example::
+    Example: the manager holds ten calls to two at a time and books the
+    tokens each reply reports::
 
         def handler(request: ChatRequest) -> ChatResponse:
-            if request.model == "flaky":
-                raise TransientError("503")
             return ChatResponse("ok", request.model, input_tokens=7, output_tokens=3)
 
         client = MockClient(handler, latency=0.01)
         manager = ResourceManager(
-            {"pool": [{"model": "flaky"}, {"model": "steady", "max_concurrent": 2}]},
-            client_factory=client.factory,
+            {"fast": {"model": "m", "max_concurrent": 2}}, client_factory=client.factory
         )
-        ...
-        assert client.peak <= 3
-        assert manager.usage()["pool"].failures == len(
-            [r for r in client.requests if r.model == "flaky"]
-        )
+        hello = [{"role": "user", "content": "hello"}]
+        await asyncio.gather(*(manager.complete("fast", ChatRequest(hello)) for _ in range(10)))
+        assert client.peak == 2
+        assert manager.usage()["fast"].input_tokens == 70
     """
 
     def __init__(self, handler: Handler, *, latency: Latency = 0.0) -> None:
