@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from plait.clients.base import ChatRequest, ChatResponse, LLMClient
@@ -87,25 +86,6 @@ def estimate_tokens(request: ChatRequest) -> int:
                         chars += len(text)
     output = request.max_tokens if request.max_tokens is not None else DEFAULT_OUTPUT_TOKENS
     return -(-chars // 4) + output
-
-
-def unknown_alias_error(missing: Sequence[str], configured: Iterable[str]) -> UnknownAliasError:
-    """The error for aliases the configuration lacks. It names the configured
-    ones and the closest match, since a typo is the usual cause; in-process
-    stand-ins for the manager raise it too, so tests see the same message."""
-    known = list(configured)
-    names = ", ".join(repr(alias) for alias in missing)
-    noun = "alias" if len(missing) == 1 else "aliases"
-    message = f"unknown {noun} {names}; configured aliases: "
-    message += ", ".join(repr(alias) for alias in known) or "(none)"
-    hints = []
-    for alias in missing:
-        close = difflib.get_close_matches(alias, known, n=1)
-        if close:
-            hints.append(f"{alias!r} -> {close[0]!r}")
-    if hints:
-        message += f" (did you mean {', '.join(hints)}?)"
-    return UnknownAliasError(message)
 
 
 class _Endpoint:
@@ -252,7 +232,7 @@ class ResourceManager:
         """Fail, before anything is sent, if any alias is not configured."""
         missing = [alias for alias in dict.fromkeys(aliases) if alias not in self._routes]
         if missing:
-            raise unknown_alias_error(missing, self._routes)
+            raise UnknownAliasError.for_aliases(missing, self._routes)
 
     def retry_budget(self, alias: str) -> int | None:
         """The alias's ``max_retries`` (largest in a pool), or None to use the scheduler's."""
@@ -306,7 +286,7 @@ class ResourceManager:
         """
         route = self._routes.get(alias)
         if route is None:
-            raise unknown_alias_error([alias], self._routes)
+            raise UnknownAliasError.for_aliases([alias], self._routes)
         loop = asyncio.get_running_loop()
         state = self._state
         if loop is not self._state_loop or state is None:
@@ -427,7 +407,7 @@ class ResourceManager:
     def _route(self, alias: str) -> _Route:
         route = self._routes.get(alias)
         if route is None:
-            raise unknown_alias_error([alias], self._routes)
+            raise UnknownAliasError.for_aliases([alias], self._routes)
         return route
 
     def _enter(self, loop: asyncio.AbstractEventLoop) -> _LoopState:

@@ -26,8 +26,7 @@ from typing import TypeAlias
 from pydantic import BaseModel
 
 from plait.clients.base import ChatRequest, ChatResponse
-from plait.errors import PermanentError
-from plait.resources.manager import unknown_alias_error
+from plait.errors import PermanentError, UnknownAliasError
 from plait.testing._scripted import Handler, Latency, Step, answer, prompt_of, wait_latency
 
 Script: TypeAlias = Step | Sequence[Step]
@@ -189,7 +188,7 @@ class FakeResources:
         if known is not None:
             missing = [alias for alias in dict.fromkeys(wanted) if alias not in known]
             if missing:
-                raise unknown_alias_error(missing, known)
+                raise UnknownAliasError.for_aliases(missing, known)
 
     def retry_budget(self, alias: str) -> int | None:
         self._require(alias)
@@ -248,7 +247,7 @@ class FakeResources:
 
     def _require(self, alias: str) -> None:
         if self.aliases is not None and alias not in self.aliases:
-            raise unknown_alias_error([alias], self.aliases)
+            raise UnknownAliasError.for_aliases([alias], self.aliases)
 
     def _enter(self, alias: str) -> None:
         self.in_flight += 1
