@@ -150,11 +150,12 @@ class FakeResources:
 
     @property
     def replies(self) -> Replies | None:
+        """The script. Assigning a new one replaces it, e.g. between two phases
+        of a test; the configured aliases stay as they were."""
         return self._replies
 
     @replies.setter
     def replies(self, replies: Replies | None) -> None:
-        """Replace the script, e.g. between two phases of a test; the aliases stay."""
         self._replies = replies
         self._by_alias = {}
         self._default = echo
