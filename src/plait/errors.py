@@ -40,7 +40,8 @@ it helps, what to do about it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Iterable, Sequence
 
 
 class PlaitError(Exception):
@@ -66,6 +67,25 @@ class EndpointConfigError(ConfigError):
 
 class UnknownAliasError(ConfigError, KeyError):
     """A module uses an endpoint alias that the resource configuration lacks."""
+
+    @classmethod
+    def for_aliases(cls, missing: Sequence[str], configured: Iterable[str]) -> UnknownAliasError:
+        """The error for ``missing`` aliases. It names the configured ones and the
+        closest match, since a typo is the usual cause; the real manager and the
+        in-process fakes both raise it, so tests see the message users see."""
+        known = list(configured)
+        names = ", ".join(repr(alias) for alias in missing)
+        noun = "alias" if len(missing) == 1 else "aliases"
+        message = f"unknown {noun} {names}; configured aliases: "
+        message += ", ".join(repr(alias) for alias in known) or "(none)"
+        hints = []
+        for alias in missing:
+            close = difflib.get_close_matches(alias, known, n=1)
+            if close:
+                hints.append(f"{alias!r} -> {close[0]!r}")
+        if hints:
+            message += f" (did you mean {', '.join(hints)}?)"
+        return cls(message)
 
     def __str__(self) -> str:
         # KeyError would otherwise wrap the message in quotes.

@@ -9,15 +9,12 @@ fine), and every await is bounded, so a case that hangs fails instead.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from _engine_fakes import Chain, FakeResources
-from _fakes import EchoResources
 from pydantic import BaseModel
 
 import plait
@@ -30,8 +27,6 @@ from plait import (
     Parameter,
     Sequential,
 )
-from plait.clients._wire import decode_reply
-from plait.clients.base import ChatRequest, ChatResponse, LLMClient
 from plait.errors import (
     BatchError,
     CheckpointError,
@@ -41,7 +36,10 @@ from plait.errors import (
     TracingError,
     UnknownAliasError,
 )
-from plait.resources import EndpointConfig, ResourceConfig, ResourceManager
+from plait.resources import ResourceConfig, ResourceManager
+from plait.testing import FakeResources, MockClient
+from support.modules import Chain
+from support.resources import echo_resources
 
 GUARD = 5.0
 """Every await here is bounded by this: a bad input must never hang a run."""
@@ -57,54 +55,33 @@ async def collect(stream: AsyncIterator[Any]) -> list[Any]:
     return [item async for item in stream]
 
 
-def echo(**settings: Any) -> tuple[LLMInference, EchoResources]:
-    resources = EchoResources()
+def echo(**settings: Any) -> tuple[LLMInference, FakeResources]:
+    resources = echo_resources()
     return LLMInference("fast").bind(resources=resources, **settings), resources
 
 
 # -- resources the tests can see into ---------------------------------------------
 
 
-class CannedClient:
-    """A client that answers every request with ``content``, decoded by the same
-    code the HTTP clients use, so structured replies are validated for real."""
-
-    def __init__(self, content: str) -> None:
-        self.content = content
-        self.requests: list[ChatRequest] = []
-
-    async def complete(self, request: ChatRequest) -> ChatResponse:
-        self.requests.append(request)
-        body = {
-            "model": request.model,
-            "choices": [
-                {"message": {"role": "assistant", "content": self.content}, "finish_reason": "stop"}
-            ],
-        }
-        return decode_reply(json.dumps(body).encode(), request.response_format)
-
-    async def aclose(self) -> None:
-        return None
+def canned(content: str) -> MockClient:
+    """A client that answers every request with ``content``; a MockClient decodes
+    text with the same parser the HTTP clients use, so structured replies are
+    validated for real."""
+    return MockClient(lambda request: content)
 
 
-def manager_with(client: CannedClient, made: list[EndpointConfig] | None = None) -> ResourceManager:
+def manager_with(client: MockClient) -> ResourceManager:
     """A real ResourceManager for alias ``fast`` whose client is ``client``; no network."""
-
-    def factory(endpoint: EndpointConfig) -> LLMClient:
-        if made is not None:
-            made.append(endpoint)
-        return client
-
     config = {"fast": {"model": "m", "base_url": "http://127.0.0.1:9/v1", "api_key": ""}}
-    return ResourceManager(config, client_factory=factory)
+    return ResourceManager(config, client_factory=client.factory)
 
 
 # -- unknown alias -----------------------------------------------------------------
 
 
 async def test_an_unknown_alias_fails_before_any_request_and_suggests_the_close_one() -> None:
-    made: list[EndpointConfig] = []
-    manager = manager_with(CannedClient("unused"), made)
+    client = canned("unused")
+    manager = manager_with(client)
     module = LLMInference("fsat").bind(resources=manager)
 
     with pytest.raises(UnknownAliasError) as raised:
@@ -114,7 +91,7 @@ async def test_an_unknown_alias_fails_before_any_request_and_suggests_the_close_
     assert "'fsat'" in message
     assert "configured aliases: 'fast'" in message
     assert "did you mean 'fsat' -> 'fast'" in message
-    assert made == []
+    assert client.endpoints == []
     assert manager.usage()["fast"].requests == 0
 
 
@@ -129,13 +106,13 @@ class TwoAliases(Module):
 
 
 async def test_an_unknown_alias_deep_in_a_pipeline_fails_before_the_known_one_is_called() -> None:
-    made: list[EndpointConfig] = []
-    manager = manager_with(CannedClient("unused"), made)
+    client = canned("unused")
+    manager = manager_with(client)
 
     with pytest.raises(UnknownAliasError, match="'slow'"):
         await bounded(TwoAliases().bind(resources=manager)(["a", "b"]))
 
-    assert made == []
+    assert client.endpoints == []
 
 
 # -- invalid configuration ---------------------------------------------------------
@@ -299,14 +276,14 @@ class Inspects(Module):
 async def test_data_dependent_control_flow_is_a_tracing_error_that_says_what_to_do(
     use: Callable[[Any], Any], what: str
 ) -> None:
-    resources = EchoResources()
+    resources = echo_resources()
     with pytest.raises(TracingError) as raised:
         await bounded(Inspects(use).bind(resources=resources)("x"))
     message = str(raised.value)
     assert what in message
     assert "'llm'" in message
     assert "custom Module without child modules" in message
-    assert resources.requests == []
+    assert resources.calls == []
 
 
 def test_plait_trace_raises_the_same_tracing_error_without_running_anything() -> None:
@@ -336,7 +313,7 @@ class Ticket(BaseModel):
 async def test_a_structured_reply_that_does_not_validate_fails_at_once_naming_the_model(
     content: str, expected: str
 ) -> None:
-    client = CannedClient(content)
+    client = canned(content)
     module = LLMInference("fast", response_format=Ticket).bind(
         resources=manager_with(client), max_task_retries=5
     )
@@ -350,7 +327,7 @@ async def test_a_structured_reply_that_does_not_validate_fails_at_once_naming_th
 
 async def test_a_structured_reply_failure_in_a_batch_names_the_input() -> None:
     module = LLMInference("fast", response_format=Ticket).bind(
-        resources=manager_with(CannedClient("not json"))
+        resources=manager_with(canned("not json"))
     )
     with pytest.raises(BatchError) as raised:
         await bounded(module(["a", "b"]))
@@ -360,7 +337,7 @@ async def test_a_structured_reply_failure_in_a_batch_names_the_input() -> None:
 
 
 async def test_a_structured_reply_that_validates_is_the_model_instance() -> None:
-    client = CannedClient('{"title": "fix login", "priority": 2}')
+    client = canned('{"title": "fix login", "priority": 2}')
     module = LLMInference("fast", response_format=Ticket).bind(resources=manager_with(client))
     assert await bounded(module("x")) == Ticket(title="fix login", priority=2)
 
@@ -386,7 +363,7 @@ class KeepsOpaque(Module):
 
 
 async def test_a_value_that_cannot_be_checkpointed_names_the_node(tmp_path: Path) -> None:
-    module = KeepsOpaque().bind(resources=EchoResources(), checkpoint_dir=tmp_path)
+    module = KeepsOpaque().bind(resources=echo_resources(), checkpoint_dir=tmp_path)
     with pytest.raises(CheckpointError) as raised:
         await bounded(module("x"))
     assert "node 'opaque'" in str(raised.value)
@@ -423,7 +400,7 @@ def test_a_module_class_instead_of_an_instance_is_refused() -> None:
 
 def test_plait_run_with_a_non_module_names_the_problem() -> None:
     with pytest.raises(TypeError, match=r"(?i)module instance.*\bint\b"):
-        plait.run(42, "x", resources=EchoResources())  # type: ignore[arg-type]
+        plait.run(42, "x", resources=echo_resources())  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("target", [42, LLMInference], ids=["int", "class"])
@@ -457,7 +434,7 @@ def test_bind_rejects_an_unknown_setting_and_lists_the_known_ones() -> None:
 
 def test_bind_refuses_resources_passed_as_a_setting() -> None:
     with pytest.raises(ConfigError):
-        LLMInference("fast").bind(**{"resources": EchoResources(), "streaming": "no"})
+        LLMInference("fast").bind(**{"resources": echo_resources(), "streaming": "no"})
 
 
 async def test_an_unbound_llm_call_says_how_to_bind_resources() -> None:
@@ -478,12 +455,12 @@ class AsyncComposite(Module):
 
 
 async def test_an_async_forward_on_a_composite_module_is_a_tracing_error() -> None:
-    resources = EchoResources()
+    resources = echo_resources()
     with pytest.raises(TracingError) as raised:
         await bounded(AsyncComposite().bind(resources=resources)("x"))
     assert "AsyncComposite.forward is async" in str(raised.value)
     assert "plain def" in str(raised.value)
-    assert resources.requests == []
+    assert resources.calls == []
 
 
 class Shout(Module):
@@ -505,7 +482,7 @@ class ShoutThenAsk(Module):
 
 
 async def test_an_async_forward_on_a_leaf_module_is_awaited() -> None:
-    resources = EchoResources()
+    resources = echo_resources()
     assert await bounded(ShoutThenAsk().bind(resources=resources)(["hi", "yo"])) == [
         "[fast] say HI",
         "[fast] say YO",
@@ -522,7 +499,7 @@ async def test_an_empty_batch_returns_an_empty_list_in_every_form() -> None:
     assert await bounded(llm.batch([])) == []
     assert await bounded(collect(aiter(llm.batch([], streaming=True)))) == []
     assert await bounded(plait.run(llm, [], resources=resources)) == []
-    assert resources.requests == []
+    assert resources.calls == []
 
 
 class SeesInput(Module):
@@ -543,13 +520,13 @@ class NoneAware(Module):
 async def test_none_inputs_flow_as_python_would_render_them() -> None:
     llm, _ = echo()
     assert await bounded(llm(None)) == "[fast] None"
-    outputs = await bounded(NoneAware().bind(resources=EchoResources())([None, "a", None]))
+    outputs = await bounded(NoneAware().bind(resources=echo_resources())([None, "a", None]))
     assert outputs == [(True, "[fast] Q: None"), (False, "[fast] Q: a"), (True, "[fast] Q: None")]
 
 
 async def test_a_one_megabyte_prompt_goes_through_unchanged() -> None:
     huge = "".join(chr(ord("a") + i % 26) for i in range(1 << 20))
-    resources = EchoResources()
+    resources = echo_resources()
     chain = Chain().bind(resources=resources)
     output = await bounded(chain(huge))
     assert output == f"[fast] then:[fast] {huge}"
@@ -566,7 +543,7 @@ async def test_a_list_of_texts_as_a_prompt_gets_a_clear_error() -> None:
             return self.llm([text, "and more"])
 
     with pytest.raises((TypeError, ValueError), match=r"(?i)chat message"):
-        await bounded(TwoTexts().bind(resources=EchoResources())("hi"))
+        await bounded(TwoTexts().bind(resources=echo_resources())("hi"))
 
 
 async def test_calling_with_the_wrong_arguments_names_forward_and_sends_nothing() -> None:
@@ -575,7 +552,7 @@ async def test_calling_with_the_wrong_arguments_names_forward_and_sends_nothing(
         await bounded(llm("a", "b"))
     with pytest.raises(TypeError, match=r"unexpected keyword argument 'text'"):
         await bounded(llm(text="a"))
-    assert resources.requests == []
+    assert resources.calls == []
 
 
 def test_a_module_without_forward_says_so() -> None:
@@ -594,7 +571,7 @@ def test_batch_of_something_that_is_not_a_collection_is_refused() -> None:
 
 
 async def test_one_module_in_concurrent_runs_gives_each_run_its_own_results() -> None:
-    fake = FakeResources(delay=0.005)
+    fake = FakeResources(latency=0.005)
     chain = Chain().bind(resources=fake, max_concurrent=8)
     left = [f"L{i}" for i in range(20)]
     right = [f"R{i}" for i in range(20)]
@@ -644,7 +621,7 @@ async def test_using_a_module_that_never_called_super_init_says_to_call_it() -> 
     with pytest.raises(AttributeError, match=r"super\(\).__init__\(\)"):
         module("x")
     with pytest.raises(AttributeError, match=r"super\(\).__init__\(\)"):
-        await bounded(module.bind(resources=EchoResources())("x"))
+        await bounded(module.bind(resources=echo_resources())("x"))
     with pytest.raises(AttributeError, match=r"super\(\).__init__\(\)"):
         list(module.parameters())
 

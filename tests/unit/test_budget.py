@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _engine_fakes import FakeResources
-from _fake_llm import FakeLLM, manager
 
 from plait import ExecutionSettings, LLMInference
 from plait.errors import BudgetExceededError, ConfigError
 from plait.execution.budget import Budget
 from plait.resources import ResourceConfig, ResourceManager
+from plait.testing import FakeResources
+from support.llm import echo_llm, manager
+from support.resources import replying
 
 GUARD = 30.0
 PER_REPLY = 6
@@ -49,12 +50,12 @@ def test_budget_settings_are_validated() -> None:
 
 
 async def test_a_run_stops_at_its_token_budget_and_says_how_far_it_got() -> None:
-    fake = FakeLLM()
+    fake = echo_llm()
     module = LLMInference("fast").bind(resources=manager(fake), max_concurrent=1)
     with pytest.raises(BudgetExceededError) as stopped:
         await bounded(module.batch(prompts(20), max_tokens_total=5 * PER_REPLY))
     # The sixth reply crossed the limit; with one call at a time nothing else was sent.
-    assert fake.calls == 6
+    assert len(fake.requests) == 6
     message = str(stopped.value)
     assert "max_tokens_total=30" in message
     assert "36 tokens" in message
@@ -64,20 +65,20 @@ async def test_a_run_stops_at_its_token_budget_and_says_how_far_it_got() -> None
 
 async def test_no_new_request_is_sent_once_the_budget_is_spent() -> None:
     """Calls queued at the endpoint's concurrency limit are dropped, not sent."""
-    fake = FakeLLM(latency=0.01)
+    fake = echo_llm(latency=0.01)
     resources = manager(fake, max_concurrent=2)
     module = LLMInference("fast").bind(resources=resources, max_concurrent=20)
     with pytest.raises(BudgetExceededError):
         await bounded(module.batch(prompts(40), max_tokens_total=PER_REPLY))
     # The first reply spends the budget; at most the other call on the wire finishes.
-    assert fake.calls <= 2
+    assert len(fake.requests) <= 2
     await asyncio.sleep(0.05)
-    assert fake.calls <= 2
-    assert resources.usage()["fast"].requests == fake.calls
+    assert len(fake.requests) <= 2
+    assert resources.usage()["fast"].requests == len(fake.requests)
 
 
 async def test_crossing_the_limit_with_the_last_reply_is_not_an_error() -> None:
-    fake = FakeLLM()
+    fake = echo_llm()
     module = LLMInference("fast").bind(resources=manager(fake), max_concurrent=1)
     outputs = await bounded(module.batch(prompts(3), max_tokens_total=3 * PER_REPLY - 1))
     assert outputs == ["ECHO: p0", "ECHO: p1", "ECHO: p2"]
@@ -86,23 +87,23 @@ async def test_crossing_the_limit_with_the_last_reply_is_not_an_error() -> None:
 async def test_a_stopped_run_continues_from_its_checkpoint_with_a_higher_budget(
     tmp_path: Path,
 ) -> None:
-    fake = FakeLLM(latency=0.002)
+    fake = echo_llm(latency=0.002)
     module = LLMInference("fast").bind(
         resources=manager(fake), checkpoint_dir=tmp_path, max_concurrent=4
     )
     with pytest.raises(BudgetExceededError, match="continue from there"):
         await bounded(module.batch(prompts(30), max_tokens_total=8 * PER_REPLY))
-    spent = fake.calls
+    spent = len(fake.requests)
     assert spent < 30
     outputs = await bounded(module.batch(prompts(30), max_tokens_total=100 * PER_REPLY))
     assert outputs == [f"ECHO: p{index}" for index in range(30)]
     # Every reply of the stopped run, in-flight ones included, was kept.
-    assert fake.calls == 30
+    assert len(fake.requests) == 30
     assert sorted(fake.prompts()) == sorted(prompts(30))
 
 
 async def test_streaming_yields_finished_results_then_raises() -> None:
-    fake = FakeLLM()
+    fake = echo_llm()
     module = LLMInference("fast").bind(resources=manager(fake), max_concurrent=1)
     seen = []
 
@@ -117,7 +118,7 @@ async def test_streaming_yields_finished_results_then_raises() -> None:
 
 
 async def test_a_budget_works_with_any_resource_manager() -> None:
-    fake = FakeResources(reply=lambda alias, prompt: prompt)
+    fake = FakeResources(replying(lambda alias, prompt: prompt))
     module = LLMInference("fast").bind(resources=fake, max_concurrent=1)
     # The fake reports no token usage, so a token budget is never reached.
     assert await bounded(module.batch(prompts(3), max_tokens_total=1)) == prompts(3)
@@ -127,24 +128,24 @@ async def test_a_budget_works_with_any_resource_manager() -> None:
 
 
 async def test_max_cost_without_prices_fails_before_any_request() -> None:
-    fake = FakeLLM()
+    fake = echo_llm()
     module = LLMInference("fast").bind(resources=manager(fake))
     with pytest.raises(ConfigError, match=r"max_cost needs a price.*'fast'"):
         await bounded(module.batch(prompts(3), max_cost=1.0))
-    assert fake.calls == 0
+    assert len(fake.requests) == 0
 
 
 async def test_a_run_stops_at_its_cost_budget() -> None:
-    fake = FakeLLM()
+    fake = echo_llm()
     config = ResourceConfig({"fast": {"model": "fake-model", "api_key": "k"}}).with_prices(
         {"fake-model": {"input": 1000.0, "output": 2000.0}}
     )
-    resources = ResourceManager(config, client_factory=fake)
+    resources = ResourceManager(config, client_factory=fake.factory)
     module = LLMInference("fast").bind(resources=resources, max_concurrent=1)
     per_reply = (1 * 1000.0 + 5 * 2000.0) / 1e6
     with pytest.raises(BudgetExceededError, match=r"max_cost=0\.05"):
         await bounded(module.batch(prompts(20), max_cost=0.05))
-    assert fake.calls == 5  # 5 x 0.011 is the first total above 0.05
+    assert len(fake.requests) == 5  # 5 x 0.011 is the first total above 0.05
     assert resources.usage()["fast"].cost == pytest.approx(5 * per_reply)
 
 

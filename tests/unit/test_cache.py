@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _engine_fakes import FakeResources
-from _fake_llm import SECRET, FakeLLM, manager
 from pydantic import BaseModel
 
 from plait import ExecutionSettings, LLMInference
 from plait.clients.base import ChatRequest, ChatResponse
 from plait.errors import ConfigError
 from plait.storage.cache import ResponseCache, default_cache_path, open_cache, request_key
+from plait.testing import FakeResources, MockClient
+from support.llm import OUTPUT_TOKENS, SECRET, EchoLLM, echo_llm, manager
 
 GUARD = 30.0
 
@@ -163,23 +163,23 @@ def test_a_bad_cache_setting_is_rejected() -> None:
 
 
 async def test_a_second_run_with_the_cache_makes_no_requests(tmp_path: Path) -> None:
-    fake = FakeLLM()
+    fake = echo_llm()
     resources = manager(fake)
     module = LLMInference("fast", temperature=0.0).bind(resources=resources, cache=tmp_path)
     prompts = [f"p{index}" for index in range(10)]
     first = await bounded(module(prompts))
-    assert fake.calls == 10
+    assert len(fake.requests) == 10
     second = await bounded(module(prompts))
     assert second == first
-    assert fake.calls == 10
+    assert len(fake.requests) == 10
     usage = resources.usage()["fast"]
     assert (usage.requests, usage.cache_hits) == (10, 10)
     # Hits add no tokens: only the ten real replies are counted.
-    assert usage.output_tokens == 10 * fake.output_tokens
+    assert usage.output_tokens == 10 * OUTPUT_TOKENS
 
 
 async def test_a_cache_shared_by_another_process_is_read_from_disk(tmp_path: Path) -> None:
-    fake = FakeLLM()
+    fake = echo_llm()
     module = LLMInference("fast").bind(resources=manager(fake), cache=tmp_path)
     await bounded(module(["a", "b"]))
     shared = open_cache(tmp_path)
@@ -196,33 +196,34 @@ async def test_a_cache_shared_by_another_process_is_read_from_disk(tmp_path: Pat
 
 
 async def test_an_endpoint_can_opt_in_or_out_of_caching(tmp_path: Path) -> None:
-    fake = FakeLLM()
+    fake = echo_llm()
     never = manager(fake, cache=False)
     module = LLMInference("fast").bind(resources=never, cache=tmp_path / "run")
     await bounded(module(["a"]))
     await bounded(module(["a"]))
-    assert fake.calls == 2
+    assert len(fake.requests) == 2
     always = manager(fake, cache=str(tmp_path / "endpoint"))
     plain = LLMInference("fast").bind(resources=always)
     await bounded(plain(["b"]))
     await bounded(plain(["b"]))
-    assert fake.calls == 3
+    assert len(fake.requests) == 3
     assert always.usage()["fast"].cache_hits == 1
 
 
 async def test_failed_calls_are_not_cached(tmp_path: Path) -> None:
-    fake = FakeLLM()
-    fake.fail_prompts.add("bad")
+    llm = EchoLLM()
+    fake = MockClient(llm)
+    llm.fail_prompts.add("bad")
     module = LLMInference("fast").bind(resources=manager(fake), cache=tmp_path)
     with pytest.raises(Exception, match="refused"):
         await bounded(module("bad"))
-    fake.fail_prompts.clear()
+    llm.fail_prompts.clear()
     assert await bounded(module("bad")) == "ECHO: bad"
-    assert fake.calls == 2
+    assert len(fake.requests) == 2
 
 
 async def test_the_cache_file_holds_no_secret(tmp_path: Path) -> None:
-    fake = FakeLLM()
+    fake = echo_llm()
     await bounded(LLMInference("fast").bind(resources=manager(fake), cache=tmp_path)(["x"]))
     assert_no_secret_in(tmp_path)
 

@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from _engine_fakes import HANG, FakeResources, FanOut
 
 import plait
 from plait import BatchResult, ExecutionSettings, LLMInference, Module
+from plait.testing import FakeResources
+from support.modules import FanOut
+from support.resources import by_prompt, hang
 
 GUARD = 30.0
 
@@ -50,7 +52,7 @@ async def test_await_a_single_input() -> None:
 async def test_await_a_list_keeps_input_order_whatever_finishes_first() -> None:
     prompts = [f"q{index}" for index in range(5)]
     fake = FakeResources(
-        delays={prompt: 0.01 * (5 - index) for index, prompt in enumerate(prompts)}
+        latency=by_prompt({prompt: 0.01 * (5 - index) for index, prompt in enumerate(prompts)})
     )
     outputs = await asyncio.wait_for(echo(fake)(prompts), GUARD)
     assert outputs == [f"fast(q{index})" for index in range(5)]
@@ -119,7 +121,7 @@ async def test_batch_consumes_sync_generators_lazily() -> None:
         nonlocal finished
         finished = done
 
-    fake = FakeResources(delay=0.001)
+    fake = FakeResources(latency=0.001)
     call = echo(fake, max_inflight=4, on_progress=on_progress).batch(generate())
     assert pulled == 0  # nothing is read before the call runs
     outputs = await asyncio.wait_for(call, GUARD)
@@ -146,21 +148,21 @@ def test_batch_rejects_a_bare_string() -> None:
 
 
 def test_run_sync_from_plain_sync_code() -> None:
-    fake = FakeResources(delay=0.001)
+    fake = FakeResources(latency=0.001)
     module = FanOut(2).bind(resources=fake)
     assert module.run_sync("x") == "fast(fast(b0:x) | fast(b1:x))"
     assert echo(fake).run_sync(["a", "b"]) == ["fast(a)", "fast(b)"]
 
 
 async def test_run_sync_inside_a_running_event_loop() -> None:
-    fake = FakeResources(delay=0.001)
+    fake = FakeResources(latency=0.001)
     module = FanOut(2).bind(resources=fake)
     assert module.run_sync("x") == "fast(fast(b0:x) | fast(b1:x))"
     assert fake.call_count == 3
 
 
 async def test_run_sync_inside_a_loop_sees_the_callers_settings() -> None:
-    fake = FakeResources(delay=0.005)
+    fake = FakeResources(latency=0.005)
     async with ExecutionSettings(max_concurrent=2):
         outputs = echo(fake).run_sync([f"s{index}" for index in range(6)])
     assert outputs == [f"fast(s{index})" for index in range(6)]
@@ -168,7 +170,7 @@ async def test_run_sync_inside_a_loop_sees_the_callers_settings() -> None:
 
 
 async def test_plait_run_with_explicit_resources_and_settings() -> None:
-    fake = FakeResources(delay=0.005)
+    fake = FakeResources(latency=0.005)
     module = LLMInference("fast")
     assert await asyncio.wait_for(plait.run(module, "x", resources=fake), GUARD) == "fast(x)"
     outputs = await asyncio.wait_for(
@@ -209,7 +211,7 @@ async def test_streaming_order_follows_completion() -> None:
 
 
 async def test_streaming_with_preserve_order_yields_in_input_order() -> None:
-    fake = FakeResources(delays={"q0": 0.04, "q1": 0.02, "q2": 0.0})
+    fake = FakeResources(latency=by_prompt({"q0": 0.04, "q1": 0.02, "q2": 0.0}))
     async with ExecutionSettings(streaming=True, preserve_order=True):
         results = [result async for result in echo(fake)(["q0", "q1", "q2"])]
     assert [result.index for result in results] == [0, 1, 2]
@@ -219,7 +221,7 @@ async def test_streaming_with_preserve_order_yields_in_input_order() -> None:
 
 
 async def test_awaiting_a_streaming_batch_returns_batch_results_in_order() -> None:
-    fake = FakeResources(delays={"q0": 0.02})
+    fake = FakeResources(latency=by_prompt({"q0": 0.02}))
     async with ExecutionSettings(streaming=True):
         results = await asyncio.wait_for(echo(fake)(["q0", "q1"]), GUARD)
     assert [(result.index, result.output) for result in results] == [
@@ -233,7 +235,7 @@ async def test_break_out_of_a_stream_cancels_everything_in_flight(source: str) -
     fake = FakeResources()
     prompts = [f"q{index}" for index in range(8)]
     for prompt in prompts[1:]:
-        fake.script(prompt, HANG)
+        fake.script(prompt, hang)
 
     async def generate() -> AsyncIterator[str]:
         for prompt in prompts:
@@ -262,7 +264,7 @@ async def test_a_finished_stream_leaves_no_task_behind() -> None:
 def test_loop_shutdown_is_not_blocked_by_a_stream_still_referenced() -> None:
     """asyncio.run cancels leftover tasks at exit; the engine's must end, not linger."""
     fake = FakeResources()
-    fake.script("q1", HANG)
+    fake.script("q1", hang)
     kept: list[Any] = []
 
     async def main() -> int:

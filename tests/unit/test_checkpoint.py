@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _engine_fakes import Chain, FakeResources, FanOut
-from _fake_llm import SECRET, FakeLLM, manager
 from pydantic import BaseModel
 
 from plait import ExecutionSettings, LLMInference, Module, Parameter
@@ -27,7 +25,11 @@ from plait.errors import (
 from plait.execution import CheckpointManager
 from plait.storage.checkpoint_schema import FILENAME
 from plait.storage.codec import decode, digest, encode
+from plait.testing import FakeResources
 from plait.values import Value, ValueKind
+from support.llm import SECRET, echo_llm, manager
+from support.modules import Chain, FanOut
+from support.resources import replying
 
 GUARD = 30.0
 
@@ -173,11 +175,11 @@ async def test_inputs_are_matched_by_position_and_content(tmp_path: Path) -> Non
 
 
 async def test_structured_outputs_come_back_as_model_instances(tmp_path: Path) -> None:
-    fake = FakeLLM()
+    fake = echo_llm()
     module = Structured().bind(resources=manager(fake), checkpoint_dir=tmp_path)
     first = await bounded(module(["x", "y"]))
     again = await bounded(module(["x", "y"]))
-    assert fake.calls == 2
+    assert len(fake.requests) == 2
     assert again == first
     assert all(isinstance(output, Answer) for output in again)
 
@@ -219,7 +221,7 @@ async def test_a_changed_parameter_value_is_detected(tmp_path: Path) -> None:
 
 
 async def test_mismatch_new_recomputes_and_keeps_the_old_run(tmp_path: Path) -> None:
-    fake = FakeResources(reply=lambda alias, prompt: prompt.upper())
+    fake = FakeResources(replying(lambda alias, prompt: prompt.upper()))
     await bounded(Styled().bind(resources=fake, checkpoint_dir=tmp_path)(inputs(2)))
     changed = Styled(template="Reply to: {}").bind(
         resources=fake, checkpoint_dir=tmp_path, checkpoint_mismatch="new"
@@ -397,7 +399,7 @@ async def test_the_manager_lists_runs_with_progress_and_exports_results(tmp_path
 
 
 async def test_exported_structured_outputs_are_plain_json(tmp_path: Path) -> None:
-    fake = FakeLLM()
+    fake = echo_llm()
     await bounded(Structured().bind(resources=manager(fake), checkpoint_dir=tmp_path)(["x"]))
     (result,) = CheckpointManager(tmp_path).results()
     assert result.output == {"text": "x"}
@@ -424,7 +426,7 @@ def test_reading_a_directory_without_a_checkpoint_is_a_clear_error(tmp_path: Pat
 
 
 async def test_secrets_never_reach_the_checkpoint(tmp_path: Path) -> None:
-    fake = FakeLLM()
+    fake = echo_llm()
     module = Chain().bind(resources=manager(fake), checkpoint_dir=tmp_path)
     await bounded(module(inputs(3)))
     assert_no_secret_in(tmp_path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import pytest
-from _fakes import EchoResources
 
 import plait
 from plait import (
@@ -18,6 +17,7 @@ from plait import (
     ParameterList,
     Sequential,
 )
+from support.resources import echo_resources
 
 
 class Suffix(Module):
@@ -72,7 +72,7 @@ def test_sequential_of_llm_calls_traces_into_a_chain() -> None:
 
 
 async def test_sequential_of_llm_calls_runs_in_order() -> None:
-    resources = EchoResources()
+    resources = echo_resources()
     chain = Sequential(LLMInference("a"), LLMInference("b")).bind(resources)
     assert await chain("q") == "[b] [a] q"
     assert resources.prompts() == ["q", "[a] q"]
@@ -211,7 +211,7 @@ def test_module_dict_in_a_traced_forward() -> None:
 
     graph = plait.trace(Both(), "q")
     assert set(graph.nodes) == {"input:0", "experts.pro", "experts.con"}
-    assert Both().bind(EchoResources()).run_sync("q") == "[a] q vs [b] q"
+    assert Both().bind(echo_resources()).run_sync("q") == "[a] q vs [b] q"
 
 
 # -- ParameterList / ParameterDict --------------------------------------------------
@@ -284,7 +284,7 @@ async def test_parameters_from_a_parameter_dict_in_prompts_are_read_at_run_time(
     module = Styled()
     graph = plait.trace(module, "q")
     assert graph.parameters == {"style.tone": module.style["tone"]}
-    resources = EchoResources()
+    resources = echo_resources()
     module.bind(resources)
     await module("q")
     module.style["tone"].apply_update("angry")
@@ -305,6 +305,6 @@ async def test_slicing_a_module_list_in_forward_still_traces_once() -> None:
                 text = layer(text)
             return text
 
-    module = Tail().bind(EchoResources())
+    module = Tail().bind(echo_resources())
     assert await module(["x", "y", "z"]) == ["[c] [b] x", "[c] [b] y", "[c] [b] z"]
     assert module.forward_calls == 1

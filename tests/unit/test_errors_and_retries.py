@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from _engine_fakes import HANG, FakeResources, TwoBranches
 
 from plait import ExecutionSettings, LLMInference, Module
 from plait.errors import (
@@ -22,6 +21,9 @@ from plait.errors import (
     UnknownAliasError,
 )
 from plait.execution.scheduler import MAX_RATE_LIMIT_REQUEUES
+from plait.testing import FakeResources
+from support.modules import TwoBranches
+from support.resources import by_prompt, hang
 
 GUARD = 30.0
 HANG_GUARD = 5.0
@@ -119,7 +121,7 @@ async def test_permanent_errors_fail_at_once() -> None:
 
 async def test_task_timeout_bounds_a_hung_call() -> None:
     fake = FakeResources()
-    fake.script("x", HANG)
+    fake.script("x", hang)
     with pytest.raises(TaskTimeoutError, match=r"task_timeout=0\.05"):
         await asyncio.wait_for(echo(fake, task_timeout=0.05, max_task_retries=0)("x"), GUARD)
     assert [call.outcome for call in fake.calls] == ["cancelled"]
@@ -127,7 +129,7 @@ async def test_task_timeout_bounds_a_hung_call() -> None:
 
 async def test_a_timed_out_call_is_retried_like_a_transient_error() -> None:
     fake = FakeResources()
-    fake.script("x", HANG)
+    fake.script("x", hang)
     module = echo(fake, task_timeout=0.05, max_task_retries=1)
     assert await asyncio.wait_for(module("x"), GUARD) == "fast(x)"
     assert [call.outcome for call in fake.calls] == ["cancelled", "ok"]
@@ -135,7 +137,7 @@ async def test_a_timed_out_call_is_retried_like_a_transient_error() -> None:
 
 async def test_timeouts_exhaust_retries_too() -> None:
     fake = FakeResources()
-    fake.script("x", HANG, HANG, HANG)
+    fake.script("x", hang, hang, hang)
     with pytest.raises(TaskTimeoutError):
         await asyncio.wait_for(echo(fake, task_timeout=0.03, max_task_retries=2)("x"), GUARD)
     assert fake.call_count == 3
@@ -289,7 +291,7 @@ async def test_a_cancelled_error_raised_by_node_code_fails_only_that_node() -> N
 
 
 async def test_a_batch_raises_one_error_naming_every_failed_input() -> None:
-    fake = FakeResources(delay=0.001)
+    fake = FakeResources(latency=0.001)
     bad_request = PermanentError("400 bad request")
     down = TransientError("503 down")
     fake.script("q1", bad_request)
@@ -310,7 +312,7 @@ async def test_a_batch_raises_one_error_naming_every_failed_input() -> None:
 
 
 async def test_streaming_reports_failures_per_result_and_keeps_going() -> None:
-    fake = FakeResources(delay=0.005, delays={"q1": 0.0})
+    fake = FakeResources(latency=by_prompt({"q1": 0.0}, 0.005))
     bad_request = PermanentError("400 bad request")
     fake.script("q1", bad_request)
     async with ExecutionSettings(streaming=True):

@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from _engine_fakes import Chain, FanOut, TwoBranches
 
 from plait import LLMInference, Module, Parameter, trace
 from plait.errors import CancelledNodeError, PermanentError
 from plait.execution.state import ExecutionState, GraphPlan, plan_for, resolve
 from plait.graph import InferenceGraph, NodeRef, ParamRef, Template
+from support.modules import Chain, FanOut, TwoBranches
 
 
 class Wide(Module):

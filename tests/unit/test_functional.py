@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from _fakes import EchoResources
 from pydantic import BaseModel
 
 import plait
@@ -14,6 +13,7 @@ from plait import LLMInference, Module, Parameter, Value, ValueKind
 from plait.errors import ExecutionError
 from plait.graph import NodeRef, ParamRef, Template
 from plait.tracing.ops import Concat, Format, ParseStructured, Render, Select
+from support.resources import echo_resources
 
 
 class Person(BaseModel):
@@ -140,7 +140,7 @@ def test_ops_record_nodes_with_dependencies() -> None:
 
 async def test_ops_run_at_execution_on_real_values() -> None:
     module = Pipeline()
-    resources = EchoResources()
+    resources = echo_resources()
     output = await module.bind(resources)("cats")
 
     assert resources.prompts("writer") == ["Write about cats"]
@@ -153,7 +153,7 @@ async def test_ops_run_at_execution_on_real_values() -> None:
 
 async def test_render_template_parameter_is_read_at_run_time() -> None:
     module = Pipeline()
-    resources = EchoResources()
+    resources = echo_resources()
     module.bind(resources)
     await module("cats")
     module.template.apply_update("Be harsh on {draft} ({goal})")
@@ -178,7 +178,7 @@ async def test_composed_template_is_resolved_before_the_op_runs() -> None:
     graph = plait.trace(module, "q")
     [template] = graph.nodes["render"].args
     assert isinstance(template, Template)
-    resources = EchoResources()
+    resources = echo_resources()
     assert await module.bind(resources)("why?") == "[a] Answer tersely: why?"
 
 
@@ -202,7 +202,7 @@ def test_parse_structured_is_a_node() -> None:
 
 async def test_parse_structured_at_execution_gives_an_error_value_on_bad_json() -> None:
     # The echo reply "[a] ..." is not JSON, so the op reports why instead of raising.
-    result = await Extract().bind(EchoResources())('{"name": "Ada", "age": 36}')
+    result = await Extract().bind(echo_resources())('{"name": "Ada", "age": 36}')
     assert isinstance(result, Value)
     assert result.is_error
     assert "not valid JSON" in str(result.payload)
@@ -217,7 +217,7 @@ async def test_parse_structured_at_execution_parses_a_structured_reply() -> None
         def forward(self, text: str) -> Any:
             return F.parse_structured(F.concat(self.llm(text)), Person)
 
-    resources = EchoResources(structured={"name": "Ada", "age": 36})
+    resources = echo_resources(structured={"name": "Ada", "age": 36})
     result = await Echoed().bind(resources)("who?")
     assert result == Value(ValueKind.STRUCTURED, Person(name="Ada", age=36))
 
@@ -231,6 +231,6 @@ async def test_select_node_fails_the_input_with_a_named_key() -> None:
         def forward(self, text: str) -> Any:
             return self.llm(text)["height"]
 
-    resources = EchoResources(structured={"name": "Ada", "age": 36})
+    resources = echo_resources(structured={"name": "Ada", "age": 36})
     with pytest.raises(ExecutionError, match="cannot select 'height' from a Person"):
         await Missing().bind(resources)("who?")

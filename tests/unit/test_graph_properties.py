@@ -13,7 +13,6 @@ ordering and reachability agree with the DAG that was generated.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import zlib
 from collections import Counter
 from collections.abc import Iterable
@@ -24,9 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plait import BatchResult, LLMInference, Module, ModuleList, trace
-from plait.clients.base import ChatRequest, ChatResponse
+from plait.clients.base import ChatRequest
 from plait.errors import PermanentError
 from plait.graph import InferenceGraph, NodeKind
+from plait.testing import FakeResources, Reply, prompt_of
 
 GUARD = 10.0
 """Upper bound on one example's run, so a scheduling bug fails instead of hanging."""
@@ -103,54 +103,26 @@ class RandomDag(Module):
         return tuple(replies)
 
 
-@dataclass
-class Span:
-    prompt: str
-    start: int
-    end: int
-
-
-class SteppingResources:
-    """A resource manager whose calls yield to the loop a scripted number of times.
+def stepping_resources(salt: int, max_steps: int, failing: Iterable[str] = ()) -> FakeResources:
+    """Resources whose calls yield to the loop a scripted number of times.
 
     Yielding instead of sleeping makes the interleaving of concurrent calls a
     function of the example alone (no wall clock), so hypothesis can shrink a
-    failure to a reproducible case. Start and end are positions in one shared
-    event counter, which is all the ordering properties need.
+    failure to a reproducible case. A call's ``start_seq`` and ``end_seq`` are
+    positions in one shared event counter, which is all the ordering
+    properties need.
     """
+    refused = frozenset(failing)
 
-    def __init__(self, salt: int, max_steps: int, failing: Iterable[str] = ()) -> None:
-        self.salt = salt
-        self.max_steps = max_steps
-        self.failing = frozenset(failing)
-        self.spans: list[Span] = []
-        self.current = 0
-        self.peak = 0
-        self._events = itertools.count()
-
-    def _steps(self, prompt: str) -> int:
-        return zlib.crc32(f"{self.salt}:{prompt}".encode()) % (self.max_steps + 1)
-
-    async def complete(self, alias: str, request: ChatRequest, *, attempt: int = 0) -> ChatResponse:
-        prompt = str(request.messages[-1]["content"])
-        start = next(self._events)
-        self.current += 1
-        self.peak = max(self.peak, self.current)
-        try:
-            for _ in range(self._steps(prompt)):
-                await asyncio.sleep(0)
-        finally:
-            self.current -= 1
-            self.spans.append(Span(prompt, start, next(self._events)))
-        if prompt in self.failing:
+    async def reply(request: ChatRequest) -> Reply:
+        prompt = prompt_of(request)
+        for _ in range(zlib.crc32(f"{salt}:{prompt}".encode()) % (max_steps + 1)):
+            await asyncio.sleep(0)
+        if prompt in refused:
             raise PermanentError(f"scripted failure for {prompt!r}", status_code=400)
-        return ChatResponse(content=reply_for(prompt), model="fake")
+        return reply_for(prompt)
 
-    def check_aliases(self, aliases: Iterable[str]) -> None:
-        assert set(aliases) <= {"fast"}
-
-    def retry_budget(self, alias: str) -> int | None:
-        return None
+    return FakeResources(reply, aliases=["fast"])
 
 
 def node_of(prompt: str) -> int:
@@ -172,7 +144,7 @@ def test_every_node_runs_once_after_its_dependencies_within_the_cap(
     spec: DagSpec, max_concurrent: int, batch_size: int, salt: int, max_steps: int
 ) -> None:
     inputs = [f"x{j}" for j in range(batch_size)]
-    fake = SteppingResources(salt, max_steps)
+    fake = stepping_resources(salt, max_steps)
     module = RandomDag(spec).bind(resources=fake, max_concurrent=max_concurrent)
 
     outputs = asyncio.run(asyncio.wait_for(module(inputs), GUARD))
@@ -180,24 +152,25 @@ def test_every_node_runs_once_after_its_dependencies_within_the_cap(
     prompts = {given: expected_prompts(spec, given) for given in inputs}
     assert outputs == [tuple(reply_for(p) for p in prompts[given]) for given in inputs]
     every_prompt = [prompt for given in inputs for prompt in prompts[given]]
-    assert Counter(span.prompt for span in fake.spans) == Counter(every_prompt)
+    assert Counter(call.prompt for call in fake.calls) == Counter(every_prompt)
     assert fake.peak <= max_concurrent
 
     # Nodes that see neither the input nor anything that did send the same
     # prompt for every input, so a call is matched to the inputs it could serve.
     ends: dict[str, list[int]] = {}
-    for span in fake.spans:
-        ends.setdefault(span.prompt, []).append(span.end)
-    for span in fake.spans:
-        index = node_of(span.prompt)
-        candidates = [given for given in inputs if prompts[given][index] == span.prompt]
+    for call in fake.calls:
+        assert call.end_seq is not None
+        ends.setdefault(call.prompt, []).append(call.end_seq)
+    for call in fake.calls:
+        index = node_of(call.prompt)
+        candidates = [given for given in inputs if prompts[given][index] == call.prompt]
         assert any(
             all(
-                any(end < span.start for end in ends[prompts[given][dep]])
+                any(end < call.start_seq for end in ends[prompts[given][dep]])
                 for dep in spec.deps[index]
             )
             for given in candidates
-        ), f"{span.prompt!r} started before one of its dependencies finished"
+        ), f"{call.prompt!r} started before one of its dependencies finished"
 
 
 @PROPERTY_SETTINGS
@@ -207,7 +180,7 @@ def test_a_failed_node_stops_exactly_its_descendants(
 ) -> None:
     failing = data.draw(st.integers(0, len(spec) - 1), label="failing node")
     prompts = expected_prompts(spec, "x")
-    fake = SteppingResources(salt=failing, max_steps=2, failing=[prompts[failing]])
+    fake = stepping_resources(salt=failing, max_steps=2, failing=[prompts[failing]])
     module = RandomDag(spec).bind(resources=fake, max_concurrent=max_concurrent, streaming=True)
 
     [result] = asyncio.run(asyncio.wait_for(module(["x"]), GUARD))
@@ -216,7 +189,7 @@ def test_a_failed_node_stops_exactly_its_descendants(
     assert isinstance(result.error, PermanentError)
     assert prompts[failing] in str(result.error)
     stopped = reference_descendants(spec)[failing]
-    ran = Counter(span.prompt for span in fake.spans)
+    ran = Counter(call.prompt for call in fake.calls)
     assert ran == Counter(p for index, p in enumerate(prompts) if index not in stopped)
 
 

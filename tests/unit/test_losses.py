@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import pytest
-from _engine_fakes import FakeResources
 
 from plait import LLMInference, Module, Parameter, Value, ValueKind
 from plait.errors import ConfigError, LossCheckError
@@ -23,6 +22,8 @@ from plait.optimization import (
 )
 from plait.optimization.losses.judge import _parse_score
 from plait.optimization.losses.rubric import RubricGrades
+from plait.testing import FakeResources
+from support.resources import replying
 
 RUBRIC = {
     "grades": [
@@ -58,7 +59,7 @@ def judge_replies(alias: str, prompt: str) -> str:
 
 
 def fake() -> FakeResources:
-    return FakeResources(("fast", "judge", "optimizer"), reply=judge_replies)
+    return FakeResources(replying(judge_replies), aliases=("fast", "judge", "optimizer"))
 
 
 class Answer(Module):
@@ -120,7 +121,7 @@ async def test_llm_judge_turns_a_critique_into_feedback_and_a_score() -> None:
 async def test_llm_judge_reads_scores_in_the_forms_models_write(
     reply: str, score: float | None, critique: str
 ) -> None:
-    resources = FakeResources(("judge",), reply=lambda alias, prompt: reply)
+    resources = FakeResources(replying(lambda alias, prompt: reply), aliases=("judge",))
     loss = await LLMJudge().bind(resources)("output")
     assert loss.score == (None if score is None else pytest.approx(score))
     assert str(loss) == critique

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _fakes import EchoResources
 from pydantic import BaseModel
 
 import plait
 from plait import LLMInference, Module, Parameter, ParameterList, Sequential
 from plait.clients.base import ChatRequest, ChatResponse
 from plait.errors import ConfigError, ResourcesNotBoundError
+from support.resources import echo_resources
 
 
 class Leaf(Module):
@@ -260,15 +260,15 @@ def test_train_and_eval_are_recursive() -> None:
 
 def test_bind_returns_the_module_and_rejects_unknown_settings() -> None:
     module = LLMInference("a")
-    assert module.bind(EchoResources(), max_concurrent=4) is module
+    assert module.bind(echo_resources(), max_concurrent=4) is module
     with pytest.raises(ConfigError, match="max_concurency"):
-        module.bind(EchoResources(), max_concurency=4)
+        module.bind(echo_resources(), max_concurency=4)
 
 
 def test_bind_rejects_bad_values_and_bad_resources() -> None:
     module = LLMInference("a")
     with pytest.raises(ConfigError, match="max_concurrent"):
-        module.bind(EchoResources(), max_concurrent=0)
+        module.bind(echo_resources(), max_concurrent=0)
     with pytest.raises(ConfigError, match="resources must be"):
         module.bind(42)
 
@@ -303,34 +303,34 @@ def test_non_llm_module_called_directly_just_runs_forward() -> None:
 
 
 async def test_bound_call_returns_an_awaitable_that_runs_the_graph() -> None:
-    resources = EchoResources()
+    resources = echo_resources()
     llm = LLMInference("a", system_prompt="sys").bind(resources)
     assert await llm("hello") == "[a] hello"
-    assert resources.systems() == ["sys"]
+    assert [call.system for call in resources.calls] == ["sys"]
 
 
 async def test_bound_list_is_a_batch_in_input_order() -> None:
-    resources = EchoResources()
+    resources = echo_resources()
     llm = LLMInference("a").bind(resources)
     assert await llm(["x", "y", "z"]) == ["[a] x", "[a] y", "[a] z"]
 
 
 def test_run_sync_without_a_loop() -> None:
-    assert LLMInference("a").bind(EchoResources()).run_sync("hi") == "[a] hi"
+    assert LLMInference("a").bind(echo_resources()).run_sync("hi") == "[a] hi"
 
 
 async def test_run_sync_inside_a_running_loop() -> None:
-    assert LLMInference("a").bind(EchoResources()).run_sync("hi") == "[a] hi"
+    assert LLMInference("a").bind(echo_resources()).run_sync("hi") == "[a] hi"
 
 
 async def test_system_prompt_parameter_is_read_at_run_time() -> None:
-    resources = EchoResources()
+    resources = echo_resources()
     system = Parameter("old system", description="system prompt")
     llm = LLMInference("a", system_prompt=system).bind(resources)
     await llm("x")
     system.apply_update("new system")
     await llm("x")
-    assert resources.systems() == ["old system", "new system"]
+    assert [call.system for call in resources.calls] == ["old system", "new system"]
     assert dict(llm.named_parameters()) == {"system_prompt": system}
 
 
@@ -421,7 +421,7 @@ async def test_building_a_container_inside_forward_still_traces_once() -> None:
             self.forward_calls += 1
             return str(Sequential(self.a, self.b)(text))
 
-    module = Adhoc().bind(EchoResources())
+    module = Adhoc().bind(echo_resources())
     assert await module(["x", "y", "z"]) == ["[b] [a] x", "[b] [a] y", "[b] [a] z"]
     assert module.forward_calls == 1
 

@@ -12,7 +12,6 @@ import re
 from typing import Any
 
 import pytest
-from _engine_fakes import FakeResources
 
 from plait import ExecutionSettings, LLMInference, Module, Parameter, Value, ValueKind
 from plait import functional as F
@@ -26,6 +25,8 @@ from plait.optimization import (
     VerifierLoss,
     run_backward,
 )
+from plait.testing import FakeResources
+from support.resources import replying
 
 ITEM = re.compile(r'<FEEDBACK item="([^"]+)">\.\.\.</FEEDBACK>')
 USER = re.compile(r"^\[user\] (.*)$", re.MULTILINE)
@@ -41,7 +42,8 @@ def critic(alias: str, prompt: str) -> str:
 
 
 def fake(**options: Any) -> FakeResources:
-    return FakeResources(("fast", "optimizer"), reply=options.pop("reply", critic), **options)
+    reply = replying(options.pop("reply", critic))
+    return FakeResources(reply, aliases=("fast", "optimizer"), **options)
 
 
 def backward_prompts(resources: FakeResources) -> list[str]:
@@ -205,7 +207,7 @@ async def test_mini_batch_feedback_accumulates_across_examples() -> None:
 
 
 async def test_independent_backward_calls_run_concurrently_on_one_scheduler() -> None:
-    resources = fake(delay=0.02)
+    resources = fake(latency=0.02)
     pipeline = ThreeStage().bind(resources).train()
     outputs = await pipeline(["a", "b", "c", "d"])
     resources.peak = 0
@@ -214,7 +216,7 @@ async def test_independent_backward_calls_run_concurrently_on_one_scheduler() ->
     assert len(backward_prompts(resources)) == 12
     assert resources.peak == 4  # each depth's four calls (one per example) overlap
 
-    limited = fake(delay=0.02)
+    limited = fake(latency=0.02)
     pipeline = ThreeStage().bind(limited).train()
     outputs = await pipeline(["a", "b", "c", "d"])
     limited.peak = 0
@@ -369,8 +371,10 @@ async def test_the_llm_backward_falls_back_to_the_whole_reply_and_skips_no_chang
     assert not pipeline.write_style.feedback
 
     loss = await judged(pipeline, "tea")
-    resources.reply = lambda alias, prompt: (
-        "Make it shorter." if prompt.startswith(HEADER) else f"{alias}({prompt})"
+    resources.replies = replying(
+        lambda alias, prompt: (
+            "Make it shorter." if prompt.startswith(HEADER) else f"{alias}({prompt})"
+        )
     )
     await loss.backward()
     assert pipeline.write_style.feedback == ("Make it shorter.",)

@@ -6,12 +6,13 @@ import re
 from typing import Any
 
 import pytest
-from _engine_fakes import FakeResources
 
 from plait import ExecutionSettings, Parameter
 from plait.errors import ConfigError, ResourcesNotBoundError
 from plait.optimization import FeedbackOptimizer, Optimizer
 from plait.optimization.optimizer import CONDENSE_HEADER, UPDATE_HEADER
+from plait.testing import FakeResources
+from support.resources import replying
 
 
 def between(text: str, start: str, end: str) -> str:
@@ -29,7 +30,8 @@ def rewriter(alias: str, prompt: str) -> str:
 
 
 def fake(**options: Any) -> FakeResources:
-    return FakeResources(("optimizer",), reply=options.pop("reply", rewriter), **options)
+    reply = replying(options.pop("reply", rewriter))
+    return FakeResources(reply, aliases=("optimizer",), **options)
 
 
 def updates_sent(resources: FakeResources) -> list[str]:
@@ -47,7 +49,7 @@ async def test_step_rewrites_upstream_first_and_later_prompts_see_the_new_values
     write.accumulate_feedback("be concrete", upstream=[plan, frozen])
     plan.accumulate_feedback("plan in steps")
     frozen.accumulate_feedback("ignored: frozen parameters are never rewritten")
-    resources = fake(delay=0.01)
+    resources = fake(latency=0.01)
 
     updates = await FeedbackOptimizer([write, frozen, plan], resources=resources).step()
 
@@ -75,7 +77,7 @@ async def test_parameters_with_no_link_between_them_are_rewritten_concurrently()
     params = [learnable(f"P{index}.", f"text {index}") for index in range(3)]
     for param in params:
         param.accumulate_feedback("shorter")
-    resources = fake(delay=0.02)
+    resources = fake(latency=0.02)
     await FeedbackOptimizer(params, resources=resources).step()
     assert resources.peak == 3
     assert [param.value for param in params] == ["P0. (revised)", "P1. (revised)", "P2. (revised)"]
@@ -153,7 +155,7 @@ async def test_feedback_that_would_overflow_the_prompt_is_condensed_in_chunks_fi
     param = learnable("Be helpful.", "style")
     for index in range(40):
         param.accumulate_feedback(f"note {index}: please add more concrete examples here")
-    resources = fake(delay=0.01)
+    resources = fake(latency=0.01)
     budget = 120
     optimizer = FeedbackOptimizer(
         [param], resources=resources, max_prompt_tokens=budget, count_tokens=words

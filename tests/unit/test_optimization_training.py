@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from _engine_fakes import FakeResources
 
 from plait import ExecutionSettings, LLMInference, Module, Parameter
 from plait.errors import ConfigError
 from plait.inference import HEADER
 from plait.optimization import EpochReport, FeedbackOptimizer, VerifierLoss, evaluate, fit
 from plait.optimization.optimizer import UPDATE_HEADER
+from plait.testing import FakeResources
+from support.resources import replying
 
 
 class Styled(Module):
@@ -40,7 +41,7 @@ def scripted(rewrites: list[str]) -> FakeResources:
             return f"<VALUE>{next(proposals)}</VALUE>"
         return f"{alias}({prompt})"
 
-    return FakeResources(("fast", "optimizer"), reply=reply)
+    return FakeResources(replying(reply), aliases=("fast", "optimizer"))
 
 
 TRAIN = [("q1", "Good"), ("q2", "impossible"), ("q3", "Good"), ("q4", "impossible")]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from _fakes import EchoResources
 
 import plait
 from plait import LLMInference, Module, Parameter
 from plait.errors import ConfigError, TracingError
 from plait.graph import ParamRef, Template
+from support.resources import echo_resources
 
 
 @pytest.mark.parametrize("description", [None, "", "   "])
@@ -115,7 +115,7 @@ def test_plus_records_a_param_ref() -> None:
 
 
 async def test_plus_uses_the_current_value_at_run_time() -> None:
-    resources = EchoResources()
+    resources = echo_resources()
     module = Prompted().bind(resources)
     await module("q")
     module.instruction.apply_update("Translate")
@@ -138,7 +138,7 @@ def test_parameter_passed_as_an_argument_is_a_param_ref() -> None:
     [arg] = graph.nodes["llm"].args
     assert isinstance(arg, ParamRef)
     assert arg.param is module.question
-    assert module.bind(EchoResources()).run_sync() == "[a] What is 2+2?"
+    assert module.bind(echo_resources()).run_sync() == "[a] What is 2+2?"
 
 
 def test_format_spec_on_a_parameter_while_tracing_is_refused() -> None:

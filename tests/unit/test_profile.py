@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _engine_fakes import Chain, FakeResources, FanOut
-from _fake_llm import SECRET, FakeLLM, manager
 
 from plait import LLMInference
 from plait.profiling import Profile, last_profile
+from plait.testing import FakeResources
+from support.llm import SECRET, echo_llm, manager
+from support.modules import Chain, FanOut
+from support.resources import by_prompt
 
 GUARD = 30.0
 
@@ -36,7 +38,7 @@ def names_of(trace: dict[str, Any], kind: str) -> dict[tuple[int, int], str]:
 
 
 async def test_the_profile_file_parses_and_has_an_event_for_every_node(tmp_path: Path) -> None:
-    fake = FakeLLM(latency=0.002)
+    fake = echo_llm(latency=0.002)
     path = tmp_path / "profile.json"
     module = FanOut(width=3).bind(resources=manager(fake), profile_path=path)
     await bounded(module([f"q{index}" for index in range(5)]))
@@ -59,7 +61,7 @@ async def test_the_profile_file_parses_and_has_an_event_for_every_node(tmp_path:
 
 
 async def test_slices_on_one_lane_never_overlap(tmp_path: Path) -> None:
-    fake = FakeLLM(latency=0.003)
+    fake = echo_llm(latency=0.003)
     path = tmp_path / "p.json"
     module = Chain().bind(resources=manager(fake, max_concurrent=4), profile_path=path)
     await bounded(module([f"q{index}" for index in range(12)]))
@@ -75,7 +77,7 @@ async def test_slices_on_one_lane_never_overlap(tmp_path: Path) -> None:
 
 
 async def test_the_summary_names_the_critical_path_and_slowest_nodes(tmp_path: Path) -> None:
-    fake = FakeResources(delays={"then:fast(slow)": 0.05})
+    fake = FakeResources(latency=by_prompt({"then:fast(slow)": 0.05}))
     call = Chain().bind(resources=fake).batch(["fast", "slow"], profile_path=tmp_path / "p.json")
     await bounded(call)
     profile = call.profile
@@ -107,7 +109,7 @@ def assert_one_profile_in(directory: Path) -> None:
 
 
 async def test_rate_limit_waits_are_measured(tmp_path: Path) -> None:
-    fake = FakeLLM()
+    fake = echo_llm()
     resources = manager(fake, rate_limit=1200.0)
     module = LLMInference("fast").bind(resources=resources)
     call = module.batch(["a", "b", "c", "d"], profile_path=tmp_path / "p.json")
@@ -123,7 +125,7 @@ async def test_rate_limit_waits_are_measured(tmp_path: Path) -> None:
 
 
 async def test_cache_hits_show_in_the_profile(tmp_path: Path) -> None:
-    fake = FakeLLM()
+    fake = echo_llm()
     module = LLMInference("fast").bind(resources=manager(fake), cache=tmp_path)
     await bounded(module(["a"]))
     call = module.batch(["a", "b"], profile=True, profile_path=tmp_path / "p.json")

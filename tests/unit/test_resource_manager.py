@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 
 import pytest
 
-from plait.clients.base import ChatRequest, ChatResponse, LLMClient
+from plait.clients.base import ChatRequest, ChatResponse
 from plait.errors import (
     PermanentError,
     RateLimitError,
@@ -18,63 +18,30 @@ from plait.errors import (
 )
 from plait.resources import (
     AliasUsage,
-    EndpointConfig,
     ResourceConfig,
     ResourceManager,
     format_usage,
 )
 from plait.resources.pool import EndpointPool
 from plait.resources.usage import LatencyHistogram
+from plait.testing import Handler, MockClient, Reply
 
 KEY = "sk-manager-secret-987654321"
 
 
-@dataclass
-class Behaviour:
-    """What a fake endpoint does; shared by every client made for it."""
-
-    latency: float = 0.0
-    fail_with: Exception | None = None
-    in_flight: int = 0
-    peak: int = 0
-    calls: int = 0
-    models: list[str] = field(default_factory=list)
-    closed: int = 0
+def ok(request: ChatRequest) -> ChatResponse:
+    return ChatResponse(content="ok", model=request.model, input_tokens=7, output_tokens=3)
 
 
-class FakeClient:
-    def __init__(self, behaviour: Behaviour) -> None:
-        self.behaviour = behaviour
+def answering(faults: Mapping[str, Exception]) -> Handler:
+    """Every endpoint answers ``ok`` except the models in ``faults`` (read at each
+    call, so a test can change them), which fail with their error."""
 
-    async def complete(self, request: ChatRequest) -> ChatResponse:
-        b = self.behaviour
-        b.calls += 1
-        b.models.append(request.model)
-        b.in_flight += 1
-        b.peak = max(b.peak, b.in_flight)
-        try:
-            if b.latency:
-                await asyncio.sleep(b.latency)
-            if b.fail_with is not None:
-                raise b.fail_with
-            return ChatResponse(content="ok", model=request.model, input_tokens=7, output_tokens=3)
-        finally:
-            b.in_flight -= 1
+    def handler(request: ChatRequest) -> Reply:
+        fault = faults.get(request.model)
+        return ok(request) if fault is None else fault
 
-    async def aclose(self) -> None:
-        self.behaviour.closed += 1
-
-
-class FakeFactory:
-    """Builds a FakeClient per endpoint, keyed by model name."""
-
-    def __init__(self, **behaviours: Behaviour) -> None:
-        self.behaviours = behaviours
-        self.made: list[str] = []
-
-    def __call__(self, endpoint: EndpointConfig) -> LLMClient:
-        self.made.append(endpoint.model)
-        return FakeClient(self.behaviours.setdefault(endpoint.model, Behaviour()))
+    return handler
 
 
 def request(text: str = "hello") -> ChatRequest:
@@ -85,9 +52,9 @@ def request(text: str = "hello") -> ChatRequest:
 
 
 async def test_unknown_alias_fails_before_any_call() -> None:
-    factory = FakeFactory()
+    client = MockClient(ok)
     manager = ResourceManager(
-        {"fast": {"model": "m"}, "slow": {"model": "n"}}, client_factory=factory
+        {"fast": {"model": "m"}, "slow": {"model": "n"}}, client_factory=client.factory
     )
     with pytest.raises(UnknownAliasError) as info:
         manager.check_aliases(["fast", "fsat", "judge", "fsat"])
@@ -99,7 +66,7 @@ async def test_unknown_alias_fails_before_any_call() -> None:
     manager.check_aliases(["fast", "slow"])
     with pytest.raises(UnknownAliasError, match="unknown alias 'nope'"):
         await manager.complete("nope", request())
-    assert factory.made == []
+    assert client.endpoints == []
 
 
 def test_manager_accepts_a_mapping_or_a_config() -> None:
@@ -136,31 +103,31 @@ def test_retry_budget() -> None:
 
 
 async def test_model_is_filled_from_the_endpoint() -> None:
-    factory = FakeFactory()
-    manager = ResourceManager({"fast": {"model": "gpt-4o-mini"}}, client_factory=factory)
+    client = MockClient(ok)
+    manager = ResourceManager({"fast": {"model": "gpt-4o-mini"}}, client_factory=client.factory)
     req = request()
     response = await manager.complete("fast", req)
     assert req.model == "gpt-4o-mini"
     assert response.model == "gpt-4o-mini"
-    assert factory.behaviours["gpt-4o-mini"].models == ["gpt-4o-mini"]
+    assert [sent.model for sent in client.requests] == ["gpt-4o-mini"]
 
 
 async def test_max_concurrent_is_never_exceeded() -> None:
-    busy = Behaviour(latency=0.02)
+    busy = MockClient(ok, latency=0.02)
     manager = ResourceManager(
-        {"fast": {"model": "m", "max_concurrent": 3}}, client_factory=FakeFactory(m=busy)
+        {"fast": {"model": "m", "max_concurrent": 3}}, client_factory=busy.factory
     )
     await asyncio.wait_for(
         asyncio.gather(*(manager.complete("fast", request()) for _ in range(30))), timeout=5
     )
-    assert busy.calls == 30
+    assert len(busy.requests) == 30
     assert busy.peak == 3  # reached, never exceeded
 
 
 async def test_max_concurrent_holds_with_cancellations() -> None:
-    busy = Behaviour(latency=0.01)
+    busy = MockClient(ok, latency=0.01)
     manager = ResourceManager(
-        {"fast": {"model": "m", "max_concurrent": 2}}, client_factory=FakeFactory(m=busy)
+        {"fast": {"model": "m", "max_concurrent": 2}}, client_factory=busy.factory
     )
     tasks = [asyncio.create_task(manager.complete("fast", request())) for _ in range(20)]
     await asyncio.sleep(0)
@@ -175,15 +142,16 @@ async def test_max_concurrent_holds_with_cancellations() -> None:
 
 
 async def test_usage_counts() -> None:
-    behaviour = Behaviour(latency=0.005)
-    manager = ResourceManager({"fast": {"model": "m"}}, client_factory=FakeFactory(m=behaviour))
+    faults: dict[str, Exception] = {}
+    client = MockClient(answering(faults), latency=0.005)
+    manager = ResourceManager({"fast": {"model": "m"}}, client_factory=client.factory)
     for attempt in (0, 0, 1):
         await manager.complete("fast", request(), attempt=attempt)
-    behaviour.fail_with = PermanentError("bad request", status_code=400)
+    faults["m"] = PermanentError("bad request", status_code=400)
     with pytest.raises(PermanentError):
         await manager.complete("fast", request())
     snapshot = manager.usage()["fast"]
-    behaviour.fail_with = RateLimitError("slow down", retry_after=0.0)
+    faults["m"] = RateLimitError("slow down", retry_after=0.0)
     with pytest.raises(RateLimitError):
         await manager.complete("fast", request(), attempt=2)
 
@@ -212,16 +180,17 @@ async def test_usage_counts() -> None:
 
 
 async def test_429_pauses_the_endpoint_and_cuts_its_rate() -> None:
-    behaviour = Behaviour(fail_with=RateLimitError("429", retry_after=0.3))
+    faults: dict[str, Exception] = {"m": RateLimitError("429", retry_after=0.3)}
+    client = MockClient(answering(faults))
     manager = ResourceManager(
-        {"fast": {"model": "m", "rate_limit": 6000}}, client_factory=FakeFactory(m=behaviour)
+        {"fast": {"model": "m", "rate_limit": 6000}}, client_factory=client.factory
     )
     with pytest.raises(RateLimitError):
         await manager.complete("fast", request())
     limiter = manager.limiter("fast")
     assert limiter.paused_for > 0.2
     assert limiter.requests_per_minute == pytest.approx(3000)
-    behaviour.fail_with = None
+    faults.clear()
     loop = asyncio.get_running_loop()
     start = loop.time()
     await asyncio.wait_for(manager.complete("fast", request()), timeout=2)
@@ -237,7 +206,7 @@ async def test_token_rate_limit_is_settled_with_real_usage() -> None:
     # 150 tokens (1.5 s of budget) but reports 10 (0.1 s), so with the
     # correction each following call waits ~0.1 s; without it, 1.5 s.
     manager = ResourceManager(
-        {"fast": {"model": "m", "token_rate_limit": 6000}}, client_factory=FakeFactory()
+        {"fast": {"model": "m", "token_rate_limit": 6000}}, client_factory=MockClient(ok).factory
     )
     req = ChatRequest(messages=[{"role": "user", "content": "x" * 400}], max_tokens=50)
     for _ in range(3):
@@ -248,7 +217,7 @@ async def test_token_rate_limit_is_settled_with_real_usage() -> None:
 async def test_errors_are_reraised_unchanged() -> None:
     error = TransientError("503", status_code=503)
     manager = ResourceManager(
-        {"fast": {"model": "m"}}, client_factory=FakeFactory(m=Behaviour(fail_with=error))
+        {"fast": {"model": "m"}}, client_factory=MockClient(answering({"m": error})).factory
     )
     with pytest.raises(TransientError) as info:
         await manager.complete("fast", request())
@@ -256,11 +225,9 @@ async def test_errors_are_reraised_unchanged() -> None:
 
 
 async def test_failover_within_a_pool() -> None:
-    bad = Behaviour(fail_with=TransientError("connection reset"))
-    good = Behaviour()
+    client = MockClient(answering({"bad": TransientError("connection reset")}))
     manager = ResourceManager(
-        {"pool": [{"model": "bad"}, {"model": "good"}]},
-        client_factory=FakeFactory(bad=bad, good=good),
+        {"pool": [{"model": "bad"}, {"model": "good"}]}, client_factory=client.factory
     )
     answers = 0
     for _ in range(20):
@@ -272,13 +239,14 @@ async def test_failover_within_a_pool() -> None:
             answers += 1
             break
     assert answers == 20
-    assert bad.calls == 2  # tripped after two failures in a row, then cooling down
-    assert good.calls == 20
+    calls = Counter(sent.model for sent in client.requests)
+    assert calls["bad"] == 2  # tripped after two failures in a row, then cooling down
+    assert calls["good"] == 20
 
 
 async def test_clients_are_per_event_loop_and_state_is_shared() -> None:
-    factory = FakeFactory()
-    manager = ResourceManager({"fast": {"model": "m"}}, client_factory=factory)
+    client = MockClient(ok)
+    manager = ResourceManager({"fast": {"model": "m"}}, client_factory=client.factory)
 
     async def call() -> None:
         await manager.complete("fast", request())
@@ -286,16 +254,17 @@ async def test_clients_are_per_event_loop_and_state_is_shared() -> None:
 
     await asyncio.to_thread(asyncio.run, call())
     await asyncio.to_thread(asyncio.run, call())
-    assert factory.made == ["m", "m"]  # one client per loop, reused within it
+    made = [endpoint.model for endpoint in client.endpoints]
+    assert made == ["m", "m"]  # one client per loop, reused within it
     assert manager.usage()["fast"].successes == 4  # usage spans loops
 
     await call()
-    assert factory.made == ["m", "m", "m"]
+    assert [endpoint.model for endpoint in client.endpoints] == ["m", "m", "m"]
     await manager.aclose()
-    assert factory.behaviours["m"].closed == 1  # only this loop's client
+    assert client.closed == 1  # only this loop's client
     await call()  # a closed manager reopens on demand
-    assert factory.made[-1] == "m"
-    assert len(factory.made) == 4
+    assert client.endpoints[-1].model == "m"
+    assert len(client.endpoints) == 4
     await manager.aclose()
 
 

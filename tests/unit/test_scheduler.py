@@ -9,13 +9,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
-from _engine_fakes import Chain, FakeResources, FanOut, Upper
 
 from plait import LLMInference, Module, trace
 from plait.errors import PermanentError
 from plait.execution.scheduler import Scheduler
 from plait.execution.settings import resolve_settings
 from plait.execution.state import ExecutionState, GraphPlan
+from plait.testing import FakeResources
+from support.modules import Chain, FanOut, Upper
 
 GUARD = 30.0
 """Upper bound on any one run here, so a scheduling bug fails instead of hanging."""
@@ -69,7 +70,7 @@ def prioritised_plan() -> GraphPlan:
 
 
 async def test_independent_branches_overlap_in_time() -> None:
-    fake = FakeResources(delay=0.05)
+    fake = FakeResources(latency=0.05)
     module = FanOut(3).bind(resources=fake)
 
     output = await asyncio.wait_for(module("x"), GUARD)
@@ -85,7 +86,7 @@ async def test_independent_branches_overlap_in_time() -> None:
 
 
 async def test_inputs_of_a_batch_run_concurrently() -> None:
-    fake = FakeResources(delay=0.05)
+    fake = FakeResources(latency=0.05)
     module = LLMInference("fast").bind(resources=fake)
     outputs = await asyncio.wait_for(module([f"q{index}" for index in range(10)]), GUARD)
     assert outputs == [f"fast(q{index})" for index in range(10)]
@@ -97,7 +98,7 @@ async def test_inputs_of_a_batch_run_concurrently() -> None:
 
 @pytest.mark.parametrize(("cap", "size"), [(1, 40), (7, 300), (40, 300)])
 async def test_max_concurrent_holds_across_a_large_fan_out_batch(cap: int, size: int) -> None:
-    fake = FakeResources(delay=0.001, record=False)
+    fake = FakeResources(latency=0.001, record=False)
     module = FanOut(3).bind(resources=fake, max_concurrent=cap)
     inputs = [f"i{index}" for index in range(size)]
 
@@ -111,7 +112,7 @@ async def test_max_concurrent_holds_across_a_large_fan_out_batch(cap: int, size:
 
 
 async def test_max_concurrent_counts_calls_of_every_input_together() -> None:
-    fake = FakeResources(delay=0.002)
+    fake = FakeResources(latency=0.002)
     states = [
         ExecutionState(GraphPlan(trace(FanOut(5), "x")), (f"in{index}",), index=index)
         for index in range(20)

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from _engine_fakes import FakeResources
 
 import plait
 from plait import ExecutionSettings, LLMInference
 from plait.errors import ConfigError
 from plait.execution.settings import ResolvedSettings, active_settings, resolve_settings
+from plait.testing import FakeResources
 
 GUARD = 30.0
 DEFAULTS = ResolvedSettings()
@@ -93,7 +93,7 @@ def test_precedence_call_time_over_bind_over_blocks() -> None:
 
 
 async def test_precedence_governs_the_real_concurrency() -> None:
-    fake = FakeResources(delay=0.01)
+    fake = FakeResources(latency=0.01)
     prompts = [f"q{index}" for index in range(20)]
     async with ExecutionSettings(max_concurrent=10):
         module = LLMInference("fast").bind(resources=fake)

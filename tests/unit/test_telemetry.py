@@ -8,8 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _engine_fakes import Chain, FakeResources
-from _fake_llm import SECRET, FakeLLM, manager
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -19,6 +17,9 @@ from opentelemetry.trace import StatusCode
 from plait import LLMInference
 from plait.errors import BatchError, TransientError
 from plait.profiling import tracer_for
+from plait.testing import FakeResources, MockClient
+from support.llm import SECRET, EchoLLM, echo_llm, manager
+from support.modules import Chain
 
 GUARD = 30.0
 
@@ -59,7 +60,7 @@ def everything_in(spans: tuple[ReadableSpan, ...]) -> str:
 async def test_llm_spans_carry_the_genai_attributes(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
-    fake = FakeLLM()
+    fake = echo_llm()
     module = Chain().bind(resources=manager(fake), tracer_provider=provider)
     module.first.temperature = 0.3
     module.first.max_tokens = 64
@@ -113,7 +114,7 @@ async def test_spans_nest_run_input_node(
 async def test_content_is_recorded_only_when_asked(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
-    fake = FakeLLM()
+    fake = echo_llm()
     module = LLMInference("fast", system_prompt="be kind").bind(
         resources=manager(fake), tracer_provider=provider, capture_content=True
     )
@@ -158,8 +159,9 @@ async def test_errors_set_the_status_and_retries_are_counted(
 async def test_the_api_key_never_reaches_a_span(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
-    fake = FakeLLM()
-    fake.fail_prompts.add("then:ECHO: refused")
+    llm = EchoLLM()
+    fake = MockClient(llm)
+    llm.fail_prompts.add("then:ECHO: refused")
     module = Chain().bind(resources=manager(fake), tracer_provider=provider, capture_content=True)
     with pytest.raises(BatchError):
         await bounded(module(["ordinary", "refused"]))

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from _fakes import EchoResources
 from pydantic import BaseModel
 
 import plait
@@ -17,6 +16,7 @@ from plait.graph import NodeKind, NodeRef, ParamRef, Template
 from plait.tracing import Proxy, Tracer, current_tracer
 from plait.tracing.context import tracing
 from plait.tracing.ops import Select
+from support.resources import echo_resources
 
 TOKEN_CHARS = ("\ue000", "\ue001")
 
@@ -69,14 +69,14 @@ def test_fan_out_fan_in_has_exactly_the_expected_edges() -> None:
 
 
 def test_trace_runs_nothing() -> None:
-    resources = EchoResources()
+    resources = echo_resources()
     module = FanOutFanIn().bind(resources)
     plait.trace(module, "q")
-    assert resources.requests == []
+    assert resources.calls == []
 
 
 async def test_fan_in_call_receives_the_real_replies() -> None:
-    resources = EchoResources()
+    resources = echo_resources()
     output = await FanOutFanIn().bind(resources)("q")
 
     expected_join = (
@@ -131,7 +131,7 @@ def test_composition_records_the_dependency(name: str) -> None:
 @pytest.mark.parametrize("name", list(COMPOSITIONS))
 async def test_composition_substitutes_the_real_text(name: str) -> None:
     compose, expected = COMPOSITIONS[name]
-    resources = EchoResources()
+    resources = echo_resources()
     output = await Chain(compose).bind(resources)("q")
 
     assert resources.prompts("a") == ["q"]
@@ -155,9 +155,9 @@ async def test_nested_call_in_f_string_runs_a_first_and_sends_its_text() -> None
     assert graph.nodes["b"].dependencies == ["a"]
     assert graph.topological_order().index("a") < graph.topological_order().index("b")
 
-    resources = EchoResources()
+    resources = echo_resources()
     assert await module.bind(resources)("q") == "[b] Analyze:\n[a] q"
-    assert [alias for alias, _ in resources.requests] == ["a", "b"]
+    assert [call.alias for call in resources.calls] == ["a", "b"]
     assert resources.prompts("b") == ["Analyze:\n[a] q"]
 
 
@@ -180,9 +180,9 @@ async def test_traced_text_inside_chat_messages_is_substituted() -> None:
 
     module = Chat()
     assert plait.trace(module, "q").nodes["b"].dependencies == ["input:0", "a"]
-    resources = EchoResources()
+    resources = echo_resources()
     assert await module.bind(resources)("q") == "[b] Improve: [a] q"
-    [(_, request)] = [(alias, req) for alias, req in resources.requests if alias == "b"]
+    [request] = [call.request for call in resources.calls if call.alias == "b"]
     assert request.messages == [
         {"role": "system", "content": "sys"},
         {"role": "user", "content": "q"},
@@ -216,7 +216,7 @@ async def test_composed_and_structured_outputs_resolve_at_run_time() -> None:
             first = self.a(x)
             return {"both": [first, self.b(x)], "note": f"<{first}>", "pair": (x, first)}
 
-    output = await Multi().bind(EchoResources())("q")
+    output = await Multi().bind(echo_resources())("q")
     assert output == {"both": ["[a] q", "[b] q"], "note": "<[a] q>", "pair": ("q", "[a] q")}
 
 
@@ -229,7 +229,7 @@ async def test_forward_returning_none_gives_none() -> None:
         def forward(self, x: str) -> None:
             self.a(x)
 
-    resources = EchoResources()
+    resources = echo_resources()
     assert await SideEffect().bind(resources)("q") is None
     assert resources.prompts() == ["q"]
 
@@ -247,7 +247,7 @@ async def test_keyword_inputs_become_named_input_nodes() -> None:
     graph = plait.trace(module, question="q", context="c")
     assert graph.input_ids == ["input:question", "input:context"]
     assert set(graph.nodes["a"].dependencies) == {"input:question", "input:context"}
-    resources = EchoResources()
+    resources = echo_resources()
     assert await module.bind(resources)(question="Q?", context="C.") == "[a] C. / Q?"
 
 
@@ -278,7 +278,7 @@ def test_parameter_in_f_string_records_a_param_ref() -> None:
 
 
 async def test_execution_reads_the_parameter_current_value_without_retracing() -> None:
-    resources = EchoResources()
+    resources = echo_resources()
     module = Styled().bind(resources)
     assert await module("q") == "[a] be brief: q"
 
@@ -306,7 +306,7 @@ async def test_unowned_parameter_does_not_collide_with_an_owned_one() -> None:
     module = Owner()
     graph = plait.trace(module, "q")
     assert set(graph.parameters.values()) == {outside, module.param1}
-    assert await module.bind(EchoResources())("q") == "[a] OUTSIDE OWNED q"
+    assert await module.bind(echo_resources())("q") == "[a] OUTSIDE OWNED q"
 
 
 def test_parameter_renders_its_value_outside_tracing_and_a_token_inside() -> None:
@@ -362,7 +362,7 @@ def test_structured_access_records_select_nodes() -> None:
 
 
 async def test_structured_access_selects_the_right_values_at_run_time() -> None:
-    resources = EchoResources(structured={"answer": "yes", "score": 7, "title": "T"})
+    resources = echo_resources(structured={"answer": "yes", "score": 7, "title": "T"})
     output = await Judge().bind(resources)("q")
 
     assert output == {
@@ -384,7 +384,7 @@ async def test_whole_structured_output_embeds_as_json() -> None:
         def forward(self, x: str) -> str:
             return self.write(f"Verdict: {self.judge(x)}")
 
-    resources = EchoResources(structured={"answer": "no", "score": 1, "title": "t"})
+    resources = echo_resources(structured={"answer": "no", "score": 1, "title": "t"})
     await Summarise().bind(resources)("q")
     assert resources.prompts("write") == ['Verdict: {"answer":"no","score":1,"title":"t"}']
 
@@ -467,7 +467,7 @@ def test_tracing_error_is_a_plait_error() -> None:
 
 
 async def test_bound_call_surfaces_the_tracing_error() -> None:
-    module = Refuses(lambda out: out == "x").bind(EchoResources())
+    module = Refuses(lambda out: out == "x").bind(echo_resources())
     with pytest.raises(TracingError, match="=="):
         await module("q")
 
@@ -556,7 +556,7 @@ def test_composites_are_traced_through_and_leaves_are_nodes() -> None:
 
 async def test_leaf_module_runs_on_real_values_at_execution() -> None:
     module = Outer()
-    resources = EchoResources()
+    resources = echo_resources()
     assert await module.bind(resources)("  q  ") == "[last] [INNER] INNER:   Q"
     assert module.tidy.calls == ["[inner] inner:   q  "]
 
@@ -644,14 +644,14 @@ class Counting(Module):
 
 async def test_a_batch_of_1000_inputs_traces_once() -> None:
     module = Counting()
-    resources = EchoResources()
+    resources = echo_resources()
     inputs = [f"item {index}" for index in range(1000)]
 
     outputs = await module.bind(resources)(inputs)
 
     assert module.forward_calls == 1
     assert outputs == [f"[a] item {index}" for index in range(1000)]
-    assert len(resources.requests) == 1000
+    assert len(resources.calls) == 1000
 
 
 def test_graphs_are_cached_per_call_shape() -> None:

@@ -19,7 +19,6 @@ avoids logging, pydantic, copies and coroutine calls on its uncontended path.
 from __future__ import annotations
 
 import asyncio
-import difflib
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -91,7 +90,7 @@ class ResourceManager:
         """Fail, before anything is sent, if any alias is not configured."""
         missing = [alias for alias in dict.fromkeys(aliases) if alias not in self._routes]
         if missing:
-            raise self._unknown(missing)
+            raise UnknownAliasError.for_aliases(missing, self._routes)
 
     def retry_budget(self, alias: str) -> int | None:
         """The alias's ``max_retries`` (largest in a pool), or None to use the scheduler's."""
@@ -145,7 +144,7 @@ class ResourceManager:
         """
         route = self._routes.get(alias)
         if route is None:
-            raise self._unknown([alias])
+            raise UnknownAliasError.for_aliases([alias], self._routes)
         loop = asyncio.get_running_loop()
         state = self._state
         if loop is not self._state_loop or state is None:
@@ -266,22 +265,8 @@ class ResourceManager:
     def _route(self, alias: str) -> _Route:
         route = self._routes.get(alias)
         if route is None:
-            raise self._unknown([alias])
+            raise UnknownAliasError.for_aliases([alias], self._routes)
         return route
-
-    def _unknown(self, missing: list[str]) -> UnknownAliasError:
-        names = ", ".join(repr(alias) for alias in missing)
-        noun = "alias" if len(missing) == 1 else "aliases"
-        configured = ", ".join(repr(alias) for alias in self._routes) or "(none)"
-        message = f"unknown {noun} {names}; configured aliases: {configured}"
-        hints = []
-        for alias in missing:
-            close = difflib.get_close_matches(alias, list(self._routes), n=1)
-            if close:
-                hints.append(f"{alias!r} -> {close[0]!r}")
-        if hints:
-            message += f" (did you mean {', '.join(hints)}?)"
-        return UnknownAliasError(message)
 
     def _enter(self, loop: asyncio.AbstractEventLoop) -> LoopState:
         """Switch the cached loop state, forgetting loops that have closed.
