@@ -96,7 +96,7 @@ class LeanClient:
                     raise error_for_status(status, response.headers, raw, self._api_key)
         except _TRANSPORT_ERRORS as exc:
             raise transport_error(exc, self._url_text) from exc
-        return decode_reply(raw, request.response_format)
+        return decode_reply(raw, request.response_format, response.headers, self._api_key)
 
     async def aclose(self) -> None:
         """Close the session and its pooled connections; safe to call twice."""

@@ -15,17 +15,11 @@ from typing import Any, cast
 
 import httpx
 import openai
-from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionMessageParam
 
-from plait.clients._wire import (
-    build_body,
-    error_for_status,
-    redact,
-    structured_reply,
-    transport_error,
-)
+from plait.clients._wire import build_body, decode_reply, error_for_status, transport_error
 from plait.clients.base import ChatRequest, ChatResponse
-from plait.errors import LLMError, TransientError
+from plait.errors import LLMError
 
 __all__ = ["OpenAIClient"]
 
@@ -83,13 +77,18 @@ class OpenAIClient:
         )
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
-        """Send ``request`` and read the reply; raises the same errors as the lean client."""
+        """Send ``request`` and read the reply; raises the same errors as the lean client.
+
+        The reply's bytes go through the shared wire reader rather than the
+        SDK's model parsing, so what counts as an answer (and the error for a
+        reply that is not one) is decided in one place for both clients.
+        """
         body = build_body(request)
         model = body.pop("model")
         messages = cast(Iterable[ChatCompletionMessageParam], body.pop("messages"))
         failure: LLMError
         try:
-            completion = await self._sdk.chat.completions.create(
+            reply = await self._sdk.chat.completions.with_raw_response.create(
                 model=model,
                 messages=messages,
                 extra_body=body,
@@ -104,10 +103,9 @@ class OpenAIClient:
         except openai.APIConnectionError as exc:
             # The SDK's own message is a bland "Connection error."; the cause says which.
             failure = transport_error(exc.__cause__ or exc, f"{self._base_url}/chat/completions")
-        except (openai.APIResponseValidationError, ValueError) as exc:
-            failure = TransientError(f"malformed reply: {redact(str(exc), self._api_key)}")
         else:
-            return _read_completion(completion, request)
+            http = reply.http_response
+            return decode_reply(http.content, request.response_format, http.headers, self._api_key)
         raise failure
 
     async def aclose(self) -> None:
@@ -121,24 +119,3 @@ def _body_of(exc: openai.APIStatusError) -> bytes | str | None:
         return exc.response.content
     except httpx.ResponseNotRead:
         return exc.message
-
-
-def _read_completion(completion: ChatCompletion, request: ChatRequest) -> ChatResponse:
-    choices = completion.choices
-    if not choices or choices[0].message is None:
-        raise TransientError("malformed reply: no choices with a message")
-    choice = choices[0]
-    message = choice.message
-    content = message.content or ""
-    parsed = None
-    if request.response_format is not None:
-        parsed = structured_reply(content, message.refusal, request.response_format)
-    usage = completion.usage
-    return ChatResponse(
-        content=content,
-        model=completion.model or "",
-        finish_reason=choice.finish_reason,
-        input_tokens=(usage.prompt_tokens or 0) if usage is not None else 0,
-        output_tokens=(usage.completion_tokens or 0) if usage is not None else 0,
-        parsed=parsed,
-    )

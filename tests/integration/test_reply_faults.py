@@ -1,0 +1,199 @@
+"""Replies that must not pass for answers, over real HTTP on loopback, on both clients.
+
+Each fault is one a real endpoint, or something standing in front of it, has
+produced: a 200 whose message has no content, a gateway's HTML page, a body
+far too large to hold, a redirect to another host. The simulator always
+answers well-formed completions, so these tests run small aiohttp servers of
+their own on 127.0.0.1; every server stops when its ``async with`` ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from plait import LLMInference
+from plait.clients import ChatRequest, LeanClient, OpenAIClient
+from plait.errors import TransientError
+from plait.resources import ResourceManager
+
+KEY = "sk-fault-secret"
+GUARD = 10.0
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CLIENTS: dict[str, type[LeanClient | OpenAIClient]] = {"lean": LeanClient, "openai": OpenAIClient}
+
+
+def ask(text: str = "hello") -> ChatRequest:
+    return ChatRequest(messages=[{"role": "user", "content": text}], model="m")
+
+
+def completion(content: str | None, **message: Any) -> dict[str, Any]:
+    return {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, **message},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+
+
+@dataclass
+class Seen:
+    """What one fault server was sent: each request's method, path, headers and body."""
+
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    async def record(self, request: web.Request) -> None:
+        body = await request.read()
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "headers": {name.lower(): value for name, value in request.headers.items()},
+                "body": body.decode("utf-8", "replace"),
+            }
+        )
+
+
+@contextlib.asynccontextmanager
+async def serve(handler: Handler, *, any_route: bool = False) -> AsyncIterator[str]:
+    """Serve ``handler`` on a free loopback port; yields the ``/v1`` base URL."""
+    app = web.Application()
+    if any_route:
+        app.router.add_route("*", "/{tail:.*}", handler)
+    else:
+        app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture(params=list(CLIENTS))
+async def client_name(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+async def make_client(client_name: str) -> AsyncIterator[Callable[..., LeanClient | OpenAIClient]]:
+    made: list[LeanClient | OpenAIClient] = []
+
+    def make(base_url: str, **options: Any) -> LeanClient | OpenAIClient:
+        client = CLIENTS[client_name](base_url, KEY, timeout=GUARD, **options)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.aclose()
+
+
+# -- 1. a reply without what was asked is transient --------------------------------------
+
+NOT_AN_ANSWER: dict[str, tuple[Callable[[], web.Response], str]] = {
+    "null content": (
+        lambda: web.json_response(completion(None)),
+        r"content is null and it has no tool calls",
+    ),
+    "no choices": (
+        lambda: web.json_response({"id": "c", "object": "chat.completion", "model": "m"}),
+        r"the body has no 'choices'",
+    ),
+    "empty choices": (
+        lambda: web.json_response({**completion("x"), "choices": []}),
+        r"'choices' is empty",
+    ),
+    "choice without a message": (
+        lambda: web.json_response({**completion("x"), "choices": [{"index": 0}]}),
+        r"the first choice has no 'message'",
+    ),
+    "html with status 200": (
+        lambda: web.Response(
+            text="<html><body><h1>502 Bad Gateway</h1></body></html>", content_type="text/html"
+        ),
+        r"the body is not JSON \(text/html[^)]*\): <html>",
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", list(NOT_AN_ANSWER))
+async def test_a_reply_that_carries_no_answer_is_transient(
+    make_client: Callable[..., LeanClient | OpenAIClient], fault: str
+) -> None:
+    reply, names = NOT_AN_ANSWER[fault]
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        return reply()
+
+    async with serve(handle) as base_url:
+        with pytest.raises(TransientError, match=f"^malformed reply: .*{names}") as caught:
+            await asyncio.wait_for(make_client(base_url).complete(ask()), GUARD)
+    assert KEY not in str(caught.value)
+
+
+async def test_an_empty_string_is_still_an_answer(
+    make_client: Callable[..., LeanClient | OpenAIClient],
+) -> None:
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response(completion(""))
+
+    async with serve(handle) as base_url:
+        response = await make_client(base_url).complete(ask())
+    assert response.content == ""
+
+
+async def test_a_null_content_reply_is_retried_and_never_cached(
+    client_name: str, tmp_path: Path
+) -> None:
+    """Through the real engine, resource manager and response cache: the first
+    reply has no content, the retry gets the answer, and only the answer is stored."""
+    seen = Seen()
+
+    async def handle(request: web.Request) -> web.Response:
+        await seen.record(request)
+        return web.json_response(completion(None if len(seen.requests) == 1 else "the answer"))
+
+    async with serve(handle) as base_url:
+        config = {
+            "llm": {"model": "m", "base_url": base_url, "api_key": KEY, "client": client_name}
+        }
+        first = ResourceManager(config)
+        try:
+            module = LLMInference("llm").bind(
+                resources=first, cache=tmp_path / "cache", task_retry_delay=0.0
+            )
+            assert await asyncio.wait_for(module("q"), GUARD) == "the answer"
+            assert len(seen.requests) == 2
+            assert first.usage()["llm"].retries == 1
+        finally:
+            await first.aclose()
+
+        # A new manager reads only what the cache file holds.
+        second = ResourceManager(config)
+        try:
+            module = LLMInference("llm").bind(resources=second, cache=tmp_path / "cache")
+            assert await asyncio.wait_for(module("q"), GUARD) == "the answer"
+            assert len(seen.requests) == 2
+            assert second.usage()["llm"].cache_hits == 1
+        finally:
+            await second.aclose()
