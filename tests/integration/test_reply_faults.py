@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from aiohttp import web
 
 from plait import LLMInference
 from plait.clients import ChatRequest, LeanClient, OpenAIClient
-from plait.errors import TransientError
+from plait.errors import ConfigError, PermanentError, TransientError
 from plait.resources import ResourceManager
 
 KEY = "sk-fault-secret"
@@ -197,3 +199,62 @@ async def test_a_null_content_reply_is_retried_and_never_cached(
             assert second.usage()["llm"].cache_hits == 1
         finally:
             await second.aclose()
+
+
+# -- 3. redirects are not followed ------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_a_redirect_to_another_origin_is_not_followed(
+    make_client: Callable[..., LeanClient | OpenAIClient], status: int
+) -> None:
+    """Two ports are two origins; the second must never see the prompt or the key."""
+    elsewhere = Seen()
+    origin = Seen()
+
+    async def record_elsewhere(request: web.Request) -> web.Response:
+        await elsewhere.record(request)
+        return web.json_response(completion("stolen"))
+
+    async with serve(record_elsewhere, any_route=True) as other_url:
+        target = f"{other_url}/chat/completions"
+
+        async def redirect(request: web.Request) -> web.Response:
+            await origin.record(request)
+            return web.Response(status=status, headers={"Location": target})
+
+        async with serve(redirect) as base_url:
+            client = make_client(base_url, headers={"api-key": KEY})
+            with pytest.raises(PermanentError) as caught:
+                await asyncio.wait_for(client.complete(ask("the secret prompt")), GUARD)
+    assert elsewhere.requests == []
+    assert len(origin.requests) == 1
+    assert origin.requests[0]["headers"]["api-key"] == KEY
+    assert caught.value.status_code == status
+    assert f"HTTP {status}" in str(caught.value)
+    assert target in str(caught.value)
+    assert "does not follow redirects" in str(caught.value)
+
+
+async def test_a_same_origin_redirect_is_not_followed_either(
+    make_client: Callable[..., LeanClient | OpenAIClient],
+) -> None:
+    seen = Seen()
+
+    async def handle(request: web.Request) -> web.Response:
+        await seen.record(request)
+        if request.path == "/v1/chat/completions":
+            return web.Response(status=307, headers={"Location": "/v2/chat/completions"})
+        return web.json_response(completion("moved"))
+
+    async with serve(handle, any_route=True) as base_url:
+        with pytest.raises(PermanentError, match=r"HTTP 307.*/v2/chat/completions"):
+            await make_client(base_url).complete(ask())
+    assert [request["path"] for request in seen.requests] == ["/v1/chat/completions"]
+    assert json.loads(seen.requests[0]["body"])["messages"] == ask().messages
+
+
+async def test_an_injected_http_client_that_follows_redirects_is_refused() -> None:
+    async with httpx.AsyncClient(follow_redirects=True) as http:
+        with pytest.raises(ConfigError, match="follow_redirects=False"):
+            OpenAIClient("http://127.0.0.1:1/v1", KEY, http_client=http)

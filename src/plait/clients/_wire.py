@@ -182,7 +182,21 @@ def error_for_status(
     408, 409 and 5xx are worth retrying; any other status is final. The
     message carries the status and the server's own explanation, with
     ``secret`` blanked out in case the server echoed the key back.
+
+    A redirect is final too: neither client follows one, since following it
+    would send the prompt, and headers that may hold credentials, to wherever
+    the ``Location`` points. The message names that place so the endpoint's
+    ``base_url`` can be set to it.
     """
+    if 300 <= status < 400:
+        lowered = {name.lower(): value for name, value in headers.items()}
+        location = redact(lowered.get("location", "nowhere (no Location header)"), secret)
+        return PermanentError(
+            f"HTTP {status}: the endpoint redirects to {location}; plait does not follow "
+            "redirects (they would carry the prompt and the key along), so set the "
+            "endpoint's base_url to the final address",
+            status_code=status,
+        )
     detail = redact(_server_message(body), secret)
     message = f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
     if status == 429:

@@ -89,7 +89,7 @@ class LeanClient:
         if session is None:
             session = self._open()
         try:
-            async with session.post(self._url, data=data) as response:
+            async with session.post(self._url, data=data, allow_redirects=False) as response:
                 raw = await response.read()
                 status = response.status
                 if status >= 300:

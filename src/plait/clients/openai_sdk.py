@@ -19,7 +19,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from plait.clients._wire import build_body, decode_reply, error_for_status, transport_error
 from plait.clients.base import ChatRequest, ChatResponse
-from plait.errors import LLMError
+from plait.errors import ConfigError, LLMError
 
 __all__ = ["OpenAIClient"]
 
@@ -34,7 +34,8 @@ class OpenAIClient:
     By default the SDK runs on its aiohttp transport (the httpx one costs ten
     times the CPU per request); ``http_client`` injects another, e.g. a plain
     ``httpx.AsyncClient`` that respx can intercept in tests. An injected
-    client belongs to the caller and is not closed by :meth:`aclose`.
+    client belongs to the caller and is not closed by :meth:`aclose`; it must
+    not follow redirects, which no plait client does.
     """
 
     __slots__ = ("_api_key", "_base_url", "_extra_headers", "_owns_http", "_sdk", "_timeout")
@@ -57,7 +58,15 @@ class OpenAIClient:
             limits = httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             )
-            http_client = openai.DefaultAioHttpClient(timeout=timeout, limits=limits)
+            # The SDK's default follows redirects; plait never does (see error_for_status).
+            http_client = openai.DefaultAioHttpClient(
+                timeout=timeout, limits=limits, follow_redirects=False
+            )
+        elif http_client.follow_redirects:
+            raise ConfigError(
+                "the http_client given to OpenAIClient follows redirects, which would send the "
+                "prompt and the key wherever a reply points; build it with follow_redirects=False"
+            )
         self._sdk = openai.AsyncOpenAI(
             api_key=api_key or _NO_KEY,
             base_url=self._base_url,
