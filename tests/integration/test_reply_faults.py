@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from aiohttp import web
 
 from plait import LLMInference
 from plait.clients import ChatRequest, LeanClient, OpenAIClient
-from plait.errors import ConfigError, PermanentError, TransientError
+from plait.errors import ConfigError, PermanentError, ResponseTooLargeError, TransientError
 from plait.resources import ResourceManager
 
 KEY = "sk-fault-secret"
@@ -199,6 +200,101 @@ async def test_a_null_content_reply_is_retried_and_never_cached(
             assert second.usage()["llm"].cache_hits == 1
         finally:
             await second.aclose()
+
+
+# -- 2. replies are size-capped -----------------------------------------------------------
+
+CAP = 64 * 1024
+BODY = 1024 * 1024
+CHUNK = 16 * 1024
+
+
+@dataclass
+class Sender:
+    """A server that sends ``BODY`` bytes of JSON whitespace slowly, noting how far it got."""
+
+    declare_length: bool
+    sent: int = 0
+    finished: bool = False
+    cut_off: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if self.declare_length:
+            response.content_length = BODY
+        try:
+            await response.prepare(request)
+            while self.sent < BODY:
+                await response.write(b" " * CHUNK)
+                self.sent += CHUNK
+                await asyncio.sleep(0.02)
+            self.finished = True
+        except ConnectionError:
+            self.cut_off = True
+        finally:
+            self.done.set()
+        return response
+
+
+@pytest.mark.parametrize("declare_length", [False, True], ids=["chunked", "content-length"])
+async def test_a_reply_over_the_cap_is_refused_before_it_is_all_sent(
+    make_client: Callable[..., LeanClient | OpenAIClient], declare_length: bool
+) -> None:
+    sender = Sender(declare_length)
+    async with serve(sender.handle) as base_url:
+        client = make_client(base_url, max_response_bytes=CAP)
+        with pytest.raises(ResponseTooLargeError) as caught:
+            await asyncio.wait_for(client.complete(ask()), GUARD)
+        assert not sender.finished, "the client waited for the whole body"
+        await asyncio.wait_for(sender.done.wait(), GUARD)
+    message = str(caught.value)
+    assert f"{base_url}/chat/completions" in message
+    assert f"max_response_bytes ({CAP})" in message
+    assert sender.cut_off, "the client should close the connection, not drain it"
+    assert sender.sent < BODY
+
+
+async def test_a_compressed_reply_is_capped_by_its_decoded_size(
+    make_client: Callable[..., LeanClient | OpenAIClient],
+) -> None:
+    """A few kilobytes of gzip that inflate to a mebibyte must not get past a 64 KiB cap."""
+    packed = gzip.compress(b" " * BODY)
+    assert len(packed) < CAP
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        return web.Response(body=packed, headers=headers)
+
+    async with serve(handle) as base_url:
+        with pytest.raises(ResponseTooLargeError, match=r"max_response_bytes \(65536\)"):
+            await make_client(base_url, max_response_bytes=CAP).complete(ask())
+
+
+async def test_a_reply_under_the_cap_is_read(
+    make_client: Callable[..., LeanClient | OpenAIClient],
+) -> None:
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response(completion("x" * (CAP // 2)))
+
+    async with serve(handle) as base_url:
+        response = await make_client(base_url, max_response_bytes=CAP).complete(ask())
+    assert response.content == "x" * (CAP // 2)
+
+
+async def test_an_error_body_over_the_cap_is_refused_too(
+    make_client: Callable[..., LeanClient | OpenAIClient],
+) -> None:
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"error": {"message": "x" * (2 * CAP)}}, status=500)
+
+    async with serve(handle) as base_url:
+        with pytest.raises(ResponseTooLargeError):
+            await make_client(base_url, max_response_bytes=CAP).complete(ask())
 
 
 # -- 3. redirects are not followed ------------------------------------------------------

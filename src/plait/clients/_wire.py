@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -24,15 +24,18 @@ from plait.errors import (
     LLMError,
     PermanentError,
     RateLimitError,
+    ResponseTooLargeError,
     ResponseValidationError,
     TransientError,
 )
 
 __all__ = [
     "build_body",
+    "check_declared_length",
     "decode_reply",
     "encode_body",
     "error_for_status",
+    "read_capped",
     "redact",
     "retry_after_seconds",
     "transport_error",
@@ -168,6 +171,37 @@ def _structured_reply(
             f"the model refused to produce {response_format.__name__}: {refusal}"
         )
     return validate_reply(content, response_format)
+
+
+def check_declared_length(declared: int | None, cap: int, url: str) -> None:
+    """Refuse a reply whose ``Content-Length`` is over ``cap`` before reading any of it."""
+    if declared is not None and declared > cap:
+        raise _too_large(url, cap, f"it declares {declared} bytes")
+
+
+async def read_capped(chunks: AsyncIterable[bytes], cap: int, url: str) -> bytes:
+    """The body ``chunks`` add up to, refusing it as soon as it passes ``cap`` bytes.
+
+    The chunks are the decoded body, so a compressed reply is held to the
+    same cap as a plain one. The caller closes the connection when this
+    raises; the rest of the body is never read.
+    """
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > cap:
+            raise _too_large(url, cap, f"more than {cap} bytes arrived")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _too_large(url: str, cap: int, why: str) -> ResponseTooLargeError:
+    return ResponseTooLargeError(
+        f"the reply from {url} is larger than max_response_bytes ({cap}): {why}; "
+        "reading stopped there (raise the endpoint's max_response_bytes if such "
+        "replies are expected)"
+    )
 
 
 def error_for_status(

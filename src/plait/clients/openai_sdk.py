@@ -17,8 +17,15 @@ import httpx
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
-from plait.clients._wire import build_body, decode_reply, error_for_status, transport_error
-from plait.clients.base import ChatRequest, ChatResponse
+from plait.clients._wire import (
+    build_body,
+    check_declared_length,
+    decode_reply,
+    error_for_status,
+    read_capped,
+    transport_error,
+)
+from plait.clients.base import DEFAULT_MAX_RESPONSE_BYTES, ChatRequest, ChatResponse
 from plait.errors import ConfigError, LLMError
 
 __all__ = ["OpenAIClient"]
@@ -35,7 +42,8 @@ class OpenAIClient:
     times the CPU per request); ``http_client`` injects another, e.g. a plain
     ``httpx.AsyncClient`` that respx can intercept in tests. An injected
     client belongs to the caller and is not closed by :meth:`aclose`; it must
-    not follow redirects, which no plait client does.
+    not follow redirects, which no plait client does, and ``max_response_bytes``
+    bounds only the replies of the client built here.
     """
 
     __slots__ = ("_api_key", "_base_url", "_extra_headers", "_owns_http", "_sdk", "_timeout")
@@ -48,6 +56,7 @@ class OpenAIClient:
         timeout: float = 60.0,
         headers: Mapping[str, str] | None = None,
         max_connections: int = 100,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
@@ -59,8 +68,12 @@ class OpenAIClient:
                 max_connections=max_connections, max_keepalive_connections=max_connections
             )
             # The SDK's default follows redirects; plait never does (see error_for_status).
-            http_client = openai.DefaultAioHttpClient(
-                timeout=timeout, limits=limits, follow_redirects=False
+            http_client = _CappedHttpClient(
+                max_response_bytes,
+                f"{self._base_url}/chat/completions",
+                timeout=timeout,
+                limits=limits,
+                follow_redirects=False,
             )
         elif http_client.follow_redirects:
             raise ConfigError(
@@ -110,8 +123,13 @@ class OpenAIClient:
                 exc.status_code, exc.response.headers, _body_of(exc), self._api_key
             )
         except openai.APIConnectionError as exc:
-            # The SDK's own message is a bland "Connection error."; the cause says which.
-            failure = transport_error(exc.__cause__ or exc, f"{self._base_url}/chat/completions")
+            # The SDK's own message is a bland "Connection error."; the cause says
+            # which, and is already a plait error when the body passed the cap.
+            cause = exc.__cause__ or exc
+            if isinstance(cause, LLMError):
+                failure = cause
+            else:
+                failure = transport_error(cause, f"{self._base_url}/chat/completions")
         else:
             http = reply.http_response
             return decode_reply(http.content, request.response_format, http.headers, self._api_key)
@@ -121,6 +139,53 @@ class OpenAIClient:
         """Close the SDK's HTTP client, unless the caller supplied it."""
         if self._owns_http:
             await self._sdk.close()
+
+
+class _CappedHttpClient(openai.DefaultAioHttpClient):
+    """The SDK's aiohttp-backed httpx client, reading each body under a size cap.
+
+    httpx would read a whole body into memory before the SDK sees it, error
+    bodies included. This reads the decoded body in chunks and stops once it
+    passes the cap, closing the connection; a body within the cap is handed
+    on as an ordinary, already-read response.
+    """
+
+    def __init__(self, max_response_bytes: int, url: str, **options: Any) -> None:
+        super().__init__(**options)
+        self._cap = max_response_bytes
+        self._url = url
+
+    async def send(
+        self, request: httpx.Request, *, stream: bool = False, **options: Any
+    ) -> httpx.Response:
+        response = await super().send(request, stream=True, **options)
+        if stream:
+            return response
+        try:
+            declared = response.headers.get("Content-Length")
+            check_declared_length(
+                int(declared) if declared and declared.isdigit() else None, self._cap, self._url
+            )
+            body = await read_capped(response.aiter_bytes(), self._cap, self._url)
+        finally:
+            await response.aclose()
+        read = httpx.Response(
+            response.status_code,
+            headers=[
+                (name, value)
+                for name, value in response.headers.multi_items()
+                if name.lower() not in _BODY_FRAMING
+            ],
+            content=body,
+            request=request,
+            extensions=response.extensions,
+        )
+        read.elapsed = response.elapsed
+        return read
+
+
+# Headers that describe the body as sent; the rebuilt response holds it decoded.
+_BODY_FRAMING = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 
 def _body_of(exc: openai.APIStatusError) -> bytes | str | None:
