@@ -165,6 +165,18 @@ async def test_an_empty_string_is_still_an_answer(
     assert response.content == ""
 
 
+async def test_a_refusal_of_a_plain_request_is_final_not_an_empty_answer(
+    make_client: Callable[..., LeanClient | OpenAIClient],
+) -> None:
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response(completion(None, refusal="I can't help with that."))
+
+    async with serve(handle) as base_url:
+        with pytest.raises(PermanentError, match="refused to answer: I can't help with that"):
+            await make_client(base_url).complete(ask())
+
+
 async def test_a_null_content_reply_is_retried_and_never_cached(
     client_name: str, tmp_path: Path
 ) -> None:

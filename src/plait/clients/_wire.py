@@ -126,7 +126,9 @@ def _read_reply(data: Any, response_format: type[BaseModel] | None) -> ChatRespo
         content = _absent_content(message, refusal, response_format, choice.get("finish_reason"))
     elif not isinstance(content, str):
         raise TransientError("malformed reply: the message's content is not a string")
-    usage = data.get("usage") or {}
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        usage = {}
     parsed = None
     if response_format is not None:
         parsed = _structured_reply(content, refusal, response_format)

@@ -210,7 +210,7 @@ class Render(Op):
         fields = dict.fromkeys(_FIELD.findall(text))
         missing = [name for name in fields if name not in values]
         if missing:
-            raise ExecutionError(f"template {text!r} needs values for {missing}")
+            raise TemplateError(f"template {_clip(text)!r} needs values for {missing}")
         texts = {name: to_text(payload_of(values[name])) for name in fields}
         output = _Bounded(text)
         start = 0
