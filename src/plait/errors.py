@@ -15,12 +15,14 @@ catch the library's failures in one place::
     ├── ExecutionError (RuntimeError)
     │   ├── TaskTimeoutError (TimeoutError)
     │   ├── CancelledNodeError              an upstream node failed
-    │   └── BatchError                      some inputs of a batch failed
+    │   ├── BatchError                      some inputs of a batch failed
+    │   └── TemplateError                   a format template asks for more than text
     ├── LLMError                            an endpoint call failed
     │   ├── TransientError                  worth retrying
     │   │   └── RateLimitError              429, with the server's delay
     │   └── PermanentError                  retrying cannot help
-    │       └── ResponseValidationError     a reply did not fit response_format
+    │       ├── ResponseValidationError     a reply did not fit response_format
+    │       └── ResponseTooLargeError       a reply passed max_response_bytes
     ├── BackwardError (RuntimeError)
     ├── StorageError                        checkpoints and the cache
     │   ├── CheckpointError
@@ -156,6 +158,16 @@ class BatchError(ExecutionError):
         return list(self.failures)
 
 
+class TemplateError(ExecutionError):
+    """A ``F.format`` template cannot be filled safely.
+
+    Templates are often data (a model's reply, a prompt an optimizer rewrote),
+    so one may hold only plain ``{name}`` / ``{0}`` / ``{}`` fields: a format
+    spec or conversion would let the text drive Python's format language, and
+    the filled text is bounded in size.
+    """
+
+
 class LLMError(PlaitError):
     """A call to an LLM endpoint failed."""
 
@@ -188,6 +200,10 @@ class PermanentError(LLMError):
 
 class ResponseValidationError(PermanentError):
     """A reply did not validate against the requested ``response_format`` model."""
+
+
+class ResponseTooLargeError(PermanentError):
+    """A reply body passed the endpoint's ``max_response_bytes``; reading stopped there."""
 
 
 class BackwardError(PlaitError, RuntimeError):

@@ -38,9 +38,14 @@ def concat(*parts: Any, sep: str = "") -> Any:
 
 
 def format(template: str | Parameter, *args: Any, **kwargs: Any) -> Any:
-    """``template.format(...)`` with the texts of the arguments.
+    """``template.format(...)`` with the texts of the arguments, plain fields only.
 
-    A Parameter template is read when the op runs, so an optimizer may rewrite it.
+    A Parameter template is read when the op runs, so an optimizer may rewrite it;
+    the template may also be a model's reply. Either way it is data, so only
+    ``{name}``, ``{0}`` and ``{}`` fields are filled: a format spec, a
+    conversion or an attribute lookup raises :class:`~plait.errors.TemplateError`,
+    as does a result longer than ``MAX_TEMPLATE_OUTPUT`` characters. (An
+    ``str.format`` call on a literal in a traced ``forward`` is untouched.)
     """
     return _apply(Format(), "format", (template, *args), kwargs)
 

@@ -108,12 +108,15 @@ def test_reply_fields_are_read() -> None:
     assert response.parsed is None
 
 
-def test_null_content_becomes_empty_and_missing_usage_counts_zero() -> None:
-    raw = json.dumps({"model": "m", "choices": [{"message": {"content": None}}]}).encode()
+def test_null_content_is_transient_and_missing_usage_counts_zero() -> None:
+    raw = json.dumps({"model": "m", "choices": [{"message": {"content": ""}}]}).encode()
     response = decode_reply(raw, None)
     assert response.content == ""
     assert (response.input_tokens, response.output_tokens) == (0, 0)
     assert response.finish_reason is None
+    null = json.dumps({"model": "m", "choices": [{"message": {"content": None}}]}).encode()
+    with pytest.raises(TransientError, match="content is null and it has no tool calls"):
+        decode_reply(null, None)
 
 
 @pytest.mark.parametrize(

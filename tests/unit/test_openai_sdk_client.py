@@ -73,12 +73,15 @@ async def test_success_reads_the_reply(mock: respx.MockRouter, client: OpenAICli
 
 
 async def test_null_content_and_missing_usage(mock: respx.MockRouter, client: OpenAIClient) -> None:
-    reply = completion(None)
+    reply = completion("")
     del reply["usage"]
-    mock.post("/chat/completions").respond(200, json=reply)
+    route = mock.post("/chat/completions").respond(200, json=reply)
     response = await client.complete(ChatRequest(messages=MESSAGES, model="m"))
     assert response.content == ""
     assert (response.input_tokens, response.output_tokens) == (0, 0)
+    route.respond(200, json=completion(None))
+    with pytest.raises(TransientError, match="content is null and it has no tool calls"):
+        await client.complete(ChatRequest(messages=MESSAGES, model="m"))
 
 
 async def test_request_fields_and_options_reach_the_wire(

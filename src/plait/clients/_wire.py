@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -24,24 +24,26 @@ from plait.errors import (
     LLMError,
     PermanentError,
     RateLimitError,
+    ResponseTooLargeError,
     ResponseValidationError,
     TransientError,
 )
 
 __all__ = [
     "build_body",
+    "check_declared_length",
     "decode_reply",
     "encode_body",
     "error_for_status",
-    "read_reply",
+    "read_capped",
     "redact",
     "retry_after_seconds",
-    "structured_reply",
     "transport_error",
 ]
 
 _REDACTED = "***"
 _MAX_SERVER_MESSAGE = 500
+_MAX_EXCERPT = 120
 # 408 (request timeout) and 409 (conflict, e.g. a lock held elsewhere) say
 # "not now" rather than "never"; every OpenAI-compatible SDK retries them too.
 _TRANSIENT_4XX = frozenset({408, 409})
@@ -71,37 +73,65 @@ def encode_body(request: ChatRequest) -> bytes:
     return json.dumps(build_body(request), separators=(",", ":")).encode()
 
 
-def decode_reply(raw: bytes, response_format: type[BaseModel] | None) -> ChatResponse:
+def decode_reply(
+    raw: bytes,
+    response_format: type[BaseModel] | None,
+    headers: Mapping[str, str] | None = None,
+    secret: str | None = None,
+) -> ChatResponse:
     """Read a 2xx body.
 
+    ``headers`` are only looked at when the body is not JSON, to say what it
+    was; the excerpt quoted then has ``secret`` blanked out.
+
     Raises:
-        TransientError: the body is not JSON or has no choices; a server that
-            sent half a body will usually send a whole one next time.
+        TransientError: the body is not JSON or does not carry an answer; a
+            server that sent half a body, or a proxy's error page, will
+            usually send a whole reply next time.
         ResponseValidationError: the reply does not fit ``response_format``.
     """
     try:
         data = json.loads(raw)
     except ValueError:
-        raise TransientError("malformed reply: the body is not valid JSON") from None
-    return read_reply(data, response_format)
+        kind = (headers or {}).get("Content-Type") or "no content type"
+        head = raw[: 4 * _MAX_EXCERPT].decode("utf-8", "replace")
+        text = redact(" ".join(head.split()), secret)
+        excerpt = _clip(text, _MAX_EXCERPT)
+        raise TransientError(
+            f"malformed reply: the body is not JSON ({kind}): {excerpt or '(empty)'}"
+        ) from None
+    return _read_reply(data, response_format)
 
 
-def read_reply(data: Any, response_format: type[BaseModel] | None) -> ChatResponse:
-    """Turn a decoded chat-completions reply into a :class:`ChatResponse`."""
-    try:
-        choice = data["choices"][0]
-        message = choice["message"]
-        content = message.get("content")
-    except (KeyError, IndexError, TypeError, AttributeError):
-        raise TransientError("malformed reply: no choices with a message") from None
+def _read_reply(data: Any, response_format: type[BaseModel] | None) -> ChatResponse:
+    """Turn a decoded chat-completions reply into a :class:`ChatResponse`.
+
+    A reply must carry what was asked: a first choice whose message has text
+    (or tool calls, or a refusal). Anything less is a :class:`TransientError`
+    naming what was missing, never an empty answer that a cache or a
+    checkpoint would then keep.
+    """
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list):
+        raise TransientError("malformed reply: the body has no 'choices'")
+    if not choices:
+        raise TransientError("malformed reply: 'choices' is empty")
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise TransientError("malformed reply: the first choice has no 'message'")
+    content = message.get("content")
+    refusal = message.get("refusal")
     if content is None:
-        content = ""
+        content = _absent_content(message, refusal, response_format, choice.get("finish_reason"))
     elif not isinstance(content, str):
-        raise TransientError("malformed reply: message content is not a string")
-    usage = data.get("usage") or {}
+        raise TransientError("malformed reply: the message's content is not a string")
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        usage = {}
     parsed = None
     if response_format is not None:
-        parsed = structured_reply(content, message.get("refusal"), response_format)
+        parsed = _structured_reply(content, refusal, response_format)
     return ChatResponse(
         content=content,
         model=data.get("model") or "",
@@ -112,7 +142,29 @@ def read_reply(data: Any, response_format: type[BaseModel] | None) -> ChatRespon
     )
 
 
-def structured_reply(
+def _absent_content(
+    message: dict[str, Any],
+    refusal: Any,
+    response_format: type[BaseModel] | None,
+    finish_reason: Any,
+) -> str:
+    """What a message with ``content: null`` stands for, or the error it is.
+
+    Tool calls are an answer without text, and a refusal to a structured
+    request is reported by :func:`_structured_reply`; both read as ``""``. A
+    refusal of a plain request is final. Nothing at all is a bad reply.
+    """
+    if message.get("tool_calls") or (refusal and response_format is not None):
+        return ""
+    if refusal:
+        raise PermanentError(f"the model refused to answer: {_clip(str(refusal))}")
+    raise TransientError(
+        "malformed reply: the message's content is null and it has no tool calls "
+        f"(finish_reason {finish_reason!r})"
+    )
+
+
+def _structured_reply(
     content: str, refusal: str | None, response_format: type[BaseModel]
 ) -> BaseModel:
     """Validate a structured reply, naming a refusal as such rather than as bad JSON."""
@@ -121,6 +173,37 @@ def structured_reply(
             f"the model refused to produce {response_format.__name__}: {refusal}"
         )
     return validate_reply(content, response_format)
+
+
+def check_declared_length(declared: int | None, cap: int, url: str) -> None:
+    """Refuse a reply whose ``Content-Length`` is over ``cap`` before reading any of it."""
+    if declared is not None and declared > cap:
+        raise _too_large(url, cap, f"it declares {declared} bytes")
+
+
+async def read_capped(chunks: AsyncIterable[bytes], cap: int, url: str) -> bytes:
+    """The body ``chunks`` add up to, refusing it as soon as it passes ``cap`` bytes.
+
+    The chunks are the decoded body, so a compressed reply is held to the
+    same cap as a plain one. The caller closes the connection when this
+    raises; the rest of the body is never read.
+    """
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > cap:
+            raise _too_large(url, cap, f"more than {cap} bytes arrived")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _too_large(url: str, cap: int, why: str) -> ResponseTooLargeError:
+    return ResponseTooLargeError(
+        f"the reply from {url} is larger than max_response_bytes ({cap}): {why}; "
+        "reading stopped there (raise the endpoint's max_response_bytes if such "
+        "replies are expected)"
+    )
 
 
 def error_for_status(
@@ -135,7 +218,21 @@ def error_for_status(
     408, 409 and 5xx are worth retrying; any other status is final. The
     message carries the status and the server's own explanation, with
     ``secret`` blanked out in case the server echoed the key back.
+
+    A redirect is final too: neither client follows one, since following it
+    would send the prompt, and headers that may hold credentials, to wherever
+    the ``Location`` points. The message names that place so the endpoint's
+    ``base_url`` can be set to it.
     """
+    if 300 <= status < 400:
+        lowered = {name.lower(): value for name, value in headers.items()}
+        location = redact(lowered.get("location", "nowhere (no Location header)"), secret)
+        return PermanentError(
+            f"HTTP {status}: the endpoint redirects to {location}; plait does not follow "
+            "redirects (they would carry the prompt and the key along), so set the "
+            "endpoint's base_url to the final address",
+            status_code=status,
+        )
     detail = redact(_server_message(body), secret)
     message = f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
     if status == 429:
@@ -221,7 +318,7 @@ def _message_in(data: Any) -> str | None:
     return None
 
 
-def _clip(text: str) -> str:
-    if len(text) <= _MAX_SERVER_MESSAGE:
+def _clip(text: str, limit: int = _MAX_SERVER_MESSAGE) -> str:
+    if len(text) <= limit:
         return text
-    return text[:_MAX_SERVER_MESSAGE] + "..."
+    return text[:limit] + "..."

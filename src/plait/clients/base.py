@@ -13,6 +13,13 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+"""The largest reply body a client reads, unless its endpoint says otherwise.
+
+A chat completion is kilobytes; 16 MiB leaves room for long structured
+replies while a broken or hostile server cannot make a client hold gigabytes.
+"""
+
 
 @dataclass(slots=True)
 class ChatRequest:
@@ -48,8 +55,10 @@ class LLMClient(Protocol):
 
     Implementations raise :class:`plait.errors.RateLimitError` on 429,
     :class:`plait.errors.TransientError` on connection failures, timeouts, 5xx
-    and unreadable bodies, and :class:`plait.errors.PermanentError` on any
-    other refusal, so the scheduler can decide between retry and failure.
+    and bodies that are unreadable or carry no answer, and
+    :class:`plait.errors.PermanentError` on any other refusal (a redirect, a
+    body over ``max_response_bytes``), so the scheduler can decide between
+    retry and failure.
     """
 
     async def complete(self, request: ChatRequest) -> ChatResponse: ...

@@ -13,10 +13,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import aiohttp
+from aiohttp import hdrs
 from yarl import URL
 
-from plait.clients._wire import decode_reply, encode_body, error_for_status, transport_error
-from plait.clients.base import ChatRequest, ChatResponse
+from plait.clients._wire import (
+    check_declared_length,
+    decode_reply,
+    encode_body,
+    error_for_status,
+    read_capped,
+    transport_error,
+)
+from plait.clients.base import DEFAULT_MAX_RESPONSE_BYTES, ChatRequest, ChatResponse
 
 __all__ = ["LeanClient"]
 
@@ -31,7 +39,8 @@ class LeanClient:
     Create it inside the event loop that will use it; the HTTP session is
     opened on the first request and bound to that loop. Connections are kept
     alive and capped at ``max_connections``; ``timeout`` bounds each whole
-    request. Call :meth:`aclose` to release them.
+    request and ``max_response_bytes`` each reply body. Call :meth:`aclose`
+    to release them.
     """
 
     __slots__ = (
@@ -39,6 +48,7 @@ class LeanClient:
         "_base_url",
         "_headers",
         "_max_connections",
+        "_max_response_bytes",
         "_session",
         "_timeout",
         "_url",
@@ -53,6 +63,7 @@ class LeanClient:
         timeout: float = 60.0,
         headers: Mapping[str, str] | None = None,
         max_connections: int = 100,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._url_text = f"{self._base_url}/chat/completions"
@@ -60,6 +71,7 @@ class LeanClient:
         self._api_key = api_key
         self._timeout = timeout
         self._max_connections = max_connections
+        self._max_response_bytes = max_response_bytes
         fixed = {"Content-Type": "application/json", "Accept": "application/json"}
         fixed.update(headers or {})
         if api_key:
@@ -81,7 +93,8 @@ class LeanClient:
             RateLimitError: the endpoint answered 429.
             TransientError: connection failure, timeout, 408/409/5xx, or a
                 malformed 2xx body.
-            PermanentError: any other refusal.
+            PermanentError: a redirect, or any other refusal.
+            ResponseTooLargeError: the body passed ``max_response_bytes``.
             ResponseValidationError: the reply does not fit ``response_format``.
         """
         data = encode_body(request)
@@ -89,20 +102,30 @@ class LeanClient:
         if session is None:
             session = self._open()
         try:
-            async with session.post(self._url, data=data) as response:
-                raw = await response.read()
+            async with session.post(self._url, data=data, allow_redirects=False) as response:
+                raw = await self._read(response)
                 status = response.status
                 if status >= 300:
                     raise error_for_status(status, response.headers, raw, self._api_key)
         except _TRANSPORT_ERRORS as exc:
             raise transport_error(exc, self._url_text) from exc
-        return decode_reply(raw, request.response_format)
+        return decode_reply(raw, request.response_format, response.headers, self._api_key)
 
     async def aclose(self) -> None:
         """Close the session and its pooled connections; safe to call twice."""
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        cap = self._max_response_bytes
+        declared = response.content_length
+        check_declared_length(declared, cap, self._url_text)
+        if declared is not None and hdrs.CONTENT_ENCODING not in response.headers:
+            # aiohttp stops at the declared length, which is within the cap.
+            return await response.read()
+        # Chunked or compressed: only counting the decoded bytes bounds it.
+        return await read_capped(response.content.iter_any(), cap, self._url_text)
 
     def _open(self) -> aiohttp.ClientSession:
         # Opened lazily so the client can be built anywhere yet bind to the

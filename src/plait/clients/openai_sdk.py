@@ -15,17 +15,18 @@ from typing import Any, cast
 
 import httpx
 import openai
-from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionMessageParam
 
 from plait.clients._wire import (
     build_body,
+    check_declared_length,
+    decode_reply,
     error_for_status,
-    redact,
-    structured_reply,
+    read_capped,
     transport_error,
 )
-from plait.clients.base import ChatRequest, ChatResponse
-from plait.errors import LLMError, TransientError
+from plait.clients.base import DEFAULT_MAX_RESPONSE_BYTES, ChatRequest, ChatResponse
+from plait.errors import ConfigError, LLMError
 
 __all__ = ["OpenAIClient"]
 
@@ -40,7 +41,9 @@ class OpenAIClient:
     By default the SDK runs on its aiohttp transport (the httpx one costs ten
     times the CPU per request); ``http_client`` injects another, e.g. a plain
     ``httpx.AsyncClient`` that respx can intercept in tests. An injected
-    client belongs to the caller and is not closed by :meth:`aclose`.
+    client belongs to the caller and is not closed by :meth:`aclose`; it must
+    not follow redirects, which no plait client does, and ``max_response_bytes``
+    bounds only the replies of the client built here.
     """
 
     __slots__ = ("_api_key", "_base_url", "_extra_headers", "_owns_http", "_sdk", "_timeout")
@@ -53,6 +56,7 @@ class OpenAIClient:
         timeout: float = 60.0,
         headers: Mapping[str, str] | None = None,
         max_connections: int = 100,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
@@ -63,7 +67,19 @@ class OpenAIClient:
             limits = httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             )
-            http_client = openai.DefaultAioHttpClient(timeout=timeout, limits=limits)
+            # The SDK's default follows redirects; plait never does (see error_for_status).
+            http_client = _CappedHttpClient(
+                max_response_bytes,
+                f"{self._base_url}/chat/completions",
+                timeout=timeout,
+                limits=limits,
+                follow_redirects=False,
+            )
+        elif http_client.follow_redirects:
+            raise ConfigError(
+                "the http_client given to OpenAIClient follows redirects, which would send the "
+                "prompt and the key wherever a reply points; build it with follow_redirects=False"
+            )
         self._sdk = openai.AsyncOpenAI(
             api_key=api_key or _NO_KEY,
             base_url=self._base_url,
@@ -83,13 +99,18 @@ class OpenAIClient:
         )
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
-        """Send ``request`` and read the reply; raises the same errors as the lean client."""
+        """Send ``request`` and read the reply; raises the same errors as the lean client.
+
+        The reply's bytes go through the shared wire reader rather than the
+        SDK's model parsing, so what counts as an answer (and the error for a
+        reply that is not one) is decided in one place for both clients.
+        """
         body = build_body(request)
         model = body.pop("model")
         messages = cast(Iterable[ChatCompletionMessageParam], body.pop("messages"))
         failure: LLMError
         try:
-            completion = await self._sdk.chat.completions.create(
+            reply = await self._sdk.chat.completions.with_raw_response.create(
                 model=model,
                 messages=messages,
                 extra_body=body,
@@ -102,12 +123,16 @@ class OpenAIClient:
                 exc.status_code, exc.response.headers, _body_of(exc), self._api_key
             )
         except openai.APIConnectionError as exc:
-            # The SDK's own message is a bland "Connection error."; the cause says which.
-            failure = transport_error(exc.__cause__ or exc, f"{self._base_url}/chat/completions")
-        except (openai.APIResponseValidationError, ValueError) as exc:
-            failure = TransientError(f"malformed reply: {redact(str(exc), self._api_key)}")
+            # The SDK's own message is a bland "Connection error."; the cause says
+            # which, and is already a plait error when the body passed the cap.
+            cause = exc.__cause__ or exc
+            if isinstance(cause, LLMError):
+                failure = cause
+            else:
+                failure = transport_error(cause, f"{self._base_url}/chat/completions")
         else:
-            return _read_completion(completion, request)
+            http = reply.http_response
+            return decode_reply(http.content, request.response_format, http.headers, self._api_key)
         raise failure
 
     async def aclose(self) -> None:
@@ -116,29 +141,55 @@ class OpenAIClient:
             await self._sdk.close()
 
 
+class _CappedHttpClient(openai.DefaultAioHttpClient):
+    """The SDK's aiohttp-backed httpx client, reading each body under a size cap.
+
+    httpx would read a whole body into memory before the SDK sees it, error
+    bodies included. This reads the decoded body in chunks and stops once it
+    passes the cap, closing the connection; a body within the cap is handed
+    on as an ordinary, already-read response.
+    """
+
+    def __init__(self, max_response_bytes: int, url: str, **options: Any) -> None:
+        super().__init__(**options)
+        self._cap = max_response_bytes
+        self._url = url
+
+    async def send(
+        self, request: httpx.Request, *, stream: bool = False, **options: Any
+    ) -> httpx.Response:
+        response = await super().send(request, stream=True, **options)
+        if stream:
+            return response
+        try:
+            declared = response.headers.get("Content-Length")
+            check_declared_length(
+                int(declared) if declared and declared.isdigit() else None, self._cap, self._url
+            )
+            body = await read_capped(response.aiter_bytes(), self._cap, self._url)
+        finally:
+            await response.aclose()
+        read = httpx.Response(
+            response.status_code,
+            headers=[
+                (name, value)
+                for name, value in response.headers.multi_items()
+                if name.lower() not in _BODY_FRAMING
+            ],
+            content=body,
+            request=request,
+            extensions=response.extensions,
+        )
+        read.elapsed = response.elapsed
+        return read
+
+
+# Headers that describe the body as sent; the rebuilt response holds it decoded.
+_BODY_FRAMING = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
 def _body_of(exc: openai.APIStatusError) -> bytes | str | None:
     try:
         return exc.response.content
     except httpx.ResponseNotRead:
         return exc.message
-
-
-def _read_completion(completion: ChatCompletion, request: ChatRequest) -> ChatResponse:
-    choices = completion.choices
-    if not choices or choices[0].message is None:
-        raise TransientError("malformed reply: no choices with a message")
-    choice = choices[0]
-    message = choice.message
-    content = message.content or ""
-    parsed = None
-    if request.response_format is not None:
-        parsed = structured_reply(content, message.refusal, request.response_format)
-    usage = completion.usage
-    return ChatResponse(
-        content=content,
-        model=completion.model or "",
-        finish_reason=choice.finish_reason,
-        input_tokens=(usage.prompt_tokens or 0) if usage is not None else 0,
-        output_tokens=(usage.completion_tokens or 0) if usage is not None else 0,
-        parsed=parsed,
-    )
