@@ -366,3 +366,31 @@ async def test_an_injected_http_client_that_follows_redirects_is_refused() -> No
     async with httpx.AsyncClient(follow_redirects=True) as http:
         with pytest.raises(ConfigError, match="follow_redirects=False"):
             OpenAIClient("http://127.0.0.1:1/v1", KEY, http_client=http)
+
+
+@pytest.mark.parametrize("client_kind", ["lean", "openai"])
+async def test_the_endpoint_config_sets_the_cap_through_the_resource_manager(
+    client_kind: str,
+) -> None:
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response(completion("x" * CAP))
+
+    async with serve(handle) as base_url:
+        manager = ResourceManager(
+            {
+                "capped": {
+                    "model": "m",
+                    "base_url": base_url,
+                    "api_key": "k",
+                    "client": client_kind,
+                    "max_response_bytes": CAP // 2,
+                    "max_retries": 0,
+                }
+            }
+        )
+        try:
+            with pytest.raises(ResponseTooLargeError, match=rf"max_response_bytes \({CAP // 2}\)"):
+                await asyncio.wait_for(LLMInference("capped").bind(manager)("hi"), GUARD)
+        finally:
+            await manager.aclose()

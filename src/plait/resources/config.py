@@ -35,6 +35,7 @@ from pydantic import (
     model_validator,
 )
 
+from plait.clients.base import DEFAULT_MAX_RESPONSE_BYTES
 from plait.errors import ConfigError, EndpointConfigError
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -99,6 +100,7 @@ class EndpointConfig(BaseModel):
     rate_limit: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     token_rate_limit: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     timeout: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1)
     max_retries: int | None = Field(default=None, ge=0)
     weight: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     headers: dict[str, str] = Field(default_factory=dict)

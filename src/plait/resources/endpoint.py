@@ -42,6 +42,7 @@ def default_client_factory(endpoint: EndpointConfig) -> LLMClient:
         timeout=endpoint.timeout,
         headers=dict(endpoint.headers),
         max_connections=endpoint.max_concurrent,
+        max_response_bytes=endpoint.max_response_bytes,
     )
 
 
