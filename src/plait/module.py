@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from plait.errors import ConfigError
-from plait.execution.runner import Call, batch_items, run_blocking
+from plait.execution.call import Call, run_blocking
+from plait.execution.inputs import batch_items
 from plait.execution.settings import check_setting_names
 from plait.feedback import BackwardContext, BackwardResult, pass_through
 from plait.graph import InferenceGraph, NodeKind

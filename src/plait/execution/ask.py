@@ -20,8 +20,8 @@ from typing import Any
 
 from plait.clients.base import ChatRequest, ChatResponse
 from plait.errors import ResourcesNotBoundError
+from plait.execution.call import run
 from plait.execution.results import BatchResult
-from plait.execution.runner import run
 from plait.execution.settings import resolve_settings
 from plait.graph import InferenceGraph, NodeKind
 from plait.resources.protocol import as_resource_manager

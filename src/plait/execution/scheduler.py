@@ -15,7 +15,6 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from itertools import count
 from typing import TYPE_CHECKING, Any, cast
 
@@ -29,47 +28,18 @@ from plait.errors import (
     TaskTimeoutError,
     TransientError,
 )
+from plait.execution.hooks import RunHooks
 from plait.execution.settings import ResolvedSettings
 from plait.execution.state import ExecutionState
 from plait.graph import NodeKind
-from plait.profiling.observer import CallProbe, NodeRun, RunObserver
+from plait.profiling.observer import CallProbe, NodeRun
 from plait.resources.protocol import ResourceManagerLike
 
 if TYPE_CHECKING:
-    from plait.execution.budget import Budget
     from plait.resources.manager import ResourceManager
-    from plait.storage.cache import ResponseCache
 
 MAX_RATE_LIMIT_REQUEUES = 50
 """A node pushed back by 429s more often than this fails: the endpoint is not recovering."""
-
-
-@dataclass(slots=True)
-class RunHooks:
-    """The optional features of a run that reach into node execution.
-
-    Each is None (or False) when its feature is off, and the scheduler then
-    pays nothing for it: with no observer, cache or budget, nodes take the
-    plain path, and ``on_node_done`` costs one ``is None`` test per node.
-
-    ``probes`` says the resource manager accepts ``cache=`` and ``probe=``
-    (a real :class:`~plait.resources.ResourceManager` does; test doubles
-    need not). ``on_node_done(state, node_id, value)`` runs after a node's
-    result is recorded (checkpointing); ``on_budget_exceeded()`` runs once,
-    after the scheduler has stopped starting work.
-    """
-
-    observer: RunObserver | None = None
-    cache: ResponseCache | None = None
-    budget: Budget | None = None
-    probes: bool = False
-    on_node_done: Callable[[ExecutionState, str, Any], None] | None = None
-    on_budget_exceeded: Callable[[], None] | None = None
-
-    @property
-    def observing(self) -> bool:
-        """Whether nodes must take the path that records what they do."""
-        return self.observer is not None or self.cache is not None or self.budget is not None
 
 
 class Scheduler:

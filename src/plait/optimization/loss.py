@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from plait.errors import ConfigError
-from plait.execution.runner import Call
+from plait.execution.call import Call
 from plait.execution.settings import resolve_settings
 from plait.feedback import BackwardContext, BackwardResult, Feedback, FeedbackTarget, text_feedback
 from plait.inference import LLMInference
