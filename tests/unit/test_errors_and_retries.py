@@ -21,7 +21,7 @@ from plait.errors import (
     TransientError,
     UnknownAliasError,
 )
-from plait.execution.scheduler import MAX_RATE_LIMIT_REQUEUES
+from plait.execution.retry import MAX_RATE_LIMIT_REQUEUES
 
 GUARD = 30.0
 HANG_GUARD = 5.0

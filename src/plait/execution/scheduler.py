@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import inspect
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -22,13 +21,11 @@ from plait.clients.base import ChatRequest, ChatResponse
 from plait.errors import (
     BudgetExceededError,
     ExecutionError,
-    PlaitError,
-    RateLimitError,
     ResourcesNotBoundError,
     TaskTimeoutError,
-    TransientError,
 )
 from plait.execution.hooks import RunHooks
+from plait.execution.retry import RetryPolicy
 from plait.execution.settings import ResolvedSettings
 from plait.execution.state import ExecutionState
 from plait.graph import NodeKind
@@ -37,9 +34,6 @@ from plait.resources.protocol import ResourceManagerLike
 
 if TYPE_CHECKING:
     from plait.resources.manager import ResourceManager
-
-MAX_RATE_LIMIT_REQUEUES = 50
-"""A node pushed back by 429s more often than this fails: the endpoint is not recovering."""
 
 
 class Scheduler:
@@ -67,6 +61,7 @@ class Scheduler:
         self._node_done = hooks.on_node_done if hooks is not None else None
         self._observed = hooks is not None and hooks.observing
         self.resources = resources
+        self._retry = RetryPolicy(settings, resources)
         self.max_concurrent = settings.max_concurrent
         self._on_state_done = on_state_done
         self._loop = asyncio.get_running_loop()
@@ -302,35 +297,11 @@ class Scheduler:
             # Stopped before sending because the budget ran out: the run is
             # ending, and this node neither failed nor should run again.
             return
-        if isinstance(error, RateLimitError):
-            requeues = state.rate_limited.get(node_id, 0) + 1
-            state.rate_limited[node_id] = requeues
-            if requeues <= MAX_RATE_LIMIT_REQUEUES:
-                delay = (
-                    error.retry_after if error.retry_after is not None else self._backoff(requeues)
-                )
-                self._retry_later(state, node_id, delay)
-                return
-        elif isinstance(error, TransientError | TaskTimeoutError) or _is_transient_os_error(error):
-            attempts = state.attempts.get(node_id, 0) + 1
-            if attempts <= self._retry_budget(state, node_id):
-                state.attempts[node_id] = attempts
-                self._retry_later(state, node_id, self._backoff(attempts))
-                return
-        self._fail(state, node_id, error)
-
-    def _retry_budget(self, state: ExecutionState, node_id: str) -> int:
-        node = state.plan.nodes[node_id]
-        if node.kind is NodeKind.LLM and self.resources is not None:
-            budget = self.resources.retry_budget(node.module.alias)
-            if budget is not None:
-                return budget
-        return self.settings.max_task_retries
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with half jitter, so retries of a burst spread out."""
-        base: float = self.settings.task_retry_delay * 2.0 ** (attempt - 1)
-        return min(base, 60.0) * (0.5 + random.random() / 2)
+        delay = self._retry.delay(state, node_id, error)
+        if delay is None:
+            self._fail(state, node_id, error)
+        else:
+            self._retry_later(state, node_id, delay)
 
     def _retry_later(self, state: ExecutionState, node_id: str, delay: float) -> None:
         """Run ``node_id`` again after ``delay``.
@@ -395,7 +366,3 @@ class Scheduler:
         self._parked.clear()
         for worker in self._workers:
             worker.cancel()
-
-
-def _is_transient_os_error(error: BaseException) -> bool:
-    return isinstance(error, ConnectionError | TimeoutError) and not isinstance(error, PlaitError)
