@@ -20,7 +20,7 @@ from plait.clients.base import ChatRequest
 from plait.errors import ConfigError
 from plait.execution.ask import TextLLM
 from plait.execution.settings import resolve_settings
-from plait.feedback import gather_all
+from plait.execution.tasks import task_group
 from plait.markup import quoted, tagged, without_tag
 from plait.parameter import Parameter
 from plait.resources.manager import estimate_tokens
@@ -156,7 +156,9 @@ class FeedbackOptimizer(Optimizer):
         todo = [param for param in self.params if param.requires_grad and param.feedback]
         updates: list[ParameterUpdate] = []
         for stage in _stages(todo):
-            updates += await gather_all([self._update(param, llm) for param in stage])
+            async with task_group() as group:
+                tasks = [group.create_task(self._update(param, llm)) for param in stage]
+            updates += [task.result() for task in tasks]
         for param in self.params:
             if param.requires_grad:
                 param.zero_feedback()
@@ -247,7 +249,11 @@ class FeedbackOptimizer(Optimizer):
                 return _truncate(notes, fits)
             chunks = _chunks(notes, condensable)
             prompts = [_condense_prompt(param, chunk) for chunk in chunks]
-            replies = await gather_all([llm(prompt, system=CONDENSE_SYSTEM) for prompt in prompts])
+            async with task_group() as group:
+                asked = [
+                    group.create_task(llm(prompt, system=CONDENSE_SYSTEM)) for prompt in prompts
+                ]
+            replies = [task.result() for task in asked]
             condensed = [tagged(reply, "SUMMARY") or reply.strip() for reply in replies]
             if self.count_tokens("\n".join(condensed)) >= self.count_tokens("\n".join(notes)):
                 return _truncate(condensed, fits)
