@@ -71,8 +71,6 @@ class Scheduler:
         self._parked: deque[asyncio.Future[None]] = deque()
         self._starting = 0
         self._timers: set[asyncio.TimerHandle] = set()
-        self.running = 0
-        self.peak_running = 0
         self.closed = False
 
     # -- admission ------------------------------------------------------------
@@ -143,9 +141,6 @@ class Scheduler:
             node_id = state.pop_next()
             if node_id is None:
                 continue
-            self.running += 1
-            if self.running > self.peak_running:
-                self.peak_running = self.running
             try:
                 value = await run_node(state, node_id)
             except asyncio.CancelledError:
@@ -160,8 +155,6 @@ class Scheduler:
                 self._handle_error(state, node_id, error)
             else:
                 self._complete(state, node_id, value)
-            finally:
-                self.running -= 1
 
     async def _run_observed(self, state: ExecutionState, node_id: str) -> Any:
         """``_run_node`` with a record for observers, the cache and the budget."""
@@ -324,10 +317,6 @@ class Scheduler:
 
     # -- shutdown -------------------------------------------------------------
 
-    @property
-    def idle(self) -> bool:
-        return self.running == 0 and not self._timers and not self._heap
-
     def stop_starting(self) -> None:
         """Start no more nodes; nodes already running carry on to the end.
 
@@ -353,8 +342,7 @@ class Scheduler:
     async def aclose(self) -> None:
         """Cancel everything still running and wait until it has stopped."""
         self.cancel()
-        if self._workers:
-            await asyncio.gather(*self._workers, return_exceptions=True)
+        await self.wait_stopped()
 
     def cancel(self) -> None:
         """Cancel all work now; safe to call from synchronous code (e.g. ``__del__``)."""
