@@ -18,7 +18,7 @@ from plait.errors import BatchError
 from plait.execution.driver import RunDriver, Runnable
 from plait.execution.inputs import Item
 from plait.execution.results import BatchResult
-from plait.execution.settings import ResolvedSettings, check_setting_names, resolve_settings
+from plait.execution.settings import ResolvedSettings, check_setting_names
 from plait.execution.stream import ResultStream
 from plait.profiling.profile import Profile
 from plait.resources.protocol import as_resource_manager
@@ -58,7 +58,7 @@ class Call(Coroutine[Any, Any, Any]):
     def single(
         cls, module: Runnable, args: tuple[Any, ...], kwargs: dict[str, Any], call: dict[str, Any]
     ) -> Call:
-        settings = resolve_settings(call, module._bound_settings, module._bound_resources)
+        settings = module.resolved_settings(**call)
         return cls(module, [(args, kwargs)], settings, is_batch=False, total=1)
 
     @classmethod
@@ -68,7 +68,7 @@ class Call(Coroutine[Any, Any, Any]):
         items: Iterable[Item] | AsyncIterable[Item],
         call: dict[str, Any],
     ) -> Call:
-        settings = resolve_settings(call, module._bound_settings, module._bound_resources)
+        settings = module.resolved_settings(**call)
         total = len(items) if isinstance(items, Sized) else None
         return cls(module, items, settings, is_batch=True, total=total)
 

@@ -36,8 +36,7 @@ if TYPE_CHECKING:
 class Runnable(Protocol):
     """What the engine needs from a module."""
 
-    _bound_resources: Any
-    _bound_settings: dict[str, Any]
+    def resolved_settings(self, **overrides: Any) -> ResolvedSettings: ...
 
     def _plait_graph(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> InferenceGraph: ...
 
