@@ -6,8 +6,8 @@ rate-limited endpoints, and can improve prompt ``Parameter`` s from feedback.
 """
 
 from plait.containers import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
+from plait.execution.call import run
 from plait.execution.results import BatchResult
-from plait.execution.runner import run
 from plait.execution.settings import ExecutionSettings
 from plait.inference import LLMInference
 from plait.module import Module

@@ -188,7 +188,7 @@ def _run(options: argparse.Namespace) -> int:
         value = getattr(options, option)
         if value is not None:
             settings[setting] = value
-    resources = module._bound_resources
+    resources = module.resolved_settings().resources
     if options.resources is not None:
         from plait.resources import ResourceConfig, ResourceManager
 

@@ -13,19 +13,17 @@ importing the optimization layer above it.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import weakref
-from collections.abc import Awaitable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from plait.errors import BackwardError
 from plait.execution.ask import TextLLM
+from plait.execution.tasks import task_group
 from plait.graph import ForwardRecord, InferenceGraph, NodeKind, NodeRef, ParameterLike, Template
 from plait.values import Value, ValueKind
-
-_T = TypeVar("_T")
 
 
 class ReasoningLLM(Protocol):
@@ -207,24 +205,13 @@ async def run_backward(
         ]
         if not jobs:
             continue
-        results = await gather_all([walk.backward_node(node_id, llm) for walk, node_id in jobs])
-        for (walk, node_id), result in zip(jobs, results, strict=True):
-            walk.apply(node_id, result)
+        async with task_group() as group:
+            tasks = [group.create_task(walk.backward_node(node_id, llm)) for walk, node_id in jobs]
+        for (walk, node_id), task in zip(jobs, tasks, strict=True):
+            walk.apply(node_id, task.result())
     if not retain_record:
         for target in targets:
             target.record.release()
-
-
-async def gather_all(coroutines: Sequence[Coroutine[Any, Any, _T]]) -> list[_T]:
-    """Run concurrently; on the first failure cancel the rest before raising it."""
-    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 def combine_feedback(texts: Iterable[str]) -> str:

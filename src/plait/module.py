@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from plait.errors import ConfigError
-from plait.execution.runner import Call, batch_items, run_blocking
-from plait.execution.settings import check_setting_names
+from plait.execution.call import Call, run_blocking
+from plait.execution.inputs import batch_items
+from plait.execution.settings import ResolvedSettings, check_setting_names, resolve_settings
 from plait.feedback import BackwardContext, BackwardResult, pass_through
 from plait.graph import InferenceGraph, NodeKind
 from plait.parameter import Parameter
@@ -233,6 +234,20 @@ class Module:
         object.__setattr__(self, "_bound_resources", resources)
         object.__setattr__(self, "_bound_settings", dict(settings))
         return self
+
+    def resolved_settings(self, **overrides: Any) -> ResolvedSettings:
+        """The settings a call of this module made here would run with.
+
+        Strongest first: ``overrides`` (the call-time keywords of ``batch``
+        or ``plait.run``), then ``bind()``, then the enclosing
+        ``ExecutionSettings`` blocks, innermost first, then the defaults.
+        Blocks are scoped by context, so the answer depends on where this is
+        asked, exactly as a call's settings are fixed where the call is made.
+        """
+        check_setting_names(overrides, where=f"{type(self).__name__}.resolved_settings()")
+        if overrides.get("resources") is not None:
+            overrides["resources"] = as_resource_manager(overrides["resources"])
+        return resolve_settings(overrides, self._bound_settings, self._bound_resources)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         tracer = current_tracer()

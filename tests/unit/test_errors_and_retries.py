@@ -20,7 +20,7 @@ from plait.errors import (
     TransientError,
     UnknownAliasError,
 )
-from plait.execution.scheduler import MAX_RATE_LIMIT_REQUEUES
+from plait.execution.retry import MAX_RATE_LIMIT_REQUEUES
 from plait.testing import FakeResources
 from support.modules import TwoBranches
 from support.resources import by_prompt, hang

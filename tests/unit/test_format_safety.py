@@ -8,13 +8,13 @@ optimizer rewrote, so it must not drive Python's format language (a width of
 from __future__ import annotations
 
 import pytest
-from _fakes import EchoResources
 
 import plait.functional as F
 from plait import LLMInference, Module, Parameter
-from plait.clients.base import ChatRequest, ChatResponse
 from plait.errors import TemplateError
+from plait.testing import FakeResources
 from plait.tracing.ops import MAX_TEMPLATE_OUTPUT
+from support.resources import replying
 
 
 @pytest.mark.parametrize(
@@ -76,18 +76,12 @@ def test_a_parameter_template_is_held_to_the_same_rule() -> None:
         F.format(template, q="why")
 
 
-class Scripted(EchoResources):
-    """Answers alias ``writer`` with a fixed text that the pipeline uses as a template."""
-
-    def __init__(self, reply: str) -> None:
-        super().__init__()
-        self.reply = reply
-
-    async def complete(self, alias: str, request: ChatRequest, *, attempt: int = 0) -> ChatResponse:
-        if alias == "writer":
-            self.requests.append((alias, request))
-            return ChatResponse(content=self.reply, model="echo")
-        return await super().complete(alias, request, attempt=attempt)
+def scripted(reply: str) -> FakeResources:
+    """Alias ``writer`` answers with ``reply``, which the pipeline uses as a template;
+    every other alias echoes ``"[alias] <prompt>"``."""
+    return FakeResources(
+        replying(lambda alias, prompt: reply if alias == "writer" else f"[{alias}] {prompt}")
+    )
 
 
 class ReplyAsTemplate(Module):
@@ -101,12 +95,12 @@ class ReplyAsTemplate(Module):
 
 
 async def test_a_model_reply_used_as_a_template_cannot_blow_up_the_prompt() -> None:
-    resources = Scripted("{0:>150000000}")
+    resources = scripted("{0:>150000000}")
     with pytest.raises(TemplateError, match=r"'\{0:>150000000\}' has a format spec"):
         await ReplyAsTemplate().bind(resources)("q")
     assert resources.prompts("reader") == []
 
 
 async def test_a_model_reply_with_plain_fields_fills_as_before() -> None:
-    resources = Scripted("Expand on {0}, briefly")
+    resources = scripted("Expand on {0}, briefly")
     assert await ReplyAsTemplate().bind(resources)("q") == "[reader] Expand on q, briefly"

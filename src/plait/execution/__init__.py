@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from plait.execution.call import Call, run
 from plait.execution.results import BatchResult
-from plait.execution.runner import Call, run
 from plait.execution.scheduler import Scheduler
 from plait.execution.settings import ExecutionSettings
 from plait.execution.state import ExecutionState

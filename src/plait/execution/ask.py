@@ -20,9 +20,9 @@ from typing import Any
 
 from plait.clients.base import ChatRequest, ChatResponse
 from plait.errors import ResourcesNotBoundError
+from plait.execution.call import run
 from plait.execution.results import BatchResult
-from plait.execution.runner import run
-from plait.execution.settings import resolve_settings
+from plait.execution.settings import ResolvedSettings, resolve_settings
 from plait.graph import InferenceGraph, NodeKind
 from plait.resources.protocol import as_resource_manager
 from plait.tracing.tracer import Tracer
@@ -35,12 +35,10 @@ class _Question:
 
     _plait_node_kind = NodeKind.LLM
     training = False
-    _bound_resources: Any = None
 
     def __init__(self, alias: str, temperature: float | None) -> None:
         self.alias = alias
         self.temperature = temperature
-        self._bound_settings: dict[str, Any] = {}
         self._graph: InferenceGraph | None = None
 
     def forward(self, messages: Messages) -> ChatRequest:
@@ -48,6 +46,9 @@ class _Question:
 
     def parse_response(self, response: ChatResponse) -> str:
         return response.content
+
+    def resolved_settings(self, **overrides: Any) -> ResolvedSettings:
+        return resolve_settings(overrides)
 
     def _plait_is_leaf(self) -> bool:
         return True

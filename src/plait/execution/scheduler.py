@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import inspect
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from itertools import count
 from typing import TYPE_CHECKING, Any, cast
 
@@ -23,53 +21,19 @@ from plait.clients.base import ChatRequest, ChatResponse
 from plait.errors import (
     BudgetExceededError,
     ExecutionError,
-    PlaitError,
-    RateLimitError,
     ResourcesNotBoundError,
     TaskTimeoutError,
-    TransientError,
 )
+from plait.execution.hooks import RunHooks
+from plait.execution.retry import RetryPolicy
 from plait.execution.settings import ResolvedSettings
 from plait.execution.state import ExecutionState
 from plait.graph import NodeKind
-from plait.profiling.observer import CallProbe, NodeRun, RunObserver
+from plait.profiling.observer import CallProbe, NodeRun
 from plait.resources.protocol import ResourceManagerLike
 
 if TYPE_CHECKING:
-    from plait.execution.budget import Budget
     from plait.resources.manager import ResourceManager
-    from plait.storage.cache import ResponseCache
-
-MAX_RATE_LIMIT_REQUEUES = 50
-"""A node pushed back by 429s more often than this fails: the endpoint is not recovering."""
-
-
-@dataclass(slots=True)
-class RunHooks:
-    """The optional features of a run that reach into node execution.
-
-    Each is None (or False) when its feature is off, and the scheduler then
-    pays nothing for it: with no observer, cache or budget, nodes take the
-    plain path, and ``on_node_done`` costs one ``is None`` test per node.
-
-    ``probes`` says the resource manager accepts ``cache=`` and ``probe=``
-    (a real :class:`~plait.resources.ResourceManager` does; test doubles
-    need not). ``on_node_done(state, node_id, value)`` runs after a node's
-    result is recorded (checkpointing); ``on_budget_exceeded()`` runs once,
-    after the scheduler has stopped starting work.
-    """
-
-    observer: RunObserver | None = None
-    cache: ResponseCache | None = None
-    budget: Budget | None = None
-    probes: bool = False
-    on_node_done: Callable[[ExecutionState, str, Any], None] | None = None
-    on_budget_exceeded: Callable[[], None] | None = None
-
-    @property
-    def observing(self) -> bool:
-        """Whether nodes must take the path that records what they do."""
-        return self.observer is not None or self.cache is not None or self.budget is not None
 
 
 class Scheduler:
@@ -97,6 +61,7 @@ class Scheduler:
         self._node_done = hooks.on_node_done if hooks is not None else None
         self._observed = hooks is not None and hooks.observing
         self.resources = resources
+        self._retry = RetryPolicy(settings, resources)
         self.max_concurrent = settings.max_concurrent
         self._on_state_done = on_state_done
         self._loop = asyncio.get_running_loop()
@@ -106,8 +71,6 @@ class Scheduler:
         self._parked: deque[asyncio.Future[None]] = deque()
         self._starting = 0
         self._timers: set[asyncio.TimerHandle] = set()
-        self.running = 0
-        self.peak_running = 0
         self.closed = False
 
     # -- admission ------------------------------------------------------------
@@ -178,9 +141,6 @@ class Scheduler:
             node_id = state.pop_next()
             if node_id is None:
                 continue
-            self.running += 1
-            if self.running > self.peak_running:
-                self.peak_running = self.running
             try:
                 value = await run_node(state, node_id)
             except asyncio.CancelledError:
@@ -195,8 +155,6 @@ class Scheduler:
                 self._handle_error(state, node_id, error)
             else:
                 self._complete(state, node_id, value)
-            finally:
-                self.running -= 1
 
     async def _run_observed(self, state: ExecutionState, node_id: str) -> Any:
         """``_run_node`` with a record for observers, the cache and the budget."""
@@ -332,35 +290,11 @@ class Scheduler:
             # Stopped before sending because the budget ran out: the run is
             # ending, and this node neither failed nor should run again.
             return
-        if isinstance(error, RateLimitError):
-            requeues = state.rate_limited.get(node_id, 0) + 1
-            state.rate_limited[node_id] = requeues
-            if requeues <= MAX_RATE_LIMIT_REQUEUES:
-                delay = (
-                    error.retry_after if error.retry_after is not None else self._backoff(requeues)
-                )
-                self._retry_later(state, node_id, delay)
-                return
-        elif isinstance(error, TransientError | TaskTimeoutError) or _is_transient_os_error(error):
-            attempts = state.attempts.get(node_id, 0) + 1
-            if attempts <= self._retry_budget(state, node_id):
-                state.attempts[node_id] = attempts
-                self._retry_later(state, node_id, self._backoff(attempts))
-                return
-        self._fail(state, node_id, error)
-
-    def _retry_budget(self, state: ExecutionState, node_id: str) -> int:
-        node = state.plan.nodes[node_id]
-        if node.kind is NodeKind.LLM and self.resources is not None:
-            budget = self.resources.retry_budget(node.module.alias)
-            if budget is not None:
-                return budget
-        return self.settings.max_task_retries
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with half jitter, so retries of a burst spread out."""
-        base: float = self.settings.task_retry_delay * 2.0 ** (attempt - 1)
-        return min(base, 60.0) * (0.5 + random.random() / 2)
+        delay = self._retry.delay(state, node_id, error)
+        if delay is None:
+            self._fail(state, node_id, error)
+        else:
+            self._retry_later(state, node_id, delay)
 
     def _retry_later(self, state: ExecutionState, node_id: str, delay: float) -> None:
         """Run ``node_id`` again after ``delay``.
@@ -382,10 +316,6 @@ class Scheduler:
         self._timers.add(handle)
 
     # -- shutdown -------------------------------------------------------------
-
-    @property
-    def idle(self) -> bool:
-        return self.running == 0 and not self._timers and not self._heap
 
     def stop_starting(self) -> None:
         """Start no more nodes; nodes already running carry on to the end.
@@ -412,8 +342,7 @@ class Scheduler:
     async def aclose(self) -> None:
         """Cancel everything still running and wait until it has stopped."""
         self.cancel()
-        if self._workers:
-            await asyncio.gather(*self._workers, return_exceptions=True)
+        await self.wait_stopped()
 
     def cancel(self) -> None:
         """Cancel all work now; safe to call from synchronous code (e.g. ``__del__``)."""
@@ -425,7 +354,3 @@ class Scheduler:
         self._parked.clear()
         for worker in self._workers:
             worker.cancel()
-
-
-def _is_transient_os_error(error: BaseException) -> bool:
-    return isinstance(error, ConnectionError | TimeoutError) and not isinstance(error, PlaitError)

@@ -19,7 +19,7 @@ from typing import Any, Self
 from plait.errors import ConfigError
 from plait.execution.ask import TextLLM
 from plait.execution.settings import resolve_settings
-from plait.feedback import gather_all
+from plait.execution.tasks import task_group
 from plait.markup import quoted, tagged, without_tag
 from plait.parameter import Parameter
 from plait.resources.protocol import as_resource_manager
@@ -150,7 +150,9 @@ class FeedbackOptimizer(Optimizer):
         todo = [param for param in self.params if param.requires_grad and param.feedback]
         updates: list[ParameterUpdate] = []
         for stage in _stages(todo):
-            updates += await gather_all([self._update(param, llm) for param in stage])
+            async with task_group() as group:
+                tasks = [group.create_task(self._update(param, llm)) for param in stage]
+            updates += [task.result() for task in tasks]
         for param in self.params:
             if param.requires_grad:
                 param.zero_feedback()
@@ -241,7 +243,11 @@ class FeedbackOptimizer(Optimizer):
                 return _truncate(notes, fits)
             chunks = _chunks(notes, condensable)
             prompts = [_condense_prompt(param, chunk) for chunk in chunks]
-            replies = await gather_all([llm(prompt, system=CONDENSE_SYSTEM) for prompt in prompts])
+            async with task_group() as group:
+                asked = [
+                    group.create_task(llm(prompt, system=CONDENSE_SYSTEM)) for prompt in prompts
+                ]
+            replies = [task.result() for task in asked]
             condensed = [tagged(reply, "SUMMARY") or reply.strip() for reply in replies]
             if self.count_tokens("\n".join(condensed)) >= self.count_tokens("\n".join(notes)):
                 return _truncate(condensed, fits)

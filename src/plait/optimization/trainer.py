@@ -22,7 +22,7 @@ from typing import Any
 from plait.errors import ConfigError
 from plait.execution.settings import ExecutionSettings
 from plait.module import Module
-from plait.optimization.losses.base import Loss, own_resources
+from plait.optimization.losses.base import Loss
 from plait.optimization.optimizer import Optimizer, ParameterUpdate
 from plait.values import wrap
 
@@ -61,7 +61,7 @@ async def evaluate(module: Module, loss_fn: Loss, examples: Sequence[Example]) -
     was_training = module.training
     module.eval()
     # The forward's resources go with the outputs, so an LLM loss can use them.
-    resources = own_resources(module)
+    resources = module.resolved_settings().resources
     try:
         outputs = await module.batch([inputs for inputs, _ in examples])
         judged = [wrap(output) for output in outputs]

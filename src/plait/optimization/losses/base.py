@@ -22,8 +22,7 @@ from statistics import fmean
 from typing import Any
 
 from plait.errors import ConfigError
-from plait.execution.runner import Call
-from plait.execution.settings import resolve_settings
+from plait.execution.call import Call
 from plait.feedback import BackwardContext, BackwardResult, Feedback, FeedbackTarget, text_feedback
 from plait.module import Module
 from plait.tracing.context import current_tracer
@@ -67,21 +66,12 @@ class Loss(Module):
 
     def _settings(self, outputs: Sequence[Any]) -> dict[str, Any]:
         """Run on the loss's own resources (bound or from ExecutionSettings), else the forward's."""
-        if own_resources(self) is None:
+        if self.resolved_settings().resources is None:
             for output in outputs:
                 record = output.record if isinstance(output, Value) else None
                 if record is not None and record.resources is not None:
                     return {"resources": record.resources}
         return {}
-
-
-def own_resources(module: Module) -> Any:
-    """The resources ``module`` runs on by itself: bound to it, else from ExecutionSettings.
-
-    The one place the optimization layer reads a Module's private bindings,
-    so a public accessor for resolved settings replaces it here alone.
-    """
-    return resolve_settings(None, module._bound_settings, module._bound_resources).resources
 
 
 class _Verdict(Module):

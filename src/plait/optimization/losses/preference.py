@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from plait.errors import ConfigError
-from plait.execution.runner import Call
+from plait.execution.call import Call
 from plait.feedback import BackwardContext, BackwardResult, Feedback, text_feedback
 from plait.inference import LLMInference
 from plait.module import Module

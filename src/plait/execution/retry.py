@@ -1,0 +1,72 @@
+"""The retry policy: whether a failed node runs again, and after how long.
+
+Three kinds of failure are told apart. A 429 means the endpoint is busy, not
+that the request is bad: the node is requeued (after the server's
+``Retry-After`` when it sent one) without spending its retry budget, up to
+:data:`MAX_RATE_LIMIT_REQUEUES` times. Transient failures (5xx, dropped
+connections, timeouts) are retried up to the endpoint's ``max_retries``, or
+``max_task_retries`` when the endpoint sets none. Anything else is permanent
+and fails the node at once. Delays grow exponentially with half jitter, so
+the retries of a burst of failures spread out instead of arriving together.
+"""
+
+from __future__ import annotations
+
+import random
+
+from plait.errors import PlaitError, RateLimitError, TaskTimeoutError, TransientError
+from plait.execution.settings import ResolvedSettings
+from plait.execution.state import ExecutionState
+from plait.graph import NodeKind
+from plait.resources.protocol import ResourceManagerLike
+
+MAX_RATE_LIMIT_REQUEUES = 50
+"""A node pushed back by 429s more often than this fails: the endpoint is not recovering."""
+
+MAX_BACKOFF = 60.0
+"""Seconds; the longest wait before a retry, however many attempts came before."""
+
+
+class RetryPolicy:
+    """Decides, for one run, what happens to a node that raised."""
+
+    def __init__(self, settings: ResolvedSettings, resources: ResourceManagerLike | None) -> None:
+        self.settings = settings
+        self.resources = resources
+
+    def delay(self, state: ExecutionState, node_id: str, error: BaseException) -> float | None:
+        """Seconds to wait before running ``node_id`` again, or None to fail it now.
+
+        Counts the attempt on ``state`` (``rate_limited`` or ``attempts``), which
+        is where the next request reads its attempt number from.
+        """
+        if isinstance(error, RateLimitError):
+            requeues = state.rate_limited.get(node_id, 0) + 1
+            state.rate_limited[node_id] = requeues
+            if requeues > MAX_RATE_LIMIT_REQUEUES:
+                return None
+            return error.retry_after if error.retry_after is not None else self._backoff(requeues)
+        if isinstance(error, TransientError | TaskTimeoutError) or _is_transient_os_error(error):
+            attempts = state.attempts.get(node_id, 0) + 1
+            if attempts > self._retry_budget(state, node_id):
+                return None
+            state.attempts[node_id] = attempts
+            return self._backoff(attempts)
+        return None
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with half jitter, so retries of a burst spread out."""
+        base: float = self.settings.task_retry_delay * 2.0 ** (attempt - 1)
+        return min(base, MAX_BACKOFF) * (0.5 + random.random() / 2)
+
+    def _retry_budget(self, state: ExecutionState, node_id: str) -> int:
+        node = state.plan.nodes[node_id]
+        if node.kind is NodeKind.LLM and self.resources is not None:
+            budget = self.resources.retry_budget(node.module.alias)
+            if budget is not None:
+                return budget
+        return self.settings.max_task_retries
+
+
+def _is_transient_os_error(error: BaseException) -> bool:
+    return isinstance(error, ConnectionError | TimeoutError) and not isinstance(error, PlaitError)
