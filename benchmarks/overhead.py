@@ -34,7 +34,7 @@ class NullResources:
     def check_aliases(self, aliases: Iterable[str]) -> None:
         return None
 
-    def retry_budget(self, alias: str) -> int | None:
+    def retry_limit(self, alias: str) -> int | None:
         return None
 
 

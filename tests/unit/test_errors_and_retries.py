@@ -88,8 +88,8 @@ async def test_zero_retries_means_one_attempt() -> None:
     assert fake.call_count == 1
 
 
-async def test_the_endpoints_retry_budget_overrides_max_task_retries() -> None:
-    fake = FakeResources(retry_budgets={"fast": 1})
+async def test_the_endpoints_retry_limit_overrides_max_task_retries() -> None:
+    fake = FakeResources(retry_limits={"fast": 1})
     fake.script("x", TransientError("1"), TransientError("2"))
     with pytest.raises(TransientError, match="2"):
         await asyncio.wait_for(echo(fake, max_task_retries=5)("x"), GUARD)
@@ -170,7 +170,7 @@ async def test_task_timeout_bounds_async_custom_modules() -> None:
 # -- rate limits -------------------------------------------------------------------
 
 
-async def test_rate_limits_requeue_without_spending_the_retry_budget() -> None:
+async def test_rate_limits_requeue_without_spending_the_retry_limit() -> None:
     fake = FakeResources()
     fake.script(
         "x",

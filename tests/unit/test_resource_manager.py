@@ -84,7 +84,7 @@ def test_repr_shows_aliases_and_models_never_keys() -> None:
     assert KEY not in text
 
 
-def test_retry_budget() -> None:
+def test_retry_limit() -> None:
     manager = ResourceManager(
         {
             "plain": {"model": "m"},
@@ -92,11 +92,11 @@ def test_retry_budget() -> None:
             "pool": [{"model": "a", "max_retries": 2}, {"model": "b", "max_retries": 5}],
         }
     )
-    assert manager.retry_budget("plain") is None
-    assert manager.retry_budget("strict") == 0
-    assert manager.retry_budget("pool") == 5
+    assert manager.retry_limit("plain") is None
+    assert manager.retry_limit("strict") == 0
+    assert manager.retry_limit("pool") == 5
     with pytest.raises(UnknownAliasError):
-        manager.retry_budget("nope")
+        manager.retry_limit("nope")
 
 
 # -- calls --------------------------------------------------------------------------

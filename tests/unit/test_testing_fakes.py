@@ -182,12 +182,12 @@ async def test_unknown_aliases_fail_with_the_real_managers_message() -> None:
     assert fake.call_count == 0
 
 
-def test_retry_budgets_per_alias() -> None:
-    fake = FakeResources(aliases=["fast", "strict"], retry_budgets={"strict": 0})
-    assert fake.retry_budget("fast") is None
-    assert fake.retry_budget("strict") == 0
+def test_retry_limits_per_alias() -> None:
+    fake = FakeResources(aliases=["fast", "strict"], retry_limits={"strict": 0})
+    assert fake.retry_limit("fast") is None
+    assert fake.retry_limit("strict") == 0
     with pytest.raises(UnknownAliasError):
-        fake.retry_budget("nope")
+        fake.retry_limit("nope")
 
 
 async def test_an_unknown_alias_fails_a_run_before_any_call() -> None:

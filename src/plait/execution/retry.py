@@ -48,7 +48,7 @@ class RetryPolicy:
             return error.retry_after if error.retry_after is not None else self._backoff(requeues)
         if isinstance(error, TransientError | TaskTimeoutError) or _is_transient_os_error(error):
             attempts = state.attempts.get(node_id, 0) + 1
-            if attempts > self._retry_budget(state, node_id):
+            if attempts > self._retry_limit(state, node_id):
                 return None
             state.attempts[node_id] = attempts
             return self._backoff(attempts)
@@ -59,12 +59,12 @@ class RetryPolicy:
         base: float = self.settings.task_retry_delay * 2.0 ** (attempt - 1)
         return min(base, MAX_BACKOFF) * (0.5 + random.random() / 2)
 
-    def _retry_budget(self, state: ExecutionState, node_id: str) -> int:
+    def _retry_limit(self, state: ExecutionState, node_id: str) -> int:
         node = state.plan.nodes[node_id]
         if node.kind is NodeKind.LLM and self.resources is not None:
-            budget = self.resources.retry_budget(node.module.alias)
-            if budget is not None:
-                return budget
+            limit = self.resources.retry_limit(node.module.alias)
+            if limit is not None:
+                return limit
         return self.settings.max_task_retries
 
 

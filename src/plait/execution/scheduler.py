@@ -12,7 +12,6 @@ import asyncio
 import heapq
 import inspect
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from itertools import count
 from typing import TYPE_CHECKING, Any, cast
@@ -31,6 +30,7 @@ from plait.execution.state import ExecutionState
 from plait.graph import NodeKind
 from plait.profiling.observer import CallProbe, NodeRun
 from plait.resources.protocol import ResourceManagerLike
+from plait.resources.waiters import WaitQueue
 
 if TYPE_CHECKING:
     from plait.resources.manager import ResourceManager
@@ -68,7 +68,7 @@ class Scheduler:
         self._heap: list[tuple[int, int, int, int, ExecutionState]] = []
         self._tiebreak = count()
         self._workers: set[asyncio.Task[None]] = set()
-        self._parked: deque[asyncio.Future[None]] = deque()
+        self._parked: WaitQueue[None] = WaitQueue(on_lost_wake=self._lost_wake)
         self._starting = 0
         self._timers: set[asyncio.TimerHandle] = set()
         self.closed = False
@@ -102,12 +102,9 @@ class Scheduler:
             return
         waiting = len(self._heap) - self._starting
         parked = self._parked
-        while waiting > 0 and parked:
-            future = parked.popleft()
-            if not future.done():
-                future.set_result(None)
-                self._starting += 1
-                waiting -= 1
+        while waiting > 0 and parked.wake_one():
+            self._starting += 1
+            waiting -= 1
         workers = self._workers
         while waiting > 0 and len(workers) < self.max_concurrent:
             worker = self._loop.create_task(self._work())
@@ -118,14 +115,11 @@ class Scheduler:
 
     async def _work(self) -> None:
         heap = self._heap
-        loop = self._loop
         run_node = self._run_observed if self._observed else self._run_node
         self._starting -= 1
         while not self.closed:
             if not heap:
-                future: asyncio.Future[None] = loop.create_future()
-                self._parked.append(future)
-                await future
+                await self._parked.wait(None)
                 self._starting -= 1
                 continue
             entry = heapq.heappop(heap)
@@ -315,6 +309,10 @@ class Scheduler:
         handle = self._loop.call_later(max(delay, 0.0), requeue)
         self._timers.add(handle)
 
+    def _lost_wake(self, _: None) -> None:
+        """A parked worker was woken in the tick it was cancelled: it will not start."""
+        self._starting -= 1
+
     # -- shutdown -------------------------------------------------------------
 
     def stop_starting(self) -> None:
@@ -328,11 +326,7 @@ class Scheduler:
             handle.cancel()
         self._timers.clear()
         self._heap.clear()
-        while self._parked:
-            future = self._parked.popleft()
-            if not future.done():
-                future.set_result(None)
-                self._starting += 1
+        self._starting += self._parked.wake_all()
 
     async def wait_stopped(self) -> None:
         """Wait for every worker to finish (after :meth:`stop_starting` or :meth:`cancel`)."""

@@ -46,12 +46,12 @@ if TYPE_CHECKING:
 class _Route:
     """One alias: its pool of endpoints, its usage, and its retry budget."""
 
-    __slots__ = ("pool", "retry_budget", "usage")
+    __slots__ = ("pool", "retry_limit", "usage")
 
     def __init__(self, endpoints: list[Endpoint]) -> None:
         self.pool = EndpointPool(endpoints, [e.config.weight for e in endpoints])
-        budgets = [e.config.max_retries for e in endpoints if e.config.max_retries is not None]
-        self.retry_budget = max(budgets) if budgets else None
+        limits = [e.config.max_retries for e in endpoints if e.config.max_retries is not None]
+        self.retry_limit = max(limits) if limits else None
         self.usage = AliasUsage()
 
 
@@ -92,9 +92,9 @@ class ResourceManager:
         if missing:
             raise UnknownAliasError.for_aliases(missing, self._routes)
 
-    def retry_budget(self, alias: str) -> int | None:
+    def retry_limit(self, alias: str) -> int | None:
         """The alias's ``max_retries`` (largest in a pool), or None to use the scheduler's."""
-        return self._route(alias).retry_budget
+        return self._route(alias).retry_limit
 
     def priced(self, alias: str) -> bool:
         """Whether every endpoint of ``alias`` has prices, so its calls have a cost."""

@@ -1,6 +1,6 @@
 """The interface the engine needs from a resource manager, and coercion to it.
 
-The engine only ever calls ``complete``, ``check_aliases`` and ``retry_budget``,
+The engine only ever calls ``complete``, ``check_aliases`` and ``retry_limit``,
 so an in-process object with those methods (a test double, a null client for
 benchmarks) can stand in for the real :class:`~plait.resources.ResourceManager`.
 """
@@ -24,7 +24,7 @@ class ResourceManagerLike(Protocol):
 
     def check_aliases(self, aliases: Iterable[str]) -> None: ...
 
-    def retry_budget(self, alias: str) -> int | None: ...
+    def retry_limit(self, alias: str) -> int | None: ...
 
 
 def as_resource_manager(resources: Any) -> ResourceManagerLike:

@@ -1,6 +1,6 @@
 """An in-process stand-in for the resource manager, for testing pipelines offline.
 
-The engine needs only ``complete``, ``check_aliases`` and ``retry_budget`` from
+The engine needs only ``complete``, ``check_aliases`` and ``retry_limit`` from
 its resources (:class:`~plait.resources.protocol.ResourceManagerLike`), so a
 test can run a real pipeline - tracing, scheduling, retries, checkpoints,
 training - against scripted replies, with no server and no clock to wait on.
@@ -94,7 +94,7 @@ class FakeResources:
     default, otherwise any alias is accepted. An unknown alias fails with the
     same :class:`~plait.errors.UnknownAliasError` the real manager raises.
     ``latency`` (seconds, or a function of the request) is waited before each
-    reply. ``retry_budgets`` gives an alias's ``max_retries``. With ``record``
+    reply. ``retry_limits`` gives an alias's ``max_retries``. With ``record``
     false, calls are counted but not kept, for large batches.
 
     Example: the judge's first call fails with a 503, which the engine
@@ -122,7 +122,7 @@ class FakeResources:
         *,
         aliases: Iterable[str] | None = None,
         latency: Latency = 0.0,
-        retry_budgets: Mapping[str, int] | None = None,
+        retry_limits: Mapping[str, int] | None = None,
         record: bool = True,
     ) -> None:
         if aliases is None and isinstance(replies, Mapping):
@@ -131,7 +131,7 @@ class FakeResources:
             None if aliases is None else tuple(dict.fromkeys(aliases))
         )
         self.latency = latency
-        self.retry_budgets = dict(retry_budgets or {})
+        self.retry_limits = dict(retry_limits or {})
         self.record = record
         self.calls: list[FakeCall] = []
         self.call_count = 0
@@ -191,9 +191,9 @@ class FakeResources:
             if missing:
                 raise UnknownAliasError.for_aliases(missing, known)
 
-    def retry_budget(self, alias: str) -> int | None:
+    def retry_limit(self, alias: str) -> int | None:
         self._require(alias)
-        return self.retry_budgets.get(alias)
+        return self.retry_limits.get(alias)
 
     async def complete(self, alias: str, request: ChatRequest, *, attempt: int = 0) -> ChatResponse:
         self._require(alias)

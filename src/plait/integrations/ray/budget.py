@@ -102,8 +102,8 @@ class SharedBudgetResources:
     def check_aliases(self, aliases: Iterable[str]) -> None:
         self.inner.check_aliases(aliases)
 
-    def retry_budget(self, alias: str) -> int | None:
-        return self.inner.retry_budget(alias)
+    def retry_limit(self, alias: str) -> int | None:
+        return self.inner.retry_limit(alias)
 
     def usage(self) -> Any:
         return getattr(self.inner, "usage", dict)()
