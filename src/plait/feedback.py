@@ -23,7 +23,7 @@ from plait.errors import BackwardError
 from plait.execution.ask import TextLLM
 from plait.execution.tasks import task_group
 from plait.graph import ForwardRecord, InferenceGraph, NodeKind, NodeRef, ParameterLike, Template
-from plait.values import Value, ValueKind
+from plait.values import Value, ValueKind, not_feedback
 
 
 class ReasoningLLM(Protocol):
@@ -145,19 +145,12 @@ def feedback_targets(value: Value) -> list[FeedbackTarget]:
     """The forward passes a feedback Value judges."""
     if not isinstance(value, Value):
         raise BackwardError(f"backward needs a feedback Value from a loss, got {type(value)!r}")
-    if isinstance(value, Feedback) and value.targets:
-        return list(value.targets)
-    if value.record is None:
-        raise BackwardError(
-            "this value carries no forward record: call module.train() before the forward "
-            "pass and compute the loss on its output (or inside the traced step)"
-        )
-    if not isinstance(value, Feedback):
-        raise BackwardError(
-            "backward() was called on a pipeline output, not on feedback: compute a loss on "
-            "it first (loss = await loss_fn(output, target)) and call loss.backward()"
-        )
-    return [FeedbackTarget(value.record, str(value), value.score)]
+    if isinstance(value, Feedback):
+        if value.targets:
+            return list(value.targets)
+        if value.record is not None:
+            return [FeedbackTarget(value.record, str(value), value.score)]
+    raise not_feedback(value)
 
 
 async def run_backward(

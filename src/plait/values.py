@@ -80,15 +80,20 @@ class Value:
 
         :class:`~plait.feedback.Feedback` overrides this with the real walk.
         """
-        if self.record is None:
-            raise BackwardError(
-                "this value carries no forward record: call module.train() before the forward "
-                "pass and compute the loss on its output (or inside the traced step)"
-            )
-        raise BackwardError(
-            "backward() was called on a pipeline output, not on feedback: compute a loss on "
-            "it first (loss = await loss_fn(output, target)) and call loss.backward()"
+        raise not_feedback(self)
+
+
+def not_feedback(value: Value) -> BackwardError:
+    """Why ``value`` cannot be sent backward: it has no record, or it is not feedback."""
+    if value.record is None:
+        return BackwardError(
+            "this value carries no forward record: call module.train() before the forward "
+            "pass and compute the loss on its output (or inside the traced step)"
         )
+    return BackwardError(
+        "backward() was called on a pipeline output, not on feedback: compute a loss on "
+        "it first (loss = await loss_fn(output, target)) and call loss.backward()"
+    )
 
 
 def with_record(output: Any, ref: str | None, record: ForwardRecord) -> Value:
