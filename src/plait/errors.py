@@ -12,6 +12,8 @@ catch the library's failures in one place::
     ├── ResourcesNotBoundError (RuntimeError)
     ├── ResourcesInUseError                 a ResourceManager is busy on another loop
     ├── TracingError                        forward needed a value while tracing
+    ├── GraphError (ValueError)             a graph that cannot be ordered (a cycle)
+    │   └── UnknownNodeError (KeyError)     a node id the graph does not hold
     ├── ExecutionError (RuntimeError)
     │   ├── TaskTimeoutError (TimeoutError)
     │   ├── CancelledNodeError              an upstream node failed
@@ -122,6 +124,18 @@ class TracingError(PlaitError):
     ``TypeError`` raised inside them with their own message, which would hide
     the advice this error carries.
     """
+
+
+class GraphError(PlaitError, ValueError):
+    """An InferenceGraph is not a DAG, or is asked about a node it lacks."""
+
+
+class UnknownNodeError(GraphError, KeyError):
+    """A node id the graph does not hold."""
+
+    def __str__(self) -> str:
+        # KeyError would otherwise wrap the message in quotes.
+        return str(self.args[0]) if self.args else ""
 
 
 class ExecutionError(PlaitError, RuntimeError):

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from plait.errors import GraphError, UnknownNodeError
+
 
 class ParameterLike(Protocol):
     """What the graph and its walkers need from a learnable prompt.
@@ -151,7 +153,7 @@ class InferenceGraph:
                         ready.append(dependent)
             if len(order) != len(self.nodes):
                 stuck = sorted(nid for nid, count in remaining.items() if count > 0)
-                raise ValueError(f"graph has a cycle through nodes {stuck}")
+                raise GraphError(f"graph has a cycle through nodes {stuck}")
             self._order = order
         return list(self._order)
 
@@ -165,7 +167,7 @@ class InferenceGraph:
 
     def _walk(self, node_id: str, direction: str) -> set[str]:
         if node_id not in self.nodes:
-            raise KeyError(f"no node {node_id!r} in this graph")
+            raise UnknownNodeError(f"no node {node_id!r} in this graph")
         seen: set[str] = set()
         stack = list(getattr(self.nodes[node_id], direction))
         while stack:
