@@ -18,11 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from plait.errors import PlaitError, UsageError
+from plait.errors import FactoryError, PlaitError, UsageError
 
 EXIT_OK = 0
 EXIT_FAILED_LINES = 1
 EXIT_USAGE = 2
+EXIT_FACTORY = 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run(options)
     except PlaitError as error:
         print(f"plait: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_FACTORY if isinstance(error, FactoryError) else EXIT_USAGE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--budget-tokens", type=_positive_int, help="stop after this many tokens")
     run.add_argument("--budget-cost", type=float, help="stop after this cost (needs prices)")
+    run.add_argument(
+        "--keep-failed",
+        action="store_true",
+        help="do not retry lines an earlier run recorded as failed (the default retries them)",
+    )
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     graph = commands.add_parser("graph", help="print a module's graph")
@@ -128,7 +134,12 @@ def load_target(target: str) -> Any:
     except AttributeError as error:
         raise UsageError(f"{module_name!r} has no attribute {attribute!r}") from error
     if not isinstance(found, Module) and callable(found):
-        found = found()
+        try:
+            found = found()
+        except Exception as error:
+            raise FactoryError(
+                f"the factory {target} raised {type(error).__name__}: {error}"
+            ) from error
     if not isinstance(found, Module):
         raise UsageError(f"{target!r} gave a {type(found).__name__}, not a plait Module")
     return found
@@ -143,19 +154,39 @@ def _graph(options: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _done_lines(*paths: Path | None) -> set[int]:
-    """Line numbers already recorded by an earlier run of the same job."""
-    done: set[int] = set()
+def _earlier(*paths: Path | None) -> tuple[set[int], set[int]]:
+    """Line numbers an earlier run of the same job finished, and those it recorded as failed."""
+    finished: set[int] = set()
+    failed: set[int] = set()
     for path in paths:
         if path is None or not path.exists():
             continue
         with path.open() as existing:
             for text in existing:
                 try:
-                    done.add(int(json.loads(text)["line"]))
+                    record = json.loads(text)
+                    line = int(record["line"])
                 except (ValueError, KeyError, TypeError):
                     continue
-    return done
+                (finished if "output" in record else failed).add(line)
+    return finished, failed - finished
+
+
+def _drop_records(path: Path | None, lines: set[int]) -> None:
+    """Rewrite ``path`` without the records of ``lines``, atomically: a crash keeps the old file."""
+    if path is None or not lines or not path.exists():
+        return
+    kept = []
+    for text in path.read_text().splitlines(keepends=True):
+        try:
+            line = int(json.loads(text)["line"])
+        except (ValueError, KeyError, TypeError):
+            line = None
+        if line not in lines and text.endswith("\n"):
+            kept.append(text)
+    scratch = path.with_name(path.name + ".rewrite")
+    scratch.write_text("".join(kept))
+    scratch.replace(path)
 
 
 def _read_inputs(path: Path, skip: set[int], bad: list[tuple[int, str]]) -> Iterator[Any]:
@@ -201,7 +232,13 @@ def _run(options: argparse.Namespace) -> int:
             "or bind them in the factory"
         )
 
-    done = _done_lines(options.output, options.errors)
+    finished, failed_before = _earlier(options.output, options.errors)
+    kept = failed_before if options.keep_failed else set()
+    # Failed lines run again unless kept; their old error records go, so that
+    # each line has one record and the files say what is still failed.
+    for path in (options.output, options.errors):
+        _drop_records(path, failed_before - kept)
+    done = finished | kept
     bad: list[tuple[int, str]] = []
     # With a checkpoint, every line goes to the engine so that each input keeps
     # its position (part of its checkpoint identity); finished ones come back
@@ -224,15 +261,20 @@ def _run(options: argparse.Namespace) -> int:
                 _drive(module, pending, settings, resources, output, sink, done)
             )
             failed += failed_now
-    print(
-        f"plait: {written} lines done, {failed} failed, {len(done)} already done by an earlier run",
-        file=sys.stderr,
+    report = (
+        f"plait: {written} lines done, {failed} failed, {len(finished)} already done by an "
+        "earlier run"
     )
+    if kept:
+        report += f", {len(kept)} failed line{'s' if len(kept) != 1 else ''} kept (--keep-failed)"
+    if failed or kept:
+        report += "; rerun the same command to retry the failed lines"
+    print(report, file=sys.stderr)
     if resources is not None and hasattr(resources, "usage"):
         from plait.resources import format_usage
 
         print(format_usage(resources.usage()), file=sys.stderr)
-    return EXIT_FAILED_LINES if failed else EXIT_OK
+    return EXIT_FAILED_LINES if failed or kept else EXIT_OK
 
 
 async def _drive(

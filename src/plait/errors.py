@@ -9,6 +9,7 @@ catch the library's failures in one place::
     │   ├── UnknownAliasError (KeyError)    a module names an alias the config lacks
     │   ├── UsageError                      a command-line argument cannot be used
     │   └── LossCheckError (TypeError)      a VerifierLoss check returned neither None nor text
+    ├── FactoryError                        ``plait run``'s factory raised while building
     ├── ResourcesNotBoundError (RuntimeError)
     ├── ResourcesInUseError                 a ResourceManager is busy on another loop
     ├── TracingError                        forward needed a value while tracing
@@ -106,6 +107,10 @@ class LossCheckError(ConfigError, TypeError):
     A ConfigError because the check is the loss's argument and is wrong; a
     TypeError because the wrong thing is the type of what it returned.
     """
+
+
+class FactoryError(PlaitError):
+    """The factory named on the ``plait`` command line raised while building the module."""
 
 
 class ResourcesNotBoundError(PlaitError, RuntimeError):

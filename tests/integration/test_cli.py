@@ -27,9 +27,16 @@ def _env() -> dict[str, str]:
     return env
 
 
-def plait(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def plait(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*PLAIT, *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=120
+        [*PLAIT, *args],
+        cwd=cwd,
+        env={**_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -148,6 +155,64 @@ def test_bad_arguments_exit_2_with_a_clear_message(
     done = plait(*args, cwd=tmp_path)
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def _run_fail_named(tmp_path: Path, *extra: str, fail: str) -> subprocess.CompletedProcess[str]:
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('"a"\n"b"\n"c"\n')
+    return plait(
+        "run", "sample_pipelines.pipelines:fail_named", "--input", str(inputs),
+        "--output", str(tmp_path / "out.jsonl"), "--no-progress", *extra,
+        cwd=tmp_path, env={"PLAIT_TEST_FAIL": fail},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("errors_file", [False, True], ids=["one-file", "errors-file"])
+def test_a_rerun_retries_failed_lines_and_exits_nonzero_while_any_remain(
+    tmp_path: Path, errors_file: bool
+) -> None:
+    extra = ("--errors", str(tmp_path / "errors.jsonl")) if errors_file else ()
+    first = _run_fail_named(tmp_path, *extra, fail="b")
+    assert first.returncode == 1
+    assert "1 failed" in first.stderr
+    assert "rerun" in first.stderr  # says how to retry them
+
+    still_failing = _run_fail_named(tmp_path, *extra, fail="b")
+    assert still_failing.returncode == 1, "a line that failed again is still failed"
+
+    fixed = _run_fail_named(tmp_path, *extra, fail="")
+    assert fixed.returncode == 0, fixed.stderr
+    assert "1 lines done, 0 failed, 2 already done" in fixed.stderr
+    records = _records(tmp_path / "out.jsonl")
+    if errors_file:
+        assert _records(tmp_path / "errors.jsonl") == []
+    assert sorted((record["line"], record.get("output")) for record in records) == [
+        (1, "A"),
+        (2, "B"),
+        (3, "C"),
+    ], "exactly one record per line, the retried line's error gone"
+
+
+def test_keep_failed_leaves_failed_lines_alone_and_still_exits_nonzero(tmp_path: Path) -> None:
+    assert _run_fail_named(tmp_path, fail="b").returncode == 1
+    kept = _run_fail_named(tmp_path, "--keep-failed", fail="")
+    assert kept.returncode == 1
+    assert "1 failed line kept" in kept.stderr
+    records = _records(tmp_path / "out.jsonl")
+    assert [record["line"] for record in records if "error" in record] == [2]
+
+
+def test_a_factory_that_raises_gets_a_clear_message_and_its_own_exit_code(tmp_path: Path) -> None:
+    done = plait(
+        "run", "sample_pipelines.pipelines:exploding", "--input", str(_inputs(tmp_path, 1)),
+        "--output", str(tmp_path / "out.jsonl"), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 3
+    assert (
+        "plait: error: the factory sample_pipelines.pipelines:exploding raised RuntimeError: "
+        "the factory could not build its pipeline" in done.stderr
+    )
+    assert "Traceback" not in done.stderr
 
 
 def test_run_without_resources_says_how_to_give_them(tmp_path: Path) -> None:

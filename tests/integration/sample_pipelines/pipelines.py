@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from plait import LLMInference, Module
@@ -49,3 +50,21 @@ def guarded() -> Guarded:
 
 
 NOT_A_MODULE = 42
+
+
+class FailNamed(Module):
+    """Fails the inputs named in ``$PLAIT_TEST_FAIL`` (comma separated), upper-cases the rest:
+    a rerun with a different environment shows whether failed lines are retried."""
+
+    def forward(self, text: str) -> str:
+        if text in os.environ.get("PLAIT_TEST_FAIL", "").split(","):
+            raise ValueError(f"told to fail {text!r}")
+        return text.upper()
+
+
+def fail_named() -> FailNamed:
+    return FailNamed()
+
+
+def exploding() -> Module:
+    raise RuntimeError("the factory could not build its pipeline")
