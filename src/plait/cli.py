@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] == "simulate":
         from plait.testing.__main__ import main as simulate
 
-        return simulate(args[1:])
+        return simulate(args[1:], prog="plait simulate")
     parser = _parser()
     options = parser.parse_args(args)
     try:

@@ -224,6 +224,12 @@ def test_run_without_resources_says_how_to_give_them(tmp_path: Path) -> None:
     assert "--resources" in done.stderr
 
 
+def test_simulate_help_names_the_command_the_user_typed(tmp_path: Path) -> None:
+    done = plait("simulate", "--help", cwd=tmp_path)
+    assert done.returncode == 0
+    assert done.stdout.startswith("usage: plait simulate ")
+
+
 def test_simulate_serves_until_terminated(tmp_path: Path) -> None:
     child = subprocess.Popen(
         [*PLAIT, "simulate", "--port", "0", "--latency", "0"],

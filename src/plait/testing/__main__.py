@@ -27,8 +27,8 @@ async def serve(options: dict[str, Any]) -> None:
         await stop.wait()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "python -m plait.testing") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
         options = options_from_args(args)

@@ -14,10 +14,14 @@ from typing import Any
 from plait.testing._config import FAULT_KINDS, SimulatorConfig
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser for every option a spawned or hand-started simulator accepts."""
+def build_parser(prog: str = "python -m plait.testing") -> argparse.ArgumentParser:
+    """The parser for every option a spawned or hand-started simulator accepts.
+
+    ``prog`` is how the user started it (``plait simulate`` or the module), so
+    ``--help`` and errors name the command they typed.
+    """
     parser = argparse.ArgumentParser(
-        prog="python -m plait.testing",
+        prog=prog,
         description="Serve a local OpenAI-compatible chat-completions simulator on 127.0.0.1.",
     )
     add = parser.add_argument
