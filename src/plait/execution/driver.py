@@ -14,9 +14,9 @@ from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from plait.errors import CheckpointError, ConfigError
+from plait.errors import CheckpointError, ConfigError, WriterError
 from plait.execution.budget import Budget
-from plait.execution.hooks import RunFeatures, run_features
+from plait.execution.hooks import RunFeatures, flush_caches, run_features
 from plait.execution.inputs import Item, as_given
 from plait.execution.progress import ProgressReporter
 from plait.execution.results import BatchResult
@@ -363,9 +363,10 @@ class RunDriver:
             await asyncio.gather(self._stopper, return_exceptions=True)
 
     def _end(self) -> None:
-        """Close what the run opened, once: checkpoint, spans, profile.
+        """Close what the run opened, once: checkpoint, cache writes, spans, profile.
 
-        A checkpoint that cannot be written is the run's error, so a result is
+        The run returns only once its checkpoint and cache rows are on disk,
+        and a store that cannot be written is the run's error, so a result is
         never returned while the work behind it silently failed to save.
         """
         if self._ended or self.scheduler is None:
@@ -381,6 +382,11 @@ class RunDriver:
             except CheckpointError as error:
                 if self.fatal is None:
                     self.fatal = error
+        try:
+            flush_caches()
+        except WriterError as error:
+            if self.fatal is None:
+                self.fatal = error
         if self.observer is not None:
             self.observer.run_finished(self.fatal)
         if self.profiler is not None:

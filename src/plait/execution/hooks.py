@@ -137,10 +137,23 @@ def run_features(
             module=module,
             total=total,
             mismatch=settings.checkpoint_mismatch,
-            buffer_size=settings.checkpoint_buffer_size,
-            flush_interval=settings.checkpoint_flush_interval,
         )
     return features
+
+
+def flush_caches() -> None:
+    """Wait until every response cache of this process has its replies on disk.
+
+    A run calls this as it ends, so a caller that got its results back can be
+    killed without losing the replies behind them. No cache can be open before
+    :mod:`plait.storage.cache` is imported, so plain runs do not import it.
+
+    Raises:
+        WriterError: a cache could not be written.
+    """
+    caches = sys.modules.get("plait.storage.cache")
+    if caches is not None:
+        caches.flush_open_caches()
 
 
 def _span_observer(settings: ResolvedSettings) -> RunObserver | None:

@@ -10,10 +10,12 @@ holds no secret.
 
 Lookups read SQLite directly on the calling thread (a point query on a
 primary key, with no writer ever in the way under WAL); writes are queued to
-a background thread that commits them in batches, and stay visible to
-lookups from memory until they are committed, so nothing ever waits for the
-disk. Any number of processes may share one cache file; rows still queued
-when the interpreter exits are committed then.
+a background thread that group-commits them, and stay visible to lookups
+from memory until they are committed, so nothing ever waits for the disk
+while a run goes on. A run waits for its rows to be on disk before it
+returns (:func:`flush_open_caches`), so a process killed after a call
+returned has lost none of that call's replies. Any number of processes may
+share one cache file.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,6 @@ from plait.storage._sqlite import BackgroundWriter, Write, connect
 from plait.storage.codec import content_hash
 
 FILENAME = "responses.sqlite"
-_LINGER = 0.05
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses(
@@ -85,6 +87,7 @@ class ResponseCache:
         self._writer: BackgroundWriter | None = None
         self._reader: sqlite3.Connection | None = None
         self._open()
+        _live_caches.add(self)
 
     def __repr__(self) -> str:
         return f"ResponseCache({str(self.path)!r})"
@@ -182,11 +185,12 @@ class ResponseCache:
                 self._reader = None
             self._pending.clear()
         _open_caches.pop(self.path, None)
+        _live_caches.discard(self)
 
     def _open(self) -> None:
         try:
             self._writer = BackgroundWriter(
-                self.path, setup=_create_schema, linger=_LINGER, on_commit=self._committed
+                self.path, setup=_create_schema, on_commit=self._committed
             )
             self._reader = connect(self.path)
         except OSError as error:
@@ -215,6 +219,22 @@ def default_cache_path() -> Path:
 
 
 _open_caches: dict[Path, ResponseCache] = {}
+_live_caches: weakref.WeakSet[ResponseCache] = weakref.WeakSet()
+
+
+def flush_open_caches() -> None:
+    """Block until every reply put into any cache of this process is committed.
+
+    A run calls this as it ends, so its replies are durable when it returns;
+    that covers an endpoint's own cache too, which the run never sees.
+
+    Raises:
+        WriterError: a cache could not be written (the disk is full, say).
+    """
+    for cache in list(_live_caches):
+        cache.flush()
+
+
 _registry_lock = threading.Lock()
 
 

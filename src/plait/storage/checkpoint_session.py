@@ -18,13 +18,14 @@ batch plus a hash of its content, so reordering or editing inputs never
 returns another input's result.
 
 Writing. The event loop only encodes values (JSON, see
-:mod:`plait.storage.codec`) and appends rows to a buffer. The buffer goes
-to a background thread every ``checkpoint_buffer_size`` completions or every
-``checkpoint_flush_interval`` seconds, whichever comes first, and the thread
-commits it as one transaction. SQLite in WAL mode makes each commit atomic,
-so a process killed at any moment (``kill -9`` included) leaves the store
-as it was after some commit: at most the last unflushed buffer and the
-requests in flight are lost, and nothing is ever half-written.
+:mod:`plait.storage.codec`) and appends rows to a buffer, which it hands to
+the background writer at the end of the current loop step, so completions
+that arrive together travel together. The writer group-commits (see
+:mod:`plait.storage._sqlite`): it commits whatever has arrived as soon as its
+previous commit ends. SQLite in WAL mode makes each commit atomic, so a
+process killed at any moment (``kill -9`` included) leaves the store as it
+was after some commit: at most the requests in flight and one commit's worth
+of completions are lost, and nothing is ever half-written.
 
 Reading a directory without the module is
 :mod:`plait.storage.checkpoint_reader`; the file's tables are
@@ -88,16 +89,12 @@ class CheckpointSession:
         module: Any,
         total: int | None,
         mismatch: MismatchPolicy = "error",
-        buffer_size: int = 64,
-        flush_interval: float = 1.0,
     ) -> None:
         self.directory = Path(directory)
         self.path = self.directory / FILENAME
         self.module_name = type(module).__qualname__
         self.total = total
         self.mismatch = mismatch
-        self.buffer_size = buffer_size
-        self.flush_interval = flush_interval
         if self.directory.exists() and not self.directory.is_dir():
             raise CheckpointError(f"checkpoint_dir {self.directory} exists and is not a directory")
         try:
@@ -111,7 +108,7 @@ class CheckpointSession:
             ) from None
         self._bindings: dict[int, Binding] = {}
         self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
+        self._handoff: asyncio.Handle | None = None
         self._nodes: dict[InputKey, list[tuple[int, int, str, str, str]]] = {}
         self._inputs: list[tuple[int, int, str, str, str, float]] = []
         self._finished: list[InputKey] = []
@@ -294,22 +291,20 @@ class CheckpointSession:
 
     def _added(self) -> None:
         self._buffered += 1
-        if self._buffered >= self.buffer_size:
-            self.flush()
-        elif self._timer is None:
-            self._timer = self._loop.call_later(self.flush_interval, self._flush_on_timer)
+        if self._handoff is None:
+            self._handoff = self._loop.call_soon(self._flush_soon)
 
-    def _flush_on_timer(self) -> None:
-        self._timer = None
-        # A failure is raised again by the next flush, which every run makes as it ends.
+    def _flush_soon(self) -> None:
+        self._handoff = None
+        # A failure is raised again by the next write or by close, which every run makes.
         with contextlib.suppress(CheckpointError):
             self.flush()
 
     def flush(self) -> None:
         """Hand everything buffered to the writer as one transaction."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._handoff is not None:
+            self._handoff.cancel()
+            self._handoff = None
         if not self._buffered:
             return
         self._buffered = 0
