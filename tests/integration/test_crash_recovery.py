@@ -88,3 +88,34 @@ def test_a_call_that_returned_has_its_cache_rows_on_disk(
     sim.reset_stats()
     asyncio.run(run_batch(sim.base_url, None, cache=str(cache), concurrency=64))
     assert sim.stats().requests == 0
+
+
+def test_a_second_process_on_the_same_checkpoint_dir_is_refused(
+    sim: SpawnedSimulator, tmp_path: Path
+) -> None:
+    """Two processes on one directory would both pay for every input; the second refuses."""
+    sim.reset_stats()
+    checkpoint = tmp_path / "ckpt"
+    first = _child(sim.base_url, str(checkpoint), "--concurrency", str(CONCURRENCY))
+    try:
+        deadline = time.monotonic() + GUARD
+        while sim.stats().requests < CONCURRENCY:
+            assert first.poll() is None, first.stderr.read() if first.stderr else ""
+            assert time.monotonic() < deadline, "the first run made no progress"
+            time.sleep(0.01)
+        second = _child(sim.base_url, str(checkpoint), "--concurrency", str(CONCURRENCY))
+        _, second_err = second.communicate(timeout=GUARD)
+        assert first.poll() is None, "the first run ended before the second was refused"
+        assert second.returncode != 0
+        assert b"is in use by another run (pid " + str(first.pid).encode() in second_err
+        _, first_err = first.communicate(timeout=GUARD)
+        assert first.returncode == 0, first_err
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(GUARD)
+    assert sim.stats().requests == len(INPUTS) * CALLS_PER_INPUT
+    # Once the first run is over, the directory is free again.
+    rerun = asyncio.run(run_batch(sim.base_url, str(checkpoint), concurrency=CONCURRENCY))
+    assert len(rerun) == len(INPUTS)
+    assert sim.stats().requests == len(INPUTS) * CALLS_PER_INPUT

@@ -109,18 +109,14 @@ class BackgroundWriter:
         self._thread.start()
         _live.add(self)
 
-    @property
-    def failed(self) -> bool:
-        return self._error is not None
-
     def submit(self, writes: list[Write]) -> None:
-        self._raise_if_failed()
+        self.check()
         if writes:
             self._queue.put(writes)
 
     def flush(self) -> None:
         """Block until every earlier submission is committed (or the writer has failed)."""
-        self._raise_if_failed()
+        self.check()
         if self._closed:
             return
         marker = _Flush()
@@ -129,7 +125,7 @@ class BackgroundWriter:
         # drained the queue would never be set, so waiting also watches the thread.
         while not marker.done.wait(_POLL) and self._thread.is_alive():
             pass
-        self._raise_if_failed()
+        self.check()
 
     def close(self) -> None:
         """Commit what is queued, stop the thread and close the connection."""
@@ -139,9 +135,10 @@ class BackgroundWriter:
         self._queue.put(None)
         self._thread.join()
         _live.discard(self)
-        self._raise_if_failed()
+        self.check()
 
-    def _raise_if_failed(self) -> None:
+    def check(self) -> None:
+        """Raise :class:`WriterError` if a commit has failed."""
         if self._error is not None:
             raise WriterError(f"writing to {self.path} failed: {self._error}") from self._error
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from plait.clients.base import ChatRequest, ChatResponse
 from plait.clients.structured import cached_response_format_payload, validate_reply
-from plait.errors import ConfigError, ResponseValidationError
+from plait.errors import ConfigError, ResponseValidationError, WriterError
 from plait.storage._sqlite import BackgroundWriter, Write, connect
 from plait.storage.codec import content_hash
 
@@ -154,11 +154,21 @@ class ResponseCache:
                             del pending[row[0]]
 
     def flush(self) -> None:
-        """Block until every reply put so far is committed."""
+        """Block until every reply put so far is committed.
+
+        Raises:
+            WriterError: the cache could not be written. The cache is closed
+                then, releasing its thread and file handles; :func:`open_cache`
+                opens the file afresh next time.
+        """
         with self._lock:
             writer = self._writer
         if writer is not None:
-            writer.flush()
+            try:
+                writer.flush()
+            except WriterError:
+                self.close()
+                raise
 
     def __len__(self) -> int:
         self.flush()
@@ -175,17 +185,22 @@ class ResponseCache:
             self._reader.execute("DELETE FROM responses")
 
     def close(self) -> None:
+        """Commit what is queued and release the thread and file handles."""
         with self._lock:
             writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
-        with self._lock:
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
-            self._pending.clear()
-        _open_caches.pop(self.path, None)
-        _live_caches.discard(self)
+        try:
+            if writer is not None:
+                writer.close()
+        finally:
+            with self._lock:
+                if self._reader is not None:
+                    self._reader.close()
+                    self._reader = None
+                self._pending.clear()
+            with _registry_lock:
+                if _open_caches.get(self.path) is self:
+                    del _open_caches[self.path]
+            _live_caches.discard(self)
 
     def _open(self) -> None:
         try:

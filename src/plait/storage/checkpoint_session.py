@@ -52,6 +52,7 @@ from plait.graph import InferenceGraph
 from plait.storage._sqlite import BackgroundWriter
 from plait.storage.checkpoint_schema import FILENAME, open_for_writing
 from plait.storage.codec import class_path, content_hash, decode, digest, encode
+from plait.storage.dir_lock import DirectoryLock
 from plait.storage.fingerprint import describe, differences
 
 MismatchPolicy = Literal["error", "reuse", "new"]
@@ -98,14 +99,24 @@ class CheckpointSession:
         if self.directory.exists() and not self.directory.is_dir():
             raise CheckpointError(f"checkpoint_dir {self.directory} exists and is not a directory")
         try:
-            self._conn = open_for_writing(self.path)
-            self._writer = BackgroundWriter(self.path)
-        except sqlite3.DatabaseError as error:
-            raise CheckpointError(f"cannot use {self.path} as a checkpoint: {error}") from None
+            self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise CheckpointError(
                 f"cannot create checkpoint_dir {self.directory}: {error}"
             ) from None
+        self._lock = DirectoryLock(self.directory)
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = open_for_writing(self.path)
+            self._writer = BackgroundWriter(self.path)
+        except BaseException as error:
+            if conn is not None:
+                conn.close()
+            self._lock.release()
+            if isinstance(error, sqlite3.DatabaseError | OSError):
+                raise CheckpointError(f"cannot use {self.path} as a checkpoint: {error}") from None
+            raise
+        self._conn = conn
         self._bindings: dict[int, Binding] = {}
         self._loop = asyncio.get_running_loop()
         self._handoff: asyncio.Handle | None = None
@@ -290,6 +301,11 @@ class CheckpointSession:
         self._added()
 
     def _added(self) -> None:
+        try:
+            self._writer.check()
+        except WriterError as error:
+            # Nothing more can be saved: say so now, so the run stops paying for calls.
+            raise CheckpointError(str(error)) from None
         self._buffered += 1
         if self._handoff is None:
             self._handoff = self._loop.call_soon(self._flush_soon)
@@ -337,11 +353,20 @@ class CheckpointSession:
             now = time.time()
             ends = [(now, status, binding.run_id) for binding in self._bindings.values()]
             self._writer.submit([(_END_RUN, ends)])
-            self._writer.close()
-        except WriterError as error:
-            raise CheckpointError(str(error)) from None
+        except (CheckpointError, WriterError) as error:
+            failure: BaseException | None = error
+        else:
+            failure = None
         finally:
+            # Whatever happened, nothing of this run may keep holding the file.
+            try:
+                self._writer.close()
+            except WriterError as error:
+                failure = failure or error
             self._conn.close()
+            self._lock.release()
+        if failure is not None:
+            raise CheckpointError(str(failure)) from None
 
 
 def _models_of(graph: InferenceGraph) -> dict[str, type[BaseModel]]:
