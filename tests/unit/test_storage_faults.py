@@ -8,6 +8,8 @@ SQLITE_FULL exactly as it would on a full filesystem.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import sqlite3
 import threading
@@ -18,10 +20,13 @@ from typing import Any
 import pytest
 
 from plait import LLMInference
-from plait.errors import CheckpointError, WriterError
+from plait.errors import CheckpointError, StoredValueError, UnknownClassError, WriterError
 from plait.storage import _sqlite
+from plait.storage.checkpoint_schema import FILENAME
+from plait.storage.codec import decode
 from plait.testing import FakeResources
 from support.llm import echo_llm, manager
+from support.modules import Chain
 
 GUARD = 30.0
 
@@ -97,3 +102,74 @@ async def test_a_full_disk_fails_the_cached_run_and_releases_everything(tmp_path
             await bounded(module(prompts(100)))
     finally:
         await resources.aclose()
+
+
+# -- checkpoint rows that do not decode ------------------------------------------
+
+CRAFTED = json.dumps(
+    {
+        "$plait": "model",
+        "class": "plait.resources.config:EndpointConfig",
+        "data": {"model": "${PLAIT_CRAFTED_SECRET}", "base_url": "http://x", "api_key": "k"},
+    }
+)
+
+
+def tamper(directory: Path, sql: str, *params: Any) -> None:
+    conn = sqlite3.connect(directory / FILENAME)
+    try:
+        conn.execute(sql, params)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+async def test_a_row_that_does_not_decode_is_dropped_and_its_node_runs_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Crafted or broken rows: nothing is instantiated from a class path the graph
+    does not declare, no raw JSON or value error escapes, and each bad row's
+    node runs again with a warning naming where it was."""
+    monkeypatch.setenv("PLAIT_CRAFTED_SECRET", "leaked-secret")
+    fake = FakeResources()
+    module = Chain().bind(resources=fake, checkpoint_dir=tmp_path)
+    texts = [f"q{index}" for index in range(4)]
+    reference = await bounded(module(texts))
+    assert fake.call_count == 8
+
+    update = "UPDATE inputs SET output = ? WHERE position = ?"
+    tamper(tmp_path, update, CRAFTED, 0)
+    tamper(tmp_path, update, "not json {", 1)
+    tamper(tmp_path, update, '{"$plait": "tuple"}', 2)
+    # Input 3 was cut short after its first node, whose stored value is broken.
+    (run_id, digest) = (
+        sqlite3.connect(tmp_path / FILENAME)
+        .execute("SELECT run_id, digest FROM inputs WHERE position = 3")
+        .fetchone()
+    )
+    tamper(tmp_path, "DELETE FROM inputs WHERE position = 3")
+    tamper(
+        tmp_path,
+        "INSERT INTO nodes VALUES (?, 3, ?, 'first', ?)",
+        run_id,
+        digest,
+        '{"$plait": "value", "kind": "bogus", "payload": 1}',
+    )
+
+    with caplog.at_level(logging.WARNING, logger="plait.storage"):
+        resumed = await bounded(module(texts))
+    assert resumed == reference
+    assert "leaked-secret" not in json.dumps(resumed)
+    assert fake.call_count == 16
+    dropped = [record.getMessage() for record in caplog.records]
+    assert len(dropped) == 4, dropped
+    assert any("input 0" in line and "EndpointConfig" in line for line in dropped)
+    assert any("input 3" in line and "node 'first'" in line for line in dropped)
+
+
+def test_the_codec_decodes_only_the_model_classes_it_is_given() -> None:
+    with pytest.raises(UnknownClassError, match="EndpointConfig"):
+        decode(CRAFTED)
+    for text in ("not json {", '{"$plait": "tuple"}', '{"$plait": "bytes", "base64": "%"}'):
+        with pytest.raises(StoredValueError):
+            decode(text)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import sqlite3
@@ -47,7 +48,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from plait.errors import CheckpointError, UnencodableError, UnknownClassError, WriterError
+from plait.errors import CheckpointError, StorageError, UnencodableError, WriterError
 from plait.graph import InferenceGraph
 from plait.storage._sqlite import BackgroundWriter
 from plait.storage.checkpoint_schema import FILENAME, open_for_writing
@@ -56,6 +57,8 @@ from plait.storage.dir_lock import DirectoryLock
 from plait.storage.fingerprint import describe, differences
 
 MismatchPolicy = Literal["error", "reuse", "new"]
+
+_log = logging.getLogger("plait.storage.checkpoint")
 
 _INSERT_NODE = "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?)"
 _INSERT_INPUT = "INSERT OR REPLACE INTO inputs VALUES (?, ?, ?, ?, ?, ?)"
@@ -248,15 +251,15 @@ class CheckpointSession:
         if row is not None:
             try:
                 return key, (decode(row[0], binding.models),), {}
-            except UnknownClassError:
-                pass
+            except StorageError as error:
+                _dropped(f"the stored output of input {position}", error)
         nodes: dict[str, Any] = {}
         query = "SELECT node_id, value FROM nodes WHERE run_id = ? AND position = ? AND digest = ?"
         for node_id, text in conn.execute(query, key):
             try:
                 nodes[node_id] = decode(text, binding.models)
-            except UnknownClassError:
-                continue
+            except StorageError as error:
+                _dropped(f"the stored value of node {node_id!r} of input {position}", error)
         return key, None, nodes
 
     # -- recording -------------------------------------------------------------
@@ -367,6 +370,16 @@ class CheckpointSession:
             self._lock.release()
         if failure is not None:
             raise CheckpointError(str(failure)) from None
+
+
+def _dropped(what: str, error: StorageError) -> None:
+    """A stored row that does not decode is not trusted: it is logged and its work redone.
+
+    Logged rather than warned: it is an event in a batch job's data, for the
+    operator's log, and every row counts (``warnings`` would show one per call
+    site and hide how many rows were dropped).
+    """
+    _log.warning("%s does not decode and is run again: %s", what, error)
 
 
 def _models_of(graph: InferenceGraph) -> dict[str, type[BaseModel]]:

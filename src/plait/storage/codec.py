@@ -4,10 +4,13 @@ Checkpoint files are data, never code, so nothing is pickled. Plain JSON
 types are stored as themselves; the few Python types that JSON cannot tell
 apart or hold (tuples, pydantic models, plait Values, bytes, exceptions,
 non-finite floats, dicts with non-string keys) are stored as small tagged
-objects. Decoding a model needs its class: it is looked up among the classes
-the caller already knows (the graph's ``response_format`` models) and then
-among modules that are already imported. Nothing is ever imported on behalf
-of a file, so a tampered checkpoint cannot run code.
+objects. Decoding a model needs its class, and only the classes the caller
+hands over (the graph's declared response models) are ever used: a class
+path in a file is a name to look up in that short list, never something to
+import or to find among loaded modules. So a tampered checkpoint can neither
+run code nor build an arbitrary object (a config that expands ``${ENV}``,
+say), and a stored value that is broken in any way is one
+:class:`StoredValueError`, never a raw JSON or value error.
 """
 
 from __future__ import annotations
@@ -17,13 +20,18 @@ import builtins
 import hashlib
 import json
 import math
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from plait.errors import ExecutionError, StoredValueError, UnencodableError, UnknownClassError
+from plait.errors import (
+    ExecutionError,
+    StorageError,
+    StoredValueError,
+    UnencodableError,
+    UnknownClassError,
+)
 from plait.values import Value, ValueKind
 
 TAG = "$plait"
@@ -148,10 +156,22 @@ def decode(text: str, models: Mapping[str, type[BaseModel]] | None = None) -> An
     """Rebuild a value written by :func:`encode`.
 
     Raises:
-        UnknownClassError: a stored model's class is neither in ``models`` nor
-            in an already imported module.
+        UnknownClassError: a stored model's class is not in ``models``.
+        StoredValueError: the text is not a value :func:`encode` could have
+            written (not JSON, a tag with missing or wrong fields, a model
+            whose data does not validate).
     """
-    return from_json(json.loads(text), models or {})
+    try:
+        return from_json(json.loads(text), models or {})
+    except StorageError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+        raise StoredValueError(f"a stored value does not decode: {_brief(error)}") from None
+
+
+def _brief(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text[:200]}"
 
 
 def from_json(data: Any, models: Mapping[str, type[BaseModel]]) -> Any:
@@ -170,9 +190,12 @@ def from_json(data: Any, models: Mapping[str, type[BaseModel]]) -> Any:
     if tag == "float":
         return float(data["repr"])
     if tag == "model":
-        model = models.get(data["class"]) or _loaded_class(data["class"])
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            raise UnknownClassError(data["class"])
+        model = models.get(data["class"])
+        if model is None:
+            raise UnknownClassError(
+                f"the stored model class {str(data['class'])[:200]!r} is not one this graph "
+                "declares"
+            )
         return model.model_validate(data["data"])
     if tag == "value":
         return Value(
@@ -182,7 +205,7 @@ def from_json(data: Any, models: Mapping[str, type[BaseModel]]) -> Any:
             from_json(data.get("meta") or {}, models),
         )
     if tag == "bytes":
-        return base64.b64decode(data["base64"])
+        return base64.b64decode(data["base64"], validate=True)
     if tag == "error":
         return _rebuild_error(data["class"], data["message"])
     raise StoredValueError(f"unknown tag {tag!r} in stored value")
@@ -217,16 +240,6 @@ def plain(data: Any) -> Any:
     if tag == "error":
         return f"{data['class'].rpartition(':')[2]}: {data['message']}"
     return data.get("repr")
-
-
-def _loaded_class(path: str) -> Any:
-    module_name, _, qualname = path.partition(":")
-    found: Any = sys.modules.get(module_name)
-    for part in qualname.split("."):
-        if found is None:
-            return None
-        found = getattr(found, part, None)
-    return found
 
 
 def _rebuild_error(path: str, message: str) -> BaseException:
