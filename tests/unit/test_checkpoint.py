@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -251,17 +252,23 @@ async def test_mismatch_reuse_adopts_stored_results_on_purpose(tmp_path: Path) -
 async def test_a_value_that_cannot_be_stored_names_the_node(tmp_path: Path) -> None:
     fake = FakeResources()
     module = OpaqueAfterLLM().bind(resources=fake, checkpoint_dir=tmp_path)
-    with pytest.raises(CheckpointError) as error:
+    # It fails its own input only: the batch reports it by index.
+    with pytest.raises(BatchError) as batch:
         await bounded(module(["x"]))
-    message = str(error.value)
+    error = batch.value.failures[0]
+    assert isinstance(error, CheckpointError)
+    message = str(error)
     assert "node 'wrap'" in message
     assert "Opaque" in message
 
 
 async def test_an_input_that_is_not_json_data_is_a_clear_error(tmp_path: Path) -> None:
     module = LLMInference("fast").bind(resources=FakeResources(), checkpoint_dir=tmp_path)
-    with pytest.raises(CheckpointError, match=r"input 0 cannot be checkpointed.*Opaque"):
+    with pytest.raises(BatchError) as batch:
         await bounded(module([Opaque()]))
+    error = batch.value.failures[0]
+    assert isinstance(error, CheckpointError)
+    assert re.search(r"input 0 cannot be checkpointed.*Opaque", str(error))
 
 
 async def test_training_mode_refuses_a_checkpoint(tmp_path: Path) -> None:

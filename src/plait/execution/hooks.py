@@ -110,7 +110,8 @@ def run_features(
     if settings.cache is not None and settings.cache is not False:
         from plait.storage.cache import open_cache
 
-        features.cache = open_cache(settings.cache)
+        cache = open_cache(settings.cache)
+        features.cache = None if cache is None else cache.for_run()
     if settings.max_tokens_total is not None or settings.max_cost is not None:
         features.budget = Budget(settings.max_tokens_total, settings.max_cost)
     features.probes = isinstance(resources, ResourceManager)
@@ -146,14 +147,14 @@ def flush_caches() -> None:
 
     A run calls this as it ends, so a caller that got its results back can be
     killed without losing the replies behind them. No cache can be open before
-    :mod:`plait.storage.cache` is imported, so plain runs do not import it.
+    :mod:`plait.storage.cache_store` is imported, so plain runs do not import it.
 
     Raises:
         WriterError: a cache could not be written.
     """
-    caches = sys.modules.get("plait.storage.cache")
-    if caches is not None:
-        caches.flush_open_caches()
+    stores = sys.modules.get("plait.storage.cache_store")
+    if stores is not None:
+        stores.flush_all()
 
 
 def _span_observer(settings: ResolvedSettings) -> RunObserver | None:

@@ -48,7 +48,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from plait.errors import CheckpointError, StorageError, UnencodableError, WriterError
+from plait.errors import (
+    CheckpointError,
+    StorageError,
+    UnencodableError,
+    UnstorableError,
+    WriterError,
+)
 from plait.graph import InferenceGraph
 from plait.storage._sqlite import BackgroundWriter
 from plait.storage.checkpoint_schema import FILENAME, open_for_writing
@@ -233,12 +239,12 @@ class CheckpointSession:
         """The input's key, ``(output,)`` if its output is stored, and its stored node results.
 
         Raises:
-            CheckpointError: the input cannot be hashed because it is not JSON data.
+            UnstorableError: the input cannot be hashed because it is not JSON data.
         """
         try:
             key: InputKey = (binding.run_id, position, digest([args, kwargs]))
         except UnencodableError as error:
-            raise CheckpointError(
+            raise UnstorableError(
                 f"input {position} cannot be checkpointed: {error}; checkpointed inputs must "
                 "be JSON data, pydantic models, tuples or bytes"
             ) from None
@@ -268,13 +274,14 @@ class CheckpointSession:
         """Buffer a finished node's value.
 
         Raises:
-            CheckpointError: the value is not storable as JSON (names the node).
+            UnstorableError: the value is not storable as JSON (names the node).
+            CheckpointError: nothing more can be written (the disk is full, say).
         """
         try:
             text = encode(value)
         except UnencodableError as error:
             where = f" ({node.module_path})" if node.module_path else ""
-            raise CheckpointError(
+            raise UnstorableError(
                 f"node {node_id!r}{where} produced a value that cannot be checkpointed: {error}. "
                 "Checkpointed node outputs must be JSON data, pydantic models, plait Values, "
                 "tuples or bytes; return one of those, or run without checkpoint_dir."
@@ -286,12 +293,17 @@ class CheckpointSession:
         self._added()
 
     def input_done(self, key: InputKey, given: Any, output: Any) -> None:
-        """Buffer a finished input; its node rows are no longer needed."""
+        """Buffer a finished input; its node rows are no longer needed.
+
+        Raises:
+            UnstorableError: the input or its output is not storable as JSON.
+            CheckpointError: nothing more can be written.
+        """
         try:
             output_text = encode(output)
             input_text = encode(given)
         except UnencodableError as error:
-            raise CheckpointError(
+            raise UnstorableError(
                 f"the output of input {key[1]} cannot be checkpointed: {error}"
             ) from None
         self._nodes.pop(key, None)

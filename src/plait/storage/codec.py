@@ -116,8 +116,74 @@ def _located(error: UnencodableError, parts: Iterable[tuple[str, Any]]) -> Unenc
 
 
 def encode(value: Any) -> str:
-    """``value`` as compact JSON text; raises :class:`UnencodableError`."""
-    return json.dumps(to_json(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    """``value`` as compact JSON text.
+
+    Raises:
+        UnencodableError: a part of ``value`` has a type JSON cannot hold, or
+            is a string that is not Unicode text (a lone surrogate), which
+            SQLite and every UTF-8 file refuse.
+    """
+    text = json.dumps(to_json(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    require_unicode(text, value)
+    return text
+
+
+def require_unicode(text: str, value: Any, where: str | None = None) -> None:
+    """Refuse ``text`` (made from ``value``) if it cannot be written as UTF-8.
+
+    Raises:
+        UnencodableError: naming ``where``, or where in ``value`` the lone
+            surrogate is.
+    """
+    if text.isascii():
+        return
+    try:
+        text.encode()
+    except UnicodeEncodeError as error:
+        raise surrogate_error(value, error, where) from None
+
+
+def surrogate_error(
+    value: Any, error: UnicodeEncodeError, where: str | None = None
+) -> UnencodableError:
+    """The error for ``value``, whose text failed to encode with ``error``.
+
+    ``where`` names the place for the message; by default it is the path in
+    ``value`` of the first string that is not Unicode text.
+    """
+    char = ascii(error.object[error.start : error.start + 1])
+    return UnencodableError(
+        "str",
+        where if where is not None else _surrogate_path(value) or "",
+        f"holds a lone surrogate ({char}), which is not Unicode text and cannot be stored",
+    )
+
+
+def _surrogate_path(value: Any, path: str = "") -> str | None:
+    """Where in ``value`` the first string that is not Unicode text is, if anywhere."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return path
+        return None
+    parts: list[tuple[str, Any]]
+    if isinstance(value, list | tuple):
+        parts = [(f"[{index}]", item) for index, item in enumerate(value)]
+    elif isinstance(value, dict):
+        parts = [(f"[{key!r}]", item) for key, item in value.items()]
+        parts += [("<key>", key) for key in value]
+    elif isinstance(value, Value):
+        parts = [(".payload", value.payload), (".meta", value.meta)]
+    elif isinstance(value, BaseModel):
+        parts = [(f".{name}", getattr(value, name)) for name in type(value).model_fields]
+    else:
+        return None
+    for label, item in parts:
+        found = _surrogate_path(item, path + label)
+        if found is not None:
+            return found
+    return None
 
 
 def content_hash(
@@ -147,9 +213,14 @@ def digest(data: Any) -> str:
     """The hash of a live value, tags included, so ``("a",)`` and ``["a"]`` differ.
 
     Raises:
-        UnencodableError: ``data`` holds something JSON cannot store.
+        UnencodableError: ``data`` holds something JSON cannot store, or text
+            that is not Unicode.
     """
-    return content_hash(to_json(data))
+    tagged = to_json(data)
+    try:
+        return content_hash(tagged)
+    except UnicodeEncodeError as error:
+        raise surrogate_error(data, error) from None
 
 
 def decode(text: str, models: Mapping[str, type[BaseModel]] | None = None) -> Any:
