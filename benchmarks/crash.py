@@ -57,7 +57,8 @@ def _kill_and_resume(sim: SpawnedSimulator, share: float, directory: Path) -> di
     try:
         while (seen := sim.stats()).requests < target:
             if child.poll() is not None:
-                raise RuntimeError(f"the batch child exited: {child.stderr.read()!r}")
+                _, stderr = child.communicate()
+                raise RuntimeError(f"the batch child exited: {stderr!r}")
             if time.monotonic() > deadline:
                 raise RuntimeError("the batch child made no progress")
             time.sleep(0.002)
