@@ -287,3 +287,16 @@ async def test_repeated_samples_are_cached_apart_unless_the_request_is_determini
         assert sampler.count == 3
     else:
         assert len(set(second)) == 1
+
+
+async def test_concurrent_twins_are_stored_as_separate_samples(tmp_path: Path) -> None:
+    """Three identical calls in flight at once all miss; each reply is its own sample."""
+    sampler = Sampler()
+    module = LLMInference("fast", temperature=0.7).bind(
+        resources=manager(MockClient(sampler, latency=0.02)), cache=tmp_path, max_concurrent=3
+    )
+    first = await bounded(module(["same"] * 3))
+    second = await bounded(module(["same"] * 3))
+    assert sorted(second) == sorted(first)
+    assert len(set(first)) == 3
+    assert sampler.count == 3

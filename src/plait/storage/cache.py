@@ -11,9 +11,9 @@ holds no secret.
 Repeated samples. At a temperature above 0 (or the server's default) and
 without a seed, asking the same thing three times in one run means wanting
 three samples, not one answer thrice. So a run's handle (:meth:`for_run`)
-numbers identical requests within the run and keys the second and later
-apart; a rerun asks again in the same way and gets the same samples back. A
-deterministic request (temperature 0, or a seed) has one key.
+numbers the samples of each request it serves or stores, and keys the second
+and later apart; a rerun asks in the same way and gets the same samples
+back. A deterministic request (temperature 0, or a seed) has one key.
 
 The file and its writer are :mod:`plait.storage.cache_store`. Handles on one
 file are shared per process (:func:`open_cache`), so every run sees replies
@@ -80,7 +80,10 @@ class ResponseCache:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = _file_for(Path(path))
         self._store = ReplyStore(self.path)
-        self._samples: dict[str, int] | None = None
+        # On a run's handle only: the sample numbers used per request key (a
+        # bit each), and the base key and number behind each numbered key.
+        self._taken: dict[str, int] | None = None
+        self._samples: dict[str, tuple[str, int]] = {}
 
     def __repr__(self) -> str:
         return f"ResponseCache({str(self.path)!r})"
@@ -92,23 +95,28 @@ class ResponseCache:
     def for_run(self) -> ResponseCache:
         """A handle on the same file that numbers one run's repeated samples."""
         view = copy.copy(self)
+        view._taken = {}
         view._samples = {}
         return view
 
     def key(self, request: ChatRequest) -> str:
-        """The key ``request`` is looked up and stored under by this handle.
+        """The key ``request`` is looked up under by this handle.
 
-        On a run's handle, the n-th identical non-deterministic request of
-        the run (n > 0) has its own key. A call that fails still uses up its
-        number, so a rerun may pay for one sample more than the failures.
+        On a run's handle a non-deterministic request asks for the first
+        sample of it this run has not used yet: served by a hit, or stored by
+        :meth:`put`. A call that fails uses up nothing, so its retry asks for
+        the same sample again.
         """
         base = request_key(request)
-        samples = self._samples
-        if samples is None or deterministic(request):
+        taken = self._taken
+        if taken is None or deterministic(request):
             return base
-        index = samples.get(base, 0)
-        samples[base] = index + 1
-        return base if index == 0 else content_hash([base, index], algorithm="sha256")
+        index = _lowest_free(taken.get(base, 0))
+        if index == 0:
+            return base
+        key = _sample_key(base, index)
+        self._samples[key] = (base, index)
+        return key
 
     def get(self, request: ChatRequest, key: str | None = None) -> ChatResponse | None:
         """The stored reply to ``request``, or None.
@@ -116,7 +124,8 @@ class ResponseCache:
         A stored structured reply that no longer validates against the
         request's ``response_format`` (the model class changed) is a miss.
         """
-        row = self._store.row(key or request_key(request))
+        key = key or request_key(request)
+        row = self._store.row(key)
         if row is None:
             return None
         model, content, finish_reason, input_tokens, output_tokens = row
@@ -126,6 +135,8 @@ class ResponseCache:
                 parsed = validate_reply(content, request.response_format)
             except ResponseValidationError:
                 return None
+        if self._taken is not None and not deterministic(request):
+            self._take(*self._samples.pop(key, (key, 0)))
         return ChatResponse(
             content=content,
             model=model,
@@ -138,14 +149,24 @@ class ResponseCache:
     def put(self, request: ChatRequest, response: ChatResponse, key: str | None = None) -> None:
         """Store ``response`` as the reply to ``request``.
 
+        On a run's handle a sample goes under the first number still free
+        when it arrives: twins that asked at once for the same sample, and
+        both missed, are stored as two samples, not one over the other.
+
         Raises:
             UnencodableError: the reply holds text that is not Unicode, so it
                 cannot be stored (the call that got it fails with this).
         """
         for field, text in (("content", response.content), ("model", response.model)):
             require_unicode(text, text, f"the reply's {field} (not cached)")
+        key = key or request_key(request)
+        if self._taken is not None and not deterministic(request):
+            base, _ = self._samples.pop(key, (key, 0))
+            index = _lowest_free(self._taken.get(base, 0))
+            self._take(base, index)
+            key = base if index == 0 else _sample_key(base, index)
         row: Row = (
-            key or request_key(request),
+            key,
             response.model,
             response.content,
             response.finish_reason,
@@ -154,6 +175,10 @@ class ResponseCache:
             time.time(),
         )
         self._store.put(row)
+
+    def _take(self, base: str, index: int) -> None:
+        assert self._taken is not None
+        self._taken[base] = self._taken.get(base, 0) | (1 << index)
 
     def flush(self) -> None:
         """Block until every reply put so far is committed.
@@ -179,6 +204,15 @@ class ResponseCache:
             with _registry_lock:
                 if _open_caches.get(self.path) is self:
                     del _open_caches[self.path]
+
+
+def _lowest_free(taken: int) -> int:
+    """The lowest bit not set in ``taken``."""
+    return (~taken & (taken + 1)).bit_length() - 1
+
+
+def _sample_key(base: str, index: int) -> str:
+    return content_hash([base, index], algorithm="sha256")
 
 
 def _file_for(path: Path) -> Path:
