@@ -287,6 +287,7 @@ async def _drive(
     done: set[int],
 ) -> tuple[int, int]:
     """Stream results to the files as they finish; returns (written, failed) counts."""
+    from plait.storage.codec import surrogate_error
     from plait.values import jsonable
 
     written = failed = 0
@@ -295,15 +296,18 @@ async def _drive(
             number = pending[result.index][0]
             if number in done:
                 continue
-            if result.ok:
-                written += 1
-                _write(output, {"line": number, "output": jsonable(result.output)})
-            else:
-                failed += 1
-                _write(
-                    sink,
-                    {"line": number, "error": f"{type(result.error).__name__}: {result.error}"},
-                )
+            error = result.error
+            if error is None:
+                value = jsonable(result.output)
+                try:
+                    _write(output, {"line": number, "output": value})
+                    written += 1
+                    continue
+                except UnicodeEncodeError as unwritable:
+                    # Text that is not Unicode fails its line, not the job.
+                    error = surrogate_error(value, unwritable)
+            failed += 1
+            _write(sink, {"line": number, "error": f"{type(error).__name__}: {error}"})
     finally:
         close = getattr(resources, "aclose", None)
         if close is not None:

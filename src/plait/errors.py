@@ -29,6 +29,7 @@ catch the library's failures in one place::
     ├── BackwardError (RuntimeError)
     ├── StorageError                        checkpoints and the cache
     │   ├── CheckpointError
+    │   │   └── UnstorableError                 one input's value cannot be stored
     │   ├── UnencodableError (TypeError)    a value JSON cannot hold
     │   ├── UnknownClassError (LookupError) a stored model class is not loaded
     │   ├── StoredValueError (ValueError)   a stored value this plait cannot read
@@ -237,12 +238,25 @@ class CheckpointError(StorageError):
     """The checkpoint store cannot hold a value, or does not match this run."""
 
 
-class UnencodableError(StorageError, TypeError):
-    """A value has a type that cannot be stored as JSON; ``path`` says where in it."""
+class UnstorableError(CheckpointError):
+    """One input's input, output or node value cannot be checkpointed.
 
-    def __init__(self, type_name: str, path: str) -> None:
+    That input fails with this error and the rest of the batch goes on; a
+    checkpoint that cannot be written at all is a plain CheckpointError,
+    which ends the run.
+    """
+
+
+class UnencodableError(StorageError, TypeError):
+    """A value cannot be stored; ``path`` says where in it, ``why`` what is wrong.
+
+    Usually its type is one JSON cannot hold; a string holding a lone
+    surrogate is valid JSON but not Unicode text, so no file can hold it.
+    """
+
+    def __init__(self, type_name: str, path: str, why: str = "cannot be stored as JSON") -> None:
         where = f" at {path}" if path else ""
-        super().__init__(f"a {type_name} value{where} cannot be stored as JSON")
+        super().__init__(f"a {type_name} value{where} {why}")
         self.type_name = type_name
         self.path = path
 

@@ -82,7 +82,7 @@ def test_a_reply_round_trips_through_disk(tmp_path: Path) -> None:
     cache.put(request, reply)
     assert cache.get(request) == reply  # from memory until committed
     cache.flush()
-    assert cache._pending == {}  # committed rows are read from disk, not kept
+    assert cache._store._pending == {}  # committed rows are read from disk, not kept
     assert cache.get(request) == reply
     cache.close()
     reopened = ResponseCache(tmp_path)
@@ -239,3 +239,64 @@ async def test_the_cache_needs_a_resource_manager(tmp_path: Path) -> None:
     module = LLMInference("fast").bind(resources=FakeResources(), cache=tmp_path)
     with pytest.raises(ConfigError, match="ResourceManager"):
         await bounded(module("x"))
+
+
+# -- repeated samples -------------------------------------------------------------------
+
+
+class Sampler:
+    """A model that never answers the same way twice: reply n is ``sample n``."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, request: ChatRequest) -> ChatResponse:
+        self.count += 1
+        return ChatResponse(content=f"sample {self.count}", model=request.model)
+
+
+@pytest.mark.parametrize(
+    ("settings", "samples"),
+    [
+        ({"temperature": 0.7}, 3),
+        ({"temperature": None}, 3),
+        ({"temperature": 0.0}, 1),
+        ({"temperature": 0.7, "seed": 7}, 1),
+    ],
+)
+async def test_repeated_samples_are_cached_apart_unless_the_request_is_deterministic(
+    tmp_path: Path, settings: dict[str, Any], samples: int
+) -> None:
+    """Three identical requests in one run at temperature > 0 are three samples,
+    and a rerun gets the same three back from the cache, not one of them thrice;
+    at temperature 0 or with a seed they are one request's answer."""
+    sampler = Sampler()
+    module = LLMInference("fast", **settings).bind(
+        resources=manager(MockClient(sampler)), cache=tmp_path, max_concurrent=1
+    )
+    first = await bounded(module(["same"] * 3))
+    second = await bounded(module(["same"] * 3))
+    counted = ResponseCache(tmp_path)
+    try:
+        assert len(counted) == samples
+    finally:
+        counted.close()
+    if samples > 1:
+        assert len(set(first)) == 3
+        assert sorted(second) == sorted(first)
+        assert sampler.count == 3
+    else:
+        assert len(set(second)) == 1
+
+
+async def test_concurrent_twins_are_stored_as_separate_samples(tmp_path: Path) -> None:
+    """Three identical calls in flight at once all miss; each reply is its own sample."""
+    sampler = Sampler()
+    module = LLMInference("fast", temperature=0.7).bind(
+        resources=manager(MockClient(sampler, latency=0.02)), cache=tmp_path, max_concurrent=3
+    )
+    first = await bounded(module(["same"] * 3))
+    second = await bounded(module(["same"] * 3))
+    assert sorted(second) == sorted(first)
+    assert len(set(first)) == 3
+    assert sampler.count == 3

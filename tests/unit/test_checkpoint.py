@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -251,17 +252,23 @@ async def test_mismatch_reuse_adopts_stored_results_on_purpose(tmp_path: Path) -
 async def test_a_value_that_cannot_be_stored_names_the_node(tmp_path: Path) -> None:
     fake = FakeResources()
     module = OpaqueAfterLLM().bind(resources=fake, checkpoint_dir=tmp_path)
-    with pytest.raises(CheckpointError) as error:
+    # It fails its own input only: the batch reports it by index.
+    with pytest.raises(BatchError) as batch:
         await bounded(module(["x"]))
-    message = str(error.value)
+    error = batch.value.failures[0]
+    assert isinstance(error, CheckpointError)
+    message = str(error)
     assert "node 'wrap'" in message
     assert "Opaque" in message
 
 
 async def test_an_input_that_is_not_json_data_is_a_clear_error(tmp_path: Path) -> None:
     module = LLMInference("fast").bind(resources=FakeResources(), checkpoint_dir=tmp_path)
-    with pytest.raises(CheckpointError, match=r"input 0 cannot be checkpointed.*Opaque"):
+    with pytest.raises(BatchError) as batch:
         await bounded(module([Opaque()]))
+    error = batch.value.failures[0]
+    assert isinstance(error, CheckpointError)
+    assert re.search(r"input 0 cannot be checkpointed.*Opaque", str(error))
 
 
 async def test_training_mode_refuses_a_checkpoint(tmp_path: Path) -> None:
@@ -299,34 +306,25 @@ async def wait_until(predicate: Any) -> None:
     raise AssertionError("condition not reached in time")
 
 
-async def test_a_full_buffer_is_committed_without_waiting_for_the_interval(
+async def test_finished_inputs_are_committed_while_the_batch_still_runs(
     tmp_path: Path,
 ) -> None:
+    """Group commit: each completion reaches the disk without waiting for a batch to fill."""
     fake = FakeResources()
     gate = fake.gate("q3")
-    module = LLMInference("fast").bind(
-        resources=fake,
-        checkpoint_dir=tmp_path,
-        checkpoint_buffer_size=3,
-        checkpoint_flush_interval=3600,
-    )
+    module = LLMInference("fast").bind(resources=fake, checkpoint_dir=tmp_path)
     task = asyncio.ensure_future(module(inputs(4)))
-    # Three inputs fill the buffer; the fourth is held back by the gate.
+    # Three inputs finish; the fourth is held back by the gate.
     await wait_until(lambda: (tmp_path / FILENAME).exists() and stored_inputs(tmp_path) == 3)
     gate.set()
     await bounded(task)
     assert stored_inputs(tmp_path) == 4
 
 
-async def test_a_partial_buffer_is_committed_after_the_interval(tmp_path: Path) -> None:
+async def test_a_lone_completion_is_committed_at_once(tmp_path: Path) -> None:
     fake = FakeResources()
     gate = fake.gate("q1")
-    module = LLMInference("fast").bind(
-        resources=fake,
-        checkpoint_dir=tmp_path,
-        checkpoint_buffer_size=1000,
-        checkpoint_flush_interval=0.05,
-    )
+    module = LLMInference("fast").bind(resources=fake, checkpoint_dir=tmp_path)
     task = asyncio.ensure_future(module(inputs(2)))
     await wait_until(lambda: (tmp_path / FILENAME).exists() and stored_inputs(tmp_path) == 1)
     gate.set()

@@ -14,9 +14,9 @@ from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from plait.errors import CheckpointError, ConfigError
+from plait.errors import CheckpointError, ConfigError, UnstorableError, WriterError
 from plait.execution.budget import Budget
-from plait.execution.hooks import RunFeatures, run_features
+from plait.execution.hooks import RunFeatures, flush_caches, run_features
 from plait.execution.inputs import Item, as_given
 from plait.execution.progress import ProgressReporter
 from plait.execution.results import BatchResult
@@ -80,6 +80,7 @@ class RunDriver:
         self._checked_plans: set[int] = set()
         self._plans: dict[tuple[Any, ...], GraphPlan] = {}
         self.checkpoint: CheckpointSession | None = None
+        self._unstorable: dict[int, UnstorableError] = {}
         self.observer: RunObserver | None = None
         self.profiler: Profiler | None = None
         self.budget: Budget | None = None
@@ -194,9 +195,13 @@ class RunDriver:
                 self._check_plan(plan)
                 self._checked_plans.add(id(plan))
             stored = None
+            unstorable = None
             if self.checkpoint is not None:
                 binding = self.checkpoint.bind(plan.graph, shape)
-                key, stored, finished = self.checkpoint.restore(binding, index, args, kwargs)
+                try:
+                    key, stored, finished = self.checkpoint.restore(binding, index, args, kwargs)
+                except UnstorableError as error:
+                    unstorable = error  # this input fails; the others go on
         except Exception as error:
             self._abort(error)
             return
@@ -204,6 +209,9 @@ class RunDriver:
         self.inflight += 1
         if self.observer is not None:
             self.observer.input_started(index)
+        if unstorable is not None:
+            self._deliver(BatchResult(index, given, None, unstorable), restored=False)
+            return
         if stored is not None:
             self._deliver(BatchResult(index, given, stored[0]), restored=True)
             return
@@ -232,6 +240,8 @@ class RunDriver:
 
     def _state_done(self, state: ExecutionState) -> None:
         error = state.error()
+        if self._unstorable and error is None:
+            error = self._unstorable.pop(state.index, None)
         if error is None:
             try:
                 output = state.output()
@@ -240,6 +250,10 @@ class RunDriver:
                 if self.training:
                     output = _with_record(state, output, self.settings.resources)
                 result = BatchResult(state.index, state.input, output)
+            except UnstorableError as failure:
+                result = BatchResult(state.index, state.input, None, failure)
+                assert self.checkpoint is not None
+                self._save(self.checkpoint.input_failed, state.checkpoint)
             except CheckpointError as failure:
                 self._abort(failure)
                 result = BatchResult(state.index, state.input, None, failure)
@@ -267,9 +281,13 @@ class RunDriver:
     def _node_done(self, state: ExecutionState, node_id: str, value: Any) -> None:
         checkpoint = self.checkpoint
         if checkpoint is not None and node_id in state.results:
-            self._save(
-                checkpoint.node_done, state.checkpoint, node_id, state.plan.nodes[node_id], value
-            )
+            try:
+                checkpoint.node_done(state.checkpoint, node_id, state.plan.nodes[node_id], value)
+            except UnstorableError as error:
+                # The input fails with it once its running nodes settle.
+                self._unstorable.setdefault(state.index, error)
+            except CheckpointError as error:
+                self._abort(error)
 
     def _save(self, record: Callable[..., None], *args: Any) -> None:
         """Hand something to the checkpoint; a failure to store ends the run with its error."""
@@ -363,9 +381,10 @@ class RunDriver:
             await asyncio.gather(self._stopper, return_exceptions=True)
 
     def _end(self) -> None:
-        """Close what the run opened, once: checkpoint, spans, profile.
+        """Close what the run opened, once: checkpoint, cache writes, spans, profile.
 
-        A checkpoint that cannot be written is the run's error, so a result is
+        The run returns only once its checkpoint and cache rows are on disk,
+        and a store that cannot be written is the run's error, so a result is
         never returned while the work behind it silently failed to save.
         """
         if self._ended or self.scheduler is None:
@@ -381,6 +400,11 @@ class RunDriver:
             except CheckpointError as error:
                 if self.fatal is None:
                     self.fatal = error
+        try:
+            flush_caches()
+        except WriterError as error:
+            if self.fatal is None:
+                self.fatal = error
         if self.observer is not None:
             self.observer.run_finished(self.fatal)
         if self.profiler is not None:

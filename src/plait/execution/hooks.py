@@ -110,7 +110,8 @@ def run_features(
     if settings.cache is not None and settings.cache is not False:
         from plait.storage.cache import open_cache
 
-        features.cache = open_cache(settings.cache)
+        cache = open_cache(settings.cache)
+        features.cache = None if cache is None else cache.for_run()
     if settings.max_tokens_total is not None or settings.max_cost is not None:
         features.budget = Budget(settings.max_tokens_total, settings.max_cost)
     features.probes = isinstance(resources, ResourceManager)
@@ -137,10 +138,23 @@ def run_features(
             module=module,
             total=total,
             mismatch=settings.checkpoint_mismatch,
-            buffer_size=settings.checkpoint_buffer_size,
-            flush_interval=settings.checkpoint_flush_interval,
         )
     return features
+
+
+def flush_caches() -> None:
+    """Wait until every response cache of this process has its replies on disk.
+
+    A run calls this as it ends, so a caller that got its results back can be
+    killed without losing the replies behind them. No cache can be open before
+    :mod:`plait.storage.cache_store` is imported, so plain runs do not import it.
+
+    Raises:
+        WriterError: a cache could not be written.
+    """
+    stores = sys.modules.get("plait.storage.cache_store")
+    if stores is not None:
+        stores.flush_all()
 
 
 def _span_observer(settings: ResolvedSettings) -> RunObserver | None:

@@ -27,9 +27,9 @@ class ResolvedSettings:
     observability.md): ``checkpoint_dir`` keeps finished nodes and inputs on
     disk so a rerun skips them; ``checkpoint_mismatch`` says what to do when
     the directory holds results of a changed module (``"error"``, ``"new"``,
-    ``"reuse"``); the checkpoint commits every ``checkpoint_buffer_size``
-    completions or ``checkpoint_flush_interval`` seconds. ``cache`` is the
-    response cache (None/False, True, a path or a ResponseCache).
+    ``"reuse"``). ``cache`` is the response cache (None/False, True, a path
+    or a ResponseCache). Both group-commit their writes (no batch size or
+    interval to tune) and are on disk when the call returns.
     ``max_tokens_total`` and ``max_cost`` stop the call when spent.
     ``profile`` / ``profile_path`` write a Chrome trace. Spans go to the
     global OpenTelemetry provider, or ``tracer_provider``; prompt and reply
@@ -50,8 +50,6 @@ class ResolvedSettings:
     on_task_failed: Callable[[str, BaseException], Any] | None = None
     checkpoint_dir: str | os.PathLike[str] | None = None
     checkpoint_mismatch: Literal["error", "reuse", "new"] = "error"
-    checkpoint_buffer_size: int = 64
-    checkpoint_flush_interval: float = 1.0
     cache: Any = None
     max_tokens_total: int | None = None
     max_cost: float | None = None
@@ -63,10 +61,9 @@ class ResolvedSettings:
 
 SETTING_NAMES = frozenset(field.name for field in fields(ResolvedSettings))
 
-_POSITIVE_INT = ("max_concurrent", "max_inflight", "checkpoint_buffer_size")
+_POSITIVE_INT = ("max_concurrent", "max_inflight")
 _POSITIVE_INT_OR_NONE = ("max_tokens_total",)
 _NON_NEGATIVE_INT = ("max_task_retries",)
-_POSITIVE_FLOAT = ("checkpoint_flush_interval",)
 _POSITIVE_FLOAT_OR_NONE = ("task_timeout", "max_cost")
 _NON_NEGATIVE_FLOAT = ("task_retry_delay",)
 _BOOL = ("streaming", "preserve_order", "progress", "profile", "capture_content")
@@ -96,8 +93,6 @@ def _check_value(name: str, value: Any, where: str) -> None:
         raise bad("a positive int or None")
     if name in _NON_NEGATIVE_INT and (not _is_int(value) or value < 0):
         raise bad("an int >= 0")
-    if name in _POSITIVE_FLOAT and (not _is_number(value) or value <= 0):
-        raise bad("a number > 0")
     if (
         name in _POSITIVE_FLOAT_OR_NONE
         and value is not None

@@ -2,9 +2,10 @@
 
 Both write far more often than anyone reads, from an event loop that must
 not stall on disk I/O. So writes go to one background thread per store,
-which applies everything queued since its last commit in a single
-transaction: the loop only appends to a queue, and a burst of a thousand
-completions costs one commit rather than a thousand. Databases run in WAL
+which group-commits: it applies everything queued since its last commit in a
+single transaction, starting as soon as that commit ends. The loop only
+appends to a queue, a burst of a thousand completions costs one commit rather
+than a thousand, and a quiet store commits each write at once. Databases run in WAL
 mode, where a commit is atomic and a reader never waits for a writer, so a
 process killed at any instant leaves either the old or the new state on disk,
 never a torn one.
@@ -17,7 +18,6 @@ import contextlib
 import queue
 import sqlite3
 import threading
-import time
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,6 +31,9 @@ Write = tuple[str, Rows]
 
 BUSY_TIMEOUT = 30.0
 """Seconds a connection waits for another process's write lock before failing."""
+
+_POLL = 0.1
+"""Seconds between checks that the writer thread is alive while a flush waits."""
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -66,14 +69,19 @@ _Item = list[Write] | _Flush | None
 
 
 class BackgroundWriter:
-    """Commits queued writes on a daemon thread, one transaction per wake-up.
+    """Group-commits queued writes on a daemon thread.
+
+    The thread commits whatever has arrived as soon as its previous commit
+    ends: no batch size, no timer. When writes arrive faster than commits,
+    each commit simply carries more of them, so a process killed at any
+    instant loses at most the commit under way and what arrived during it.
 
     ``submit`` never blocks. ``flush`` waits until everything submitted
     before it is on disk. ``on_commit``, if given, is called on the writer
-    thread with the batches just committed. After a failure (disk full, a
-    database locked past the busy timeout) the writer commits nothing more,
-    and the next ``submit`` or ``flush`` raises :class:`WriterError`, so the
-    failure is not silently dropped.
+    thread with the batches just committed. A failed commit (disk full, a
+    database locked past the busy timeout) ends the thread at once and closes
+    its connection, so nothing is left holding the file; every later
+    ``submit`` or ``flush`` raises :class:`WriterError` naming the cause.
     """
 
     def __init__(
@@ -81,18 +89,20 @@ class BackgroundWriter:
         path: Path,
         *,
         setup: Callable[[sqlite3.Connection], None] | None = None,
-        linger: float = 0.0,
         on_commit: Callable[[list[list[Write]]], None] | None = None,
     ) -> None:
         self.path = path
-        self._linger = linger
         self._on_commit = on_commit
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._closed = False
         self._conn = connect(path)
-        if setup is not None:
-            setup(self._conn)
+        try:
+            if setup is not None:
+                setup(self._conn)
+        except BaseException:
+            self._conn.close()
+            raise
         self._thread = threading.Thread(
             target=self._run, name=f"plait-sqlite-{path.name}", daemon=True
         )
@@ -100,19 +110,22 @@ class BackgroundWriter:
         _live.add(self)
 
     def submit(self, writes: list[Write]) -> None:
-        self._raise_if_failed()
+        self.check()
         if writes:
             self._queue.put(writes)
 
-    def flush(self, timeout: float | None = None) -> None:
-        """Block until every earlier submission is committed."""
-        self._raise_if_failed()
+    def flush(self) -> None:
+        """Block until every earlier submission is committed (or the writer has failed)."""
+        self.check()
         if self._closed:
             return
         marker = _Flush()
         self._queue.put(marker)
-        marker.done.wait(timeout)
-        self._raise_if_failed()
+        # A writer that fails ends its thread; a marker queued just after it
+        # drained the queue would never be set, so waiting also watches the thread.
+        while not marker.done.wait(_POLL) and self._thread.is_alive():
+            pass
+        self.check()
 
     def close(self) -> None:
         """Commit what is queued, stop the thread and close the connection."""
@@ -122,35 +135,19 @@ class BackgroundWriter:
         self._queue.put(None)
         self._thread.join()
         _live.discard(self)
-        self._raise_if_failed()
+        self.check()
 
-    def _raise_if_failed(self) -> None:
+    def check(self) -> None:
+        """Raise :class:`WriterError` if a commit has failed."""
         if self._error is not None:
             raise WriterError(f"writing to {self.path} failed: {self._error}") from self._error
 
     def _run(self) -> None:
         conn = self._conn
         try:
-            while True:
-                item = self._queue.get()
-                if self._linger and isinstance(item, list):
-                    # Let a burst of single writes gather into one commit.
-                    time.sleep(self._linger)
-                batch: list[list[Write]] = []
-                markers: list[_Flush] = []
-                stop = False
-                while True:
-                    if item is None:
-                        stop = True
-                    elif isinstance(item, _Flush):
-                        markers.append(item)
-                    else:
-                        batch.append(item)
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                if batch and self._error is None:
+            while self._error is None:
+                batch, markers, stop = self._take(self._queue.get())
+                if batch:
                     self._commit(conn, batch)
                     if self._error is None and self._on_commit is not None:
                         self._on_commit(batch)
@@ -160,6 +157,35 @@ class BackgroundWriter:
                     return
         finally:
             conn.close()
+            if self._error is not None:
+                self._release_waiters()
+
+    def _take(self, item: _Item) -> tuple[list[list[Write]], list[_Flush], bool]:
+        """``item`` and everything queued behind it: the writes, the flush markers, a stop."""
+        batch: list[list[Write]] = []
+        markers: list[_Flush] = []
+        stop = False
+        while True:
+            if item is None:
+                stop = True
+            elif isinstance(item, _Flush):
+                markers.append(item)
+            else:
+                batch.append(item)
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, markers, stop
+
+    def _release_waiters(self) -> None:
+        """After a failure: wake every flush still waiting; their writes are lost."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Flush):
+                item.done.set()
 
     def _commit(self, conn: sqlite3.Connection, batch: list[list[Write]]) -> None:
         try:

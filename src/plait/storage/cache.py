@@ -8,18 +8,25 @@ response schema and every extra request option. Nothing about the endpoint's
 address or credentials is part of the key or the stored row, so the file
 holds no secret.
 
-Lookups read SQLite directly on the calling thread (a point query on a
-primary key, with no writer ever in the way under WAL); writes are queued to
-a background thread that commits them in batches, and stay visible to
-lookups from memory until they are committed, so nothing ever waits for the
-disk. Any number of processes may share one cache file; rows still queued
-when the interpreter exits are committed then.
+Repeated samples. At a temperature above 0 (or the server's default) and
+without a seed, asking the same thing three times in one run means wanting
+three samples, not one answer thrice. So a run's handle (:meth:`for_run`)
+numbers the samples of each request it serves or stores, and keys the second
+and later apart; a rerun asks in the same way and gets the same samples
+back. A deterministic request (temperature 0, or a seed) has one key.
+
+The file and its writer are :mod:`plait.storage.cache_store`. Handles on one
+file are shared per process (:func:`open_cache`), so every run sees replies
+another run has not yet committed; a run waits for its replies to be on disk
+before it returns (:func:`plait.storage.cache_store.flush_all`), so a process killed after a
+call returned has lost none of them. Any number of processes may share a
+cache file.
 """
 
 from __future__ import annotations
 
+import copy
 import os
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -27,34 +34,18 @@ from typing import Any
 
 from plait.clients.base import ChatRequest, ChatResponse
 from plait.clients.structured import cached_response_format_payload, validate_reply
-from plait.errors import ConfigError, ResponseValidationError
-from plait.storage._sqlite import BackgroundWriter, Write, connect
-from plait.storage.codec import content_hash
-
-FILENAME = "responses.sqlite"
-_LINGER = 0.05
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS responses(
-    key TEXT PRIMARY KEY,
-    model TEXT NOT NULL,
-    content TEXT NOT NULL,
-    finish_reason TEXT,
-    input_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL,
-    created REAL NOT NULL
-) WITHOUT ROWID
-"""
-_INSERT = "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)"
-_SELECT = (
-    "SELECT model, content, finish_reason, input_tokens, output_tokens FROM responses WHERE key = ?"
-)
-
-Row = tuple[str, str, str, str | None, int, int, float]
+from plait.errors import ResponseValidationError
+from plait.storage.cache_store import FILENAME, ReplyStore, Row
+from plait.storage.codec import content_hash, require_unicode, surrogate_error
 
 
 def request_key(request: ChatRequest) -> str:
-    """The cache key of ``request``: a hash of everything that shapes the reply."""
+    """The cache key of ``request``: a hash of everything that shapes the reply.
+
+    Raises:
+        UnencodableError: the request holds text that is not Unicode (a lone
+            surrogate), so no reply to it could be stored under it.
+    """
     response_format = (
         cached_response_format_payload(request.response_format)
         if request.response_format is not None
@@ -68,7 +59,15 @@ def request_key(request: ChatRequest) -> str:
         response_format,
         request.options,
     ]
-    return content_hash(payload, algorithm="sha256", default=repr)
+    try:
+        return content_hash(payload, algorithm="sha256", default=repr)
+    except UnicodeEncodeError as error:
+        raise surrogate_error({"messages": request.messages}, error) from None
+
+
+def deterministic(request: ChatRequest) -> bool:
+    """Whether asking again must give the same reply: temperature 0, or a seed."""
+    return request.temperature == 0 or request.options.get("seed") is not None
 
 
 class ResponseCache:
@@ -80,16 +79,44 @@ class ResponseCache:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = _file_for(Path(path))
-        self._lock = threading.Lock()
-        self._pending: dict[str, Row] = {}
-        self._writer: BackgroundWriter | None = None
-        self._reader: sqlite3.Connection | None = None
-        self._open()
+        self._store = ReplyStore(self.path)
+        # On a run's handle only: the sample numbers used per request key (a
+        # bit each), and the base key and number behind each numbered key.
+        self._taken: dict[str, int] | None = None
+        self._samples: dict[str, tuple[str, int]] = {}
 
     def __repr__(self) -> str:
         return f"ResponseCache({str(self.path)!r})"
 
-    key = staticmethod(request_key)
+    @property
+    def closed(self) -> bool:
+        return self._store.closed
+
+    def for_run(self) -> ResponseCache:
+        """A handle on the same file that numbers one run's repeated samples."""
+        view = copy.copy(self)
+        view._taken = {}
+        view._samples = {}
+        return view
+
+    def key(self, request: ChatRequest) -> str:
+        """The key ``request`` is looked up under by this handle.
+
+        On a run's handle a non-deterministic request asks for the first
+        sample of it this run has not used yet: served by a hit, or stored by
+        :meth:`put`. A call that fails uses up nothing, so its retry asks for
+        the same sample again.
+        """
+        base = request_key(request)
+        taken = self._taken
+        if taken is None or deterministic(request):
+            return base
+        index = _lowest_free(taken.get(base, 0))
+        if index == 0:
+            return base
+        key = _sample_key(base, index)
+        self._samples[key] = (base, index)
+        return key
 
     def get(self, request: ChatRequest, key: str | None = None) -> ChatResponse | None:
         """The stored reply to ``request``, or None.
@@ -98,13 +125,7 @@ class ResponseCache:
         request's ``response_format`` (the model class changed) is a miss.
         """
         key = key or request_key(request)
-        with self._lock:
-            pending = self._pending.get(key)
-            if pending is not None:
-                row: tuple[Any, ...] | None = pending[1:6]
-            else:
-                assert self._reader is not None
-                row = self._reader.execute(_SELECT, (key,)).fetchone()
+        row = self._store.row(key)
         if row is None:
             return None
         model, content, finish_reason, input_tokens, output_tokens = row
@@ -114,6 +135,8 @@ class ResponseCache:
                 parsed = validate_reply(content, request.response_format)
             except ResponseValidationError:
                 return None
+        if self._taken is not None and not deterministic(request):
+            self._take(*self._samples.pop(key, (key, 0)))
         return ChatResponse(
             content=content,
             model=model,
@@ -124,7 +147,24 @@ class ResponseCache:
         )
 
     def put(self, request: ChatRequest, response: ChatResponse, key: str | None = None) -> None:
+        """Store ``response`` as the reply to ``request``.
+
+        On a run's handle a sample goes under the first number still free
+        when it arrives: twins that asked at once for the same sample, and
+        both missed, are stored as two samples, not one over the other.
+
+        Raises:
+            UnencodableError: the reply holds text that is not Unicode, so it
+                cannot be stored (the call that got it fails with this).
+        """
+        for field, text in (("content", response.content), ("model", response.model)):
+            require_unicode(text, text, f"the reply's {field} (not cached)")
         key = key or request_key(request)
+        if self._taken is not None and not deterministic(request):
+            base, _ = self._samples.pop(key, (key, 0))
+            index = _lowest_free(self._taken.get(base, 0))
+            self._take(base, index)
+            key = base if index == 0 else _sample_key(base, index)
         row: Row = (
             key,
             response.model,
@@ -134,67 +174,45 @@ class ResponseCache:
             response.output_tokens,
             time.time(),
         )
-        with self._lock:
-            writer = self._writer
-            assert writer is not None
-            self._pending[key] = row
-            writer.submit([(_INSERT, [row])])
+        self._store.put(row)
 
-    def _committed(self, batches: list[list[Write]]) -> None:
-        """On the writer thread: committed rows are readable from disk now."""
-        with self._lock:
-            pending = self._pending
-            for writes in batches:
-                for _, rows in writes:
-                    for row in rows:
-                        if pending.get(row[0]) is row:
-                            del pending[row[0]]
+    def _take(self, base: str, index: int) -> None:
+        assert self._taken is not None
+        self._taken[base] = self._taken.get(base, 0) | (1 << index)
 
     def flush(self) -> None:
-        """Block until every reply put so far is committed."""
-        with self._lock:
-            writer = self._writer
-        if writer is not None:
-            writer.flush()
+        """Block until every reply put so far is committed.
+
+        Raises:
+            WriterError: the cache could not be written. The cache is closed
+                then, releasing its thread and file handles; :func:`open_cache`
+                opens the file afresh next time.
+        """
+        self._store.flush()
 
     def __len__(self) -> int:
-        self.flush()
-        with self._lock:
-            assert self._reader is not None
-            (count,) = self._reader.execute("SELECT COUNT(*) FROM responses").fetchone()
-        return int(count)
+        return self._store.count()
 
     def clear(self) -> None:
         """Forget every stored reply."""
-        self.flush()
-        with self._lock:
-            assert self._reader is not None
-            self._reader.execute("DELETE FROM responses")
+        self._store.clear()
 
     def close(self) -> None:
-        with self._lock:
-            writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
-        with self._lock:
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
-            self._pending.clear()
-        _open_caches.pop(self.path, None)
-
-    def _open(self) -> None:
         try:
-            self._writer = BackgroundWriter(
-                self.path, setup=_create_schema, linger=_LINGER, on_commit=self._committed
-            )
-            self._reader = connect(self.path)
-        except OSError as error:
-            raise ConfigError(f"cannot open the response cache at {self.path}: {error}") from None
+            self._store.close()
+        finally:
+            with _registry_lock:
+                if _open_caches.get(self.path) is self:
+                    del _open_caches[self.path]
 
 
-def _create_schema(conn: sqlite3.Connection) -> None:
-    conn.execute(_SCHEMA)
+def _lowest_free(taken: int) -> int:
+    """The lowest bit not set in ``taken``."""
+    return (~taken & (taken + 1)).bit_length() - 1
+
+
+def _sample_key(base: str, index: int) -> str:
+    return content_hash([base, index], algorithm="sha256")
 
 
 def _file_for(path: Path) -> Path:
@@ -221,7 +239,8 @@ _registry_lock = threading.Lock()
 def open_cache(spec: Any) -> ResponseCache | None:
     """The cache a ``cache=`` setting names: None/False for none, True for the
     default location, a path, or a ResponseCache. Caches are shared per file,
-    so every run in the process sees replies another run has not yet committed.
+    so every run in the process sees replies another run has not yet committed;
+    one closed by a failed write is opened afresh.
     """
     if spec is None or spec is False:
         return None
@@ -231,6 +250,6 @@ def open_cache(spec: Any) -> ResponseCache | None:
     key = path.resolve()
     with _registry_lock:
         cache = _open_caches.get(key)
-        if cache is None:
+        if cache is None or cache.closed:
             cache = _open_caches[key] = ResponseCache(key)
         return cache

@@ -76,10 +76,14 @@ def open_for_writing(path: Path) -> sqlite3.Connection:
         OSError: the directory cannot be created.
     """
     conn = connect(path)
-    check_version(conn, path)
-    for statement in _SCHEMA:
-        conn.execute(statement)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    try:
+        check_version(conn, path)
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

@@ -18,13 +18,14 @@ batch plus a hash of its content, so reordering or editing inputs never
 returns another input's result.
 
 Writing. The event loop only encodes values (JSON, see
-:mod:`plait.storage.codec`) and appends rows to a buffer. The buffer goes
-to a background thread every ``checkpoint_buffer_size`` completions or every
-``checkpoint_flush_interval`` seconds, whichever comes first, and the thread
-commits it as one transaction. SQLite in WAL mode makes each commit atomic,
-so a process killed at any moment (``kill -9`` included) leaves the store
-as it was after some commit: at most the last unflushed buffer and the
-requests in flight are lost, and nothing is ever half-written.
+:mod:`plait.storage.codec`) and appends rows to a buffer, which it hands to
+the background writer at the end of the current loop step, so completions
+that arrive together travel together. The writer group-commits (see
+:mod:`plait.storage._sqlite`): it commits whatever has arrived as soon as its
+previous commit ends. SQLite in WAL mode makes each commit atomic, so a
+process killed at any moment (``kill -9`` included) leaves the store as it
+was after some commit: at most the requests in flight and one commit's worth
+of completions are lost, and nothing is ever half-written.
 
 Reading a directory without the module is
 :mod:`plait.storage.checkpoint_reader`; the file's tables are
@@ -36,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import sqlite3
@@ -46,14 +48,23 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from plait.errors import CheckpointError, UnencodableError, UnknownClassError, WriterError
+from plait.errors import (
+    CheckpointError,
+    StorageError,
+    UnencodableError,
+    UnstorableError,
+    WriterError,
+)
 from plait.graph import InferenceGraph
 from plait.storage._sqlite import BackgroundWriter
 from plait.storage.checkpoint_schema import FILENAME, open_for_writing
 from plait.storage.codec import class_path, content_hash, decode, digest, encode
+from plait.storage.dir_lock import DirectoryLock
 from plait.storage.fingerprint import describe, differences
 
 MismatchPolicy = Literal["error", "reuse", "new"]
+
+_log = logging.getLogger("plait.storage.checkpoint")
 
 _INSERT_NODE = "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?)"
 _INSERT_INPUT = "INSERT OR REPLACE INTO inputs VALUES (?, ?, ?, ?, ?, ?)"
@@ -88,30 +99,36 @@ class CheckpointSession:
         module: Any,
         total: int | None,
         mismatch: MismatchPolicy = "error",
-        buffer_size: int = 64,
-        flush_interval: float = 1.0,
     ) -> None:
         self.directory = Path(directory)
         self.path = self.directory / FILENAME
         self.module_name = type(module).__qualname__
         self.total = total
         self.mismatch = mismatch
-        self.buffer_size = buffer_size
-        self.flush_interval = flush_interval
         if self.directory.exists() and not self.directory.is_dir():
             raise CheckpointError(f"checkpoint_dir {self.directory} exists and is not a directory")
         try:
-            self._conn = open_for_writing(self.path)
-            self._writer = BackgroundWriter(self.path)
-        except sqlite3.DatabaseError as error:
-            raise CheckpointError(f"cannot use {self.path} as a checkpoint: {error}") from None
+            self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise CheckpointError(
                 f"cannot create checkpoint_dir {self.directory}: {error}"
             ) from None
+        self._lock = DirectoryLock(self.directory)
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = open_for_writing(self.path)
+            self._writer = BackgroundWriter(self.path)
+        except BaseException as error:
+            if conn is not None:
+                conn.close()
+            self._lock.release()
+            if isinstance(error, sqlite3.DatabaseError | OSError):
+                raise CheckpointError(f"cannot use {self.path} as a checkpoint: {error}") from None
+            raise
+        self._conn = conn
         self._bindings: dict[int, Binding] = {}
         self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
+        self._handoff: asyncio.Handle | None = None
         self._nodes: dict[InputKey, list[tuple[int, int, str, str, str]]] = {}
         self._inputs: list[tuple[int, int, str, str, str, float]] = []
         self._finished: list[InputKey] = []
@@ -222,12 +239,12 @@ class CheckpointSession:
         """The input's key, ``(output,)`` if its output is stored, and its stored node results.
 
         Raises:
-            CheckpointError: the input cannot be hashed because it is not JSON data.
+            UnstorableError: the input cannot be hashed because it is not JSON data.
         """
         try:
             key: InputKey = (binding.run_id, position, digest([args, kwargs]))
         except UnencodableError as error:
-            raise CheckpointError(
+            raise UnstorableError(
                 f"input {position} cannot be checkpointed: {error}; checkpointed inputs must "
                 "be JSON data, pydantic models, tuples or bytes"
             ) from None
@@ -240,15 +257,15 @@ class CheckpointSession:
         if row is not None:
             try:
                 return key, (decode(row[0], binding.models),), {}
-            except UnknownClassError:
-                pass
+            except StorageError as error:
+                _dropped(f"the stored output of input {position}", error)
         nodes: dict[str, Any] = {}
         query = "SELECT node_id, value FROM nodes WHERE run_id = ? AND position = ? AND digest = ?"
         for node_id, text in conn.execute(query, key):
             try:
                 nodes[node_id] = decode(text, binding.models)
-            except UnknownClassError:
-                continue
+            except StorageError as error:
+                _dropped(f"the stored value of node {node_id!r} of input {position}", error)
         return key, None, nodes
 
     # -- recording -------------------------------------------------------------
@@ -257,13 +274,14 @@ class CheckpointSession:
         """Buffer a finished node's value.
 
         Raises:
-            CheckpointError: the value is not storable as JSON (names the node).
+            UnstorableError: the value is not storable as JSON (names the node).
+            CheckpointError: nothing more can be written (the disk is full, say).
         """
         try:
             text = encode(value)
         except UnencodableError as error:
             where = f" ({node.module_path})" if node.module_path else ""
-            raise CheckpointError(
+            raise UnstorableError(
                 f"node {node_id!r}{where} produced a value that cannot be checkpointed: {error}. "
                 "Checkpointed node outputs must be JSON data, pydantic models, plait Values, "
                 "tuples or bytes; return one of those, or run without checkpoint_dir."
@@ -275,12 +293,17 @@ class CheckpointSession:
         self._added()
 
     def input_done(self, key: InputKey, given: Any, output: Any) -> None:
-        """Buffer a finished input; its node rows are no longer needed."""
+        """Buffer a finished input; its node rows are no longer needed.
+
+        Raises:
+            UnstorableError: the input or its output is not storable as JSON.
+            CheckpointError: nothing more can be written.
+        """
         try:
             output_text = encode(output)
             input_text = encode(given)
         except UnencodableError as error:
-            raise CheckpointError(
+            raise UnstorableError(
                 f"the output of input {key[1]} cannot be checkpointed: {error}"
             ) from None
         self._nodes.pop(key, None)
@@ -293,23 +316,26 @@ class CheckpointSession:
         self._added()
 
     def _added(self) -> None:
+        try:
+            self._writer.check()
+        except WriterError as error:
+            # Nothing more can be saved: say so now, so the run stops paying for calls.
+            raise CheckpointError(str(error)) from None
         self._buffered += 1
-        if self._buffered >= self.buffer_size:
-            self.flush()
-        elif self._timer is None:
-            self._timer = self._loop.call_later(self.flush_interval, self._flush_on_timer)
+        if self._handoff is None:
+            self._handoff = self._loop.call_soon(self._flush_soon)
 
-    def _flush_on_timer(self) -> None:
-        self._timer = None
-        # A failure is raised again by the next flush, which every run makes as it ends.
+    def _flush_soon(self) -> None:
+        self._handoff = None
+        # A failure is raised again by the next write or by close, which every run makes.
         with contextlib.suppress(CheckpointError):
             self.flush()
 
     def flush(self) -> None:
         """Hand everything buffered to the writer as one transaction."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._handoff is not None:
+            self._handoff.cancel()
+            self._handoff = None
         if not self._buffered:
             return
         self._buffered = 0
@@ -342,11 +368,30 @@ class CheckpointSession:
             now = time.time()
             ends = [(now, status, binding.run_id) for binding in self._bindings.values()]
             self._writer.submit([(_END_RUN, ends)])
-            self._writer.close()
-        except WriterError as error:
-            raise CheckpointError(str(error)) from None
+        except (CheckpointError, WriterError) as error:
+            failure: BaseException | None = error
+        else:
+            failure = None
         finally:
+            # Whatever happened, nothing of this run may keep holding the file.
+            try:
+                self._writer.close()
+            except WriterError as error:
+                failure = failure or error
             self._conn.close()
+            self._lock.release()
+        if failure is not None:
+            raise CheckpointError(str(failure)) from None
+
+
+def _dropped(what: str, error: StorageError) -> None:
+    """A stored row that does not decode is not trusted: it is logged and its work redone.
+
+    Logged rather than warned: it is an event in a batch job's data, for the
+    operator's log, and every row counts (``warnings`` would show one per call
+    site and hide how many rows were dropped).
+    """
+    _log.warning("%s does not decode and is run again: %s", what, error)
 
 
 def _models_of(graph: InferenceGraph) -> dict[str, type[BaseModel]]:

@@ -4,10 +4,13 @@ Checkpoint files are data, never code, so nothing is pickled. Plain JSON
 types are stored as themselves; the few Python types that JSON cannot tell
 apart or hold (tuples, pydantic models, plait Values, bytes, exceptions,
 non-finite floats, dicts with non-string keys) are stored as small tagged
-objects. Decoding a model needs its class: it is looked up among the classes
-the caller already knows (the graph's ``response_format`` models) and then
-among modules that are already imported. Nothing is ever imported on behalf
-of a file, so a tampered checkpoint cannot run code.
+objects. Decoding a model needs its class, and only the classes the caller
+hands over (the graph's declared response models) are ever used: a class
+path in a file is a name to look up in that short list, never something to
+import or to find among loaded modules. So a tampered checkpoint can neither
+run code nor build an arbitrary object (a config that expands ``${ENV}``,
+say), and a stored value that is broken in any way is one
+:class:`StoredValueError`, never a raw JSON or value error.
 """
 
 from __future__ import annotations
@@ -17,13 +20,18 @@ import builtins
 import hashlib
 import json
 import math
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from plait.errors import ExecutionError, StoredValueError, UnencodableError, UnknownClassError
+from plait.errors import (
+    ExecutionError,
+    StorageError,
+    StoredValueError,
+    UnencodableError,
+    UnknownClassError,
+)
 from plait.values import Value, ValueKind
 
 TAG = "$plait"
@@ -108,8 +116,74 @@ def _located(error: UnencodableError, parts: Iterable[tuple[str, Any]]) -> Unenc
 
 
 def encode(value: Any) -> str:
-    """``value`` as compact JSON text; raises :class:`UnencodableError`."""
-    return json.dumps(to_json(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    """``value`` as compact JSON text.
+
+    Raises:
+        UnencodableError: a part of ``value`` has a type JSON cannot hold, or
+            is a string that is not Unicode text (a lone surrogate), which
+            SQLite and every UTF-8 file refuse.
+    """
+    text = json.dumps(to_json(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    require_unicode(text, value)
+    return text
+
+
+def require_unicode(text: str, value: Any, where: str | None = None) -> None:
+    """Refuse ``text`` (made from ``value``) if it cannot be written as UTF-8.
+
+    Raises:
+        UnencodableError: naming ``where``, or where in ``value`` the lone
+            surrogate is.
+    """
+    if text.isascii():
+        return
+    try:
+        text.encode()
+    except UnicodeEncodeError as error:
+        raise surrogate_error(value, error, where) from None
+
+
+def surrogate_error(
+    value: Any, error: UnicodeEncodeError, where: str | None = None
+) -> UnencodableError:
+    """The error for ``value``, whose text failed to encode with ``error``.
+
+    ``where`` names the place for the message; by default it is the path in
+    ``value`` of the first string that is not Unicode text.
+    """
+    char = ascii(error.object[error.start : error.start + 1])
+    return UnencodableError(
+        "str",
+        where if where is not None else _surrogate_path(value) or "",
+        f"holds a lone surrogate ({char}), which is not Unicode text and cannot be stored",
+    )
+
+
+def _surrogate_path(value: Any, path: str = "") -> str | None:
+    """Where in ``value`` the first string that is not Unicode text is, if anywhere."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return path
+        return None
+    parts: list[tuple[str, Any]]
+    if isinstance(value, list | tuple):
+        parts = [(f"[{index}]", item) for index, item in enumerate(value)]
+    elif isinstance(value, dict):
+        parts = [(f"[{key!r}]", item) for key, item in value.items()]
+        parts += [("<key>", key) for key in value]
+    elif isinstance(value, Value):
+        parts = [(".payload", value.payload), (".meta", value.meta)]
+    elif isinstance(value, BaseModel):
+        parts = [(f".{name}", getattr(value, name)) for name in type(value).model_fields]
+    else:
+        return None
+    for label, item in parts:
+        found = _surrogate_path(item, path + label)
+        if found is not None:
+            return found
+    return None
 
 
 def content_hash(
@@ -139,19 +213,36 @@ def digest(data: Any) -> str:
     """The hash of a live value, tags included, so ``("a",)`` and ``["a"]`` differ.
 
     Raises:
-        UnencodableError: ``data`` holds something JSON cannot store.
+        UnencodableError: ``data`` holds something JSON cannot store, or text
+            that is not Unicode.
     """
-    return content_hash(to_json(data))
+    tagged = to_json(data)
+    try:
+        return content_hash(tagged)
+    except UnicodeEncodeError as error:
+        raise surrogate_error(data, error) from None
 
 
 def decode(text: str, models: Mapping[str, type[BaseModel]] | None = None) -> Any:
     """Rebuild a value written by :func:`encode`.
 
     Raises:
-        UnknownClassError: a stored model's class is neither in ``models`` nor
-            in an already imported module.
+        UnknownClassError: a stored model's class is not in ``models``.
+        StoredValueError: the text is not a value :func:`encode` could have
+            written (not JSON, a tag with missing or wrong fields, a model
+            whose data does not validate).
     """
-    return from_json(json.loads(text), models or {})
+    try:
+        return from_json(json.loads(text), models or {})
+    except StorageError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+        raise StoredValueError(f"a stored value does not decode: {_brief(error)}") from None
+
+
+def _brief(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text[:200]}"
 
 
 def from_json(data: Any, models: Mapping[str, type[BaseModel]]) -> Any:
@@ -170,9 +261,12 @@ def from_json(data: Any, models: Mapping[str, type[BaseModel]]) -> Any:
     if tag == "float":
         return float(data["repr"])
     if tag == "model":
-        model = models.get(data["class"]) or _loaded_class(data["class"])
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            raise UnknownClassError(data["class"])
+        model = models.get(data["class"])
+        if model is None:
+            raise UnknownClassError(
+                f"the stored model class {str(data['class'])[:200]!r} is not one this graph "
+                "declares"
+            )
         return model.model_validate(data["data"])
     if tag == "value":
         return Value(
@@ -182,7 +276,7 @@ def from_json(data: Any, models: Mapping[str, type[BaseModel]]) -> Any:
             from_json(data.get("meta") or {}, models),
         )
     if tag == "bytes":
-        return base64.b64decode(data["base64"])
+        return base64.b64decode(data["base64"], validate=True)
     if tag == "error":
         return _rebuild_error(data["class"], data["message"])
     raise StoredValueError(f"unknown tag {tag!r} in stored value")
@@ -217,16 +311,6 @@ def plain(data: Any) -> Any:
     if tag == "error":
         return f"{data['class'].rpartition(':')[2]}: {data['message']}"
     return data.get("repr")
-
-
-def _loaded_class(path: str) -> Any:
-    module_name, _, qualname = path.partition(":")
-    found: Any = sys.modules.get(module_name)
-    for part in qualname.split("."):
-        if found is None:
-            return None
-        found = getattr(found, part, None)
-    return found
 
 
 def _rebuild_error(path: str, message: str) -> BaseException:
