@@ -33,7 +33,8 @@ catch the library's failures in one place::
     │   ├── UnknownClassError (LookupError) a stored model class is not loaded
     │   ├── StoredValueError (ValueError)   a stored value this plait cannot read
     │   └── WriterError (RuntimeError)      the background writer failed
-    └── BudgetExceededError
+    ├── BudgetExceededError
+    └── ToolArgumentsError (ValueError)     a model's tool call does not fit the tool
 
 The builtin bases let code that already catches ``ValueError`` or
 ``TimeoutError`` keep working. The execution engine decides what to
@@ -266,3 +267,11 @@ class WriterError(StorageError, RuntimeError):
 
 class BudgetExceededError(PlaitError):
     """A run reached its token or cost budget and stopped taking new requests."""
+
+
+class ToolArgumentsError(PlaitError, ValueError):
+    """A model's tool call does not fit the tool's parameters; the message is for the model.
+
+    It is read by the model rather than raised to the caller: running a turn's
+    tool calls answers with this text so the model can correct its call.
+    """

@@ -162,8 +162,10 @@ def _tool_calls(raw: Any) -> list[RawToolCall]:
     calls = []
     for position, item in enumerate(raw):
         function = item.get("function") if isinstance(item, dict) else None
-        name = function.get("name") if isinstance(function, dict) else None
-        if not isinstance(name, str) or not name:
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise TransientError(f"malformed reply: tool call {position} has no function name")
+        name: str = function["name"]
+        if not name:
             raise TransientError(f"malformed reply: tool call {position} has no function name")
         call_id = item.get("id")
         calls.append(_parsed_call(str(call_id or f"call_{position}"), name, function))
