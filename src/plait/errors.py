@@ -8,7 +8,8 @@ catch the library's failures in one place::
     │   ├── EndpointConfigError             one endpoint's fields, line by line
     │   ├── UnknownAliasError (KeyError)    a module names an alias the config lacks
     │   ├── UsageError                      a command-line argument cannot be used
-    │   └── LossCheckError (TypeError)      a VerifierLoss check returned neither None nor text
+    │   ├── LossCheckError (TypeError)      a VerifierLoss check returned neither None nor text
+    │   └── UnknownOptionError (TypeError)  a call passed a keyword that is no request option
     ├── FactoryError                        ``plait run``'s factory raised while building
     ├── ResourcesNotBoundError (RuntimeError)
     ├── ResourcesInUseError                 a ResourceManager is busy on another loop
@@ -107,6 +108,13 @@ class LossCheckError(ConfigError, TypeError):
 
     A ConfigError because the check is the loss's argument and is wrong; a
     TypeError because the wrong thing is the type of what it returned.
+    """
+
+
+class UnknownOptionError(ConfigError, TypeError):
+    """A call to an ``LLMInference`` passed a keyword that is not a request option.
+
+    A ``TypeError`` too, as an unexpected keyword argument is in Python.
     """
 
 

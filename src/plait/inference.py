@@ -136,6 +136,8 @@ class LLMInference(Module):
                 tools=self.tool_schemas,
                 tool_choice=self.tool_choice,
             )
+        # Checked again here for calls that reach forward without __call__ (a batch of kwargs).
+        check_options(overrides, self._where(), also_known=frozenset(self.request_options))
         options = {**self.request_options, **overrides}
         if options.get("n") == 1:
             del options["n"]

@@ -63,7 +63,11 @@ def test_overrides_change_the_cache_key_and_the_fingerprint() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"temprature": 0}, r"unknown request option 'temprature'.*LLMInference\('fast'\)"),
+        (
+            {"temprature": 0},
+            r"unexpected keyword argument 'temprature' for LLMInference\('fast'\).*"
+            r"did you mean 'temperature'",
+        ),
         ({"n": 2}, r"'n'.*one reply per call"),
         ({"stop": object()}, r"'stop'.*JSON"),
         ({"temperature": "hot"}, r"'temperature'.*number"),

@@ -17,7 +17,10 @@ from pydantic import BaseModel
 from plait.clients.base import ChatResponse, RawToolCall
 from plait.errors import ConfigError
 from plait.inference import LLMInference
+from plait.storage.codec import decode, encode
+from plait.storage.fingerprint import describe, differences
 from plait.tools import AssistantMessage, Tool, ToolCall, as_tools, run_tool_calls
+from plait.tracing import Tracer
 
 
 class Unit(Enum):
@@ -371,3 +374,45 @@ def test_tool_schema_for_literals() -> None:
         return color
 
     assert Tool(pick).parameters["properties"]["color"]["enum"] == ["red", "blue"]
+
+
+def test_an_assistant_message_survives_a_checkpoint() -> None:
+    call = ToolCall(id="c1", name="forecast", arguments={"when": date(2024, 5, 1)})
+    message = AssistantMessage(content="", tool_calls=[call])
+    restored = decode(encode(message))
+    assert isinstance(restored, AssistantMessage)
+    assert restored.tool_calls[0].arguments == {"when": "2024-05-01"}
+    assert restored.to_message() == message.to_message()
+
+
+def test_a_changed_tool_changes_the_fingerprint() -> None:
+    def lookup(city: str) -> str:
+        return city
+
+    def lookup_v2(city: str, days: int) -> str:
+        return city
+
+    before = describe(Tracer().trace(LLMInference("llm", tools=[lookup]), "x"))
+    after = describe(
+        Tracer().trace(LLMInference("llm", tools=[Tool(lookup_v2, name="lookup")]), "x")
+    )
+    assert before != after
+    assert any("tool_schemas" in line for line in differences(before, after))
+
+
+def test_an_assistant_message_can_continue_a_conversation() -> None:
+    call = ToolCall(id="c1", name="forecast", arguments={}, raw_arguments="{}")
+    turn = AssistantMessage(content="Checking.", tool_calls=[call])
+    request = LLMInference("llm", tools=[forecast]).forward(
+        [
+            {"role": "user", "content": "hi"},
+            turn,
+            {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+        ]
+    )
+    assert request.messages[1] == turn.to_message()
+    assert request.messages[2]["role"] == "tool"
+    assert AssistantMessage(content="plain").to_message() == {
+        "role": "assistant",
+        "content": "plain",
+    }

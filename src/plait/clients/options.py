@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from plait.errors import ConfigError
+from plait.errors import ConfigError, UnknownOptionError
 
 __all__ = ["KNOWN_OPTIONS", "check_option", "check_options"]
 
@@ -66,10 +66,10 @@ def check_options(
         if name not in KNOWN_OPTIONS and name not in also_known and name not in _FIXED:
             close = difflib.get_close_matches(name, sorted(KNOWN_OPTIONS | also_known), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(
-                f"unknown request option {name!r} for {where}{hint}; known options: "
-                f"{', '.join(sorted(KNOWN_OPTIONS))}. A server-specific option can be set "
-                "on the LLMInference itself"
+            raise UnknownOptionError(
+                f"unexpected keyword argument {name!r} for {where}: it is not a request "
+                f"option{hint}; known options: {', '.join(sorted(KNOWN_OPTIONS))}. A "
+                "server-specific option can be set on the LLMInference itself"
             )
         check_option(name, value, where)
 
