@@ -128,8 +128,9 @@ class Tool:
         self.description = summary if description is None else description
         self._model, self._positional = _arguments_model(fn, self.name, documented)
         self.parameters = _schema(self._model, self.name)
+        # A callable object counts as async when its __call__ is a coroutine function.
         self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
+            type(fn).__call__
         )
 
     def __repr__(self) -> str:
