@@ -8,7 +8,8 @@ catch the library's failures in one place::
     │   ├── EndpointConfigError             one endpoint's fields, line by line
     │   ├── UnknownAliasError (KeyError)    a module names an alias the config lacks
     │   ├── UsageError                      a command-line argument cannot be used
-    │   └── LossCheckError (TypeError)      a VerifierLoss check returned neither None nor text
+    │   ├── LossCheckError (TypeError)      a VerifierLoss check returned neither None nor text
+    │   └── UnknownOptionError (TypeError)  a call passed a keyword that is no request option
     ├── FactoryError                        ``plait run``'s factory raised while building
     ├── ResourcesNotBoundError (RuntimeError)
     ├── ResourcesInUseError                 a ResourceManager is busy on another loop
@@ -34,7 +35,8 @@ catch the library's failures in one place::
     │   ├── UnknownClassError (LookupError) a stored model class is not loaded
     │   ├── StoredValueError (ValueError)   a stored value this plait cannot read
     │   └── WriterError (RuntimeError)      the background writer failed
-    └── BudgetExceededError
+    ├── BudgetExceededError
+    └── ToolArgumentsError (ValueError)     a model's tool call does not fit the tool
 
 The builtin bases let code that already catches ``ValueError`` or
 ``TimeoutError`` keep working. The execution engine decides what to
@@ -107,6 +109,13 @@ class LossCheckError(ConfigError, TypeError):
 
     A ConfigError because the check is the loss's argument and is wrong; a
     TypeError because the wrong thing is the type of what it returned.
+    """
+
+
+class UnknownOptionError(ConfigError, TypeError):
+    """A call to an ``LLMInference`` passed a keyword that is not a request option.
+
+    A ``TypeError`` too, as an unexpected keyword argument is in Python.
     """
 
 
@@ -280,3 +289,11 @@ class WriterError(StorageError, RuntimeError):
 
 class BudgetExceededError(PlaitError):
     """A run reached its token or cost budget and stopped taking new requests."""
+
+
+class ToolArgumentsError(PlaitError, ValueError):
+    """A model's tool call does not fit the tool's parameters; the message is for the model.
+
+    It is read by the model rather than raised to the caller: running a turn's
+    tool calls answers with this text so the model can correct its call.
+    """

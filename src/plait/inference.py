@@ -8,18 +8,20 @@ of its prompt that earlier nodes wrote (that feedback travels on to them).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel
 
 from plait.clients.base import ChatRequest, ChatResponse
+from plait.clients.options import check_option, check_options
 from plait.errors import ConfigError
 from plait.feedback import BackwardContext, BackwardResult
 from plait.graph import NodeKind, ParameterLike
 from plait.markup import means_no_change, quoted, tagged_items
 from plait.module import Module
 from plait.parameter import Parameter
+from plait.tools import AssistantMessage, ToolLike, as_tools, tool_call
 from plait.values import to_text
 
 
@@ -41,11 +43,25 @@ class LLMInference(Module):
         temperature: float | None = 1.0,
         max_tokens: int | None = None,
         response_format: type[BaseModel] | None = None,
+        *,
+        tools: Sequence[ToolLike] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+        run_tools: bool = False,
+        max_tool_rounds: int = 8,
         **request_options: Any,
     ) -> None:
+        """``tools`` are typed functions (or :class:`~plait.tools.Tool`) the model may
+        call; with ``run_tools=False`` the output is the
+        :class:`~plait.tools.AssistantMessage` with the calls, their arguments
+        validated into the functions' types. The loop that runs the tools and
+        answers the model (``run_tools=True``, with ``max_tool_rounds``) comes
+        with dynamic modules. ``request_options`` go into every request as
+        they are, so a server-specific option belongs here.
+        """
         super().__init__()
         if not isinstance(alias, str) or not alias:
             raise ConfigError(f"LLMInference alias must be a non-empty str, got {alias!r}")
+        where = f"LLMInference({alias!r})"
         if not isinstance(system_prompt, str | Parameter):
             raise ConfigError(
                 "LLMInference system_prompt must be a str or Parameter, got "
@@ -58,39 +74,51 @@ class LLMInference(Module):
                 "LLMInference response_format must be a pydantic model class, got "
                 f"{response_format!r}"
             )
-        if temperature is not None and (
-            not isinstance(temperature, int | float)
-            or isinstance(temperature, bool)
-            or not temperature >= 0
-        ):
-            raise ConfigError(
-                f"LLMInference temperature must be a number >= 0 or None, got {temperature!r}"
-            )
-        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-            raise ConfigError(f"LLMInference max_tokens must be a positive int, got {max_tokens!r}")
+        for name, value in {"temperature": temperature, "max_tokens": max_tokens}.items():
+            check_option(name, value, where)
+        for name, value in request_options.items():
+            check_option(name, value, where)
+        self.tools = as_tools(tools or ())
+        if tool_choice is not None and not self.tools:
+            raise ConfigError(f"{where}: tool_choice={tool_choice!r} needs tools=[...]")
+        check_option("tool_choice", tool_choice, where)
+        if not isinstance(max_tool_rounds, int) or max_tool_rounds < 1:
+            raise ConfigError(f"{where}: max_tool_rounds must be a positive int")
         self.alias = alias
         self.system_prompt = system_prompt
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.response_format = response_format
         self.request_options = request_options
+        # The wire form is built once, and as plain data it is what a
+        # checkpoint's fingerprint compares when a tool's signature changes.
+        self.tool_schemas = [tool.schema() for tool in self.tools.values()] or None
+        self.tool_choice = tool_choice
+        self.run_tools = bool(run_tools)
+        self.max_tool_rounds = max_tool_rounds
 
     def _plait_is_leaf(self) -> bool:
         return True
 
-    def forward(self, prompt: Any) -> ChatRequest:
-        """Build the request for ``prompt`` (text, or a list of chat messages)."""
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call with per-call request options: ``llm(prompt, temperature=0, stop=[...])``.
+
+        They are checked here, when the call is traced or made, so a misspelt
+        option fails before any request is sent rather than once per request.
+        """
+        overrides = {key: value for key, value in kwargs.items() if key != "prompt"}
+        check_options(overrides, self._where(), also_known=frozenset(self.request_options))
+        return super().__call__(*args, **kwargs)
+
+    def forward(self, prompt: Any, **overrides: Any) -> ChatRequest:
+        """Build the request for ``prompt`` (text, or a list of chat messages).
+
+        ``overrides`` replace the module's request options for this call only;
+        they are part of the request, so the cache key sees them too.
+        """
         system = str(self.system_prompt)
         if isinstance(prompt, list):
-            for position, message in enumerate(prompt):
-                if not isinstance(message, Mapping) or "role" not in message:
-                    raise TypeError(
-                        "a list prompt to LLMInference must hold chat messages like "
-                        f"{{'role': 'user', 'content': ...}}; item {position} is "
-                        f"{type(message).__name__}. To send several texts, join them "
-                        "into one string."
-                    )
-            messages = [dict(message) for message in prompt]
+            messages = [_chat_message(position, message) for position, message in enumerate(prompt)]
             if system and not (messages and messages[0].get("role") == "system"):
                 messages.insert(0, {"role": "system", "content": system})
         else:
@@ -98,19 +126,49 @@ class LLMInference(Module):
             messages = [{"role": "user", "content": text}]
             if system:
                 messages.insert(0, {"role": "system", "content": system})
+        if not overrides:
+            return ChatRequest(
+                messages=messages,
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+                response_format=self.response_format,
+                options=self.request_options,
+                tools=self.tool_schemas,
+                tool_choice=self.tool_choice,
+            )
+        # Checked again here for calls that reach forward without __call__ (a batch of kwargs).
+        check_options(overrides, self._where(), also_known=frozenset(self.request_options))
+        options = {**self.request_options, **overrides}
+        if options.get("n") == 1:
+            del options["n"]
+        temperature = options.pop("temperature", self.temperature)
+        max_tokens = options.pop("max_tokens", self.max_tokens)
+        tool_choice = options.pop("tool_choice", self.tool_choice)
         return ChatRequest(
             messages=messages,
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
+            temperature=temperature,
+            max_tokens=max_tokens,
             response_format=self.response_format,
-            options=self.request_options,
+            options=options,
+            tools=self.tool_schemas,
+            tool_choice=tool_choice,
         )
 
     def parse_response(self, response: ChatResponse) -> Any:
-        """The node's output: the validated model with ``response_format``, else the text."""
+        """The node's output: the validated model with ``response_format``, else the text.
+
+        With tools it is the whole turn, an :class:`~plait.tools.AssistantMessage`,
+        each tool call's arguments validated against its tool.
+        """
+        if self.tools:
+            calls = [tool_call(raw, self.tools) for raw in response.tool_calls]
+            return AssistantMessage(content=response.content, tool_calls=calls)
         if self.response_format is not None and response.parsed is not None:
             return response.parsed
         return response.content
+
+    def _where(self) -> str:
+        return f"LLMInference({self.alias!r})"
 
     async def backward(self, feedback: str, ctx: BackwardContext) -> BackwardResult:
         """TextGrad-style: an LLM reads this call's request, reply and the feedback,
@@ -191,6 +249,18 @@ def _prompt(
         *(f'<FEEDBACK item="{item}">...</FEEDBACK>' for item, _ in items),
     ]
     return "\n".join(lines)
+
+
+def _chat_message(position: int, message: Any) -> dict[str, Any]:
+    if isinstance(message, AssistantMessage):
+        return message.to_message()
+    if not isinstance(message, Mapping) or "role" not in message:
+        raise TypeError(
+            "a list prompt to LLMInference must hold chat messages like "
+            f"{{'role': 'user', 'content': ...}}; item {position} is "
+            f"{type(message).__name__}. To send several texts, join them into one string."
+        )
+    return dict(message)
 
 
 def _render_messages(messages: list[dict[str, Any]]) -> str:

@@ -10,13 +10,13 @@ should not pay.
 
 from typing import TYPE_CHECKING, Any
 
-from plait.clients.base import ChatRequest, ChatResponse, LLMClient
+from plait.clients.base import ChatRequest, ChatResponse, LLMClient, RawToolCall
 
 if TYPE_CHECKING:
     from plait.clients.lean import LeanClient
     from plait.clients.openai_sdk import OpenAIClient
 
-__all__ = ["ChatRequest", "ChatResponse", "LLMClient", "LeanClient", "OpenAIClient"]
+__all__ = ["ChatRequest", "ChatResponse", "LLMClient", "LeanClient", "OpenAIClient", "RawToolCall"]
 
 
 def __getattr__(name: str) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from plait.clients.base import ChatRequest, ChatResponse
+from plait.clients.base import ChatRequest, ChatResponse, RawToolCall
 from plait.clients.structured import cached_response_format_payload, validate_reply
 from plait.errors import (
     LLMError,
@@ -65,6 +65,10 @@ def build_body(request: ChatRequest) -> dict[str, Any]:
         body["max_tokens"] = request.max_tokens
     if request.response_format is not None:
         body["response_format"] = cached_response_format_payload(request.response_format)
+    if request.tools:
+        body["tools"] = request.tools
+    if request.tool_choice is not None:
+        body["tool_choice"] = request.tool_choice
     return body
 
 
@@ -129,8 +133,9 @@ def _read_reply(data: Any, response_format: type[BaseModel] | None) -> ChatRespo
     usage = data.get("usage")
     if not isinstance(usage, dict):
         usage = {}
+    tool_calls = _tool_calls(message.get("tool_calls"))
     parsed = None
-    if response_format is not None:
+    if response_format is not None and not tool_calls:
         parsed = _structured_reply(content, refusal, response_format)
     return ChatResponse(
         content=content,
@@ -139,7 +144,51 @@ def _read_reply(data: Any, response_format: type[BaseModel] | None) -> ChatRespo
         input_tokens=usage.get("prompt_tokens") or 0,
         output_tokens=usage.get("completion_tokens") or 0,
         parsed=parsed,
+        tool_calls=tool_calls,
     )
+
+
+def _tool_calls(raw: Any) -> list[RawToolCall]:
+    """The reply's tool calls, with each one's arguments parsed as far as JSON goes.
+
+    A call without a function name cannot be answered, so it makes the reply
+    malformed (a retry usually mends it); arguments that are not a JSON object
+    are the model's mistake, kept on the call so it can be told about it.
+    """
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise TransientError("malformed reply: the message's 'tool_calls' is not a list")
+    calls = []
+    for position, item in enumerate(raw):
+        function = item.get("function") if isinstance(item, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise TransientError(f"malformed reply: tool call {position} has no function name")
+        name: str = function["name"]
+        if not name:
+            raise TransientError(f"malformed reply: tool call {position} has no function name")
+        call_id = item.get("id")
+        calls.append(_parsed_call(str(call_id or f"call_{position}"), name, function))
+    return calls
+
+
+def _parsed_call(call_id: str, name: str, function: dict[str, Any]) -> RawToolCall:
+    arguments = function.get("arguments")
+    if isinstance(arguments, dict):
+        # Some servers send the object itself rather than its JSON text.
+        return RawToolCall(call_id, name, json.dumps(arguments), arguments)
+    text = arguments if isinstance(arguments, str) else ""
+    if not text.strip():
+        return RawToolCall(call_id, name, text, {})
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        why = f"the arguments for {name!r} are not valid JSON ({exc}): {_clip(text, _MAX_EXCERPT)}"
+        return RawToolCall(call_id, name, text, error=why)
+    if not isinstance(parsed, dict):
+        why = f"the arguments for {name!r} must be a JSON object, got {type(parsed).__name__}"
+        return RawToolCall(call_id, name, text, error=why)
+    return RawToolCall(call_id, name, text, parsed)
 
 
 def _absent_content(

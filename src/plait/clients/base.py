@@ -35,6 +35,26 @@ class ChatRequest:
     max_tokens: int | None = None
     response_format: type[BaseModel] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    tools: list[dict[str, Any]] | None = None
+    """The OpenAI ``tools`` array: one ``{"type": "function", "function": ...}`` per tool."""
+    tool_choice: str | dict[str, Any] | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class RawToolCall:
+    """One tool call as the reply carried it, before it meets the tool it names.
+
+    The client layer does not know the tools' Python types, so it only parses
+    the arguments' JSON: ``parsed`` is the object, or ``None`` with ``error``
+    saying why the text is not one. ``arguments`` keeps the text as sent,
+    because a conversation that continues must echo it back unchanged.
+    """
+
+    id: str
+    name: str
+    arguments: str
+    parsed: dict[str, Any] | None = None
+    error: str | None = None
 
 
 @dataclass(slots=True)
@@ -47,6 +67,7 @@ class ChatResponse:
     input_tokens: int = 0
     output_tokens: int = 0
     parsed: BaseModel | None = None
+    tool_calls: list[RawToolCall] = field(default_factory=list)
 
 
 @runtime_checkable

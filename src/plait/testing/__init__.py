@@ -16,6 +16,7 @@ Three levels of stand-in, from the fastest to the most faithful:
 
 from plait.testing._scripted import Handler, Reply, prompt_of
 from plait.testing._spawn import SpawnedSimulator
+from plait.testing._tool_calls import ToolCallReply
 from plait.testing.fakes import FakeCall, FakeResources
 from plait.testing.mock_client import MockClient
 from plait.testing.simulator import Simulator
@@ -30,5 +31,6 @@ __all__ = [
     "Simulator",
     "SimulatorStats",
     "SpawnedSimulator",
+    "ToolCallReply",
     "prompt_of",
 ]

@@ -10,9 +10,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from plait.testing._tool_calls import ToolCallReply
+
 FAULT_KINDS: tuple[str, ...] = ("503", "reset", "malformed", "stall", "429")
 
-ReplyFn = Callable[[dict[str, Any]], str | dict[str, Any] | BaseModel]
+ReplyFn = Callable[[dict[str, Any]], str | dict[str, Any] | BaseModel | ToolCallReply]
+RuleReply = str | ToolCallReply
 FaultFn = Callable[[int, dict[str, Any]], str | None]
 
 
@@ -36,14 +39,14 @@ class SimulatorConfig:
     seed: int | None = None
     fault: FaultFn | None = None
     reply: ReplyFn | None = None
-    rules: Sequence[tuple[str, str]] = ()
+    rules: Sequence[tuple[str, RuleReply]] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.faults, str):
             raise TypeError("faults must be a sequence of fault kinds, not a single string")
         # Frozen, so normalise through object.__setattr__: callers may pass lists.
         object.__setattr__(self, "faults", tuple(self.faults))
-        object.__setattr__(self, "rules", tuple((str(p), str(r)) for p, r in self.rules))
+        object.__setattr__(self, "rules", tuple((str(p), _rule_reply(r)) for p, r in self.rules))
         _require(0 <= self.port <= 65535, "port must be between 0 and 65535")
         _require(_finite(self.latency) and self.latency >= 0, "latency must be >= 0")
         _require(
@@ -85,6 +88,10 @@ def check_fault_kind(kind: str) -> None:
     """Reject fault names the server does not know how to act out."""
     if kind not in FAULT_KINDS:
         raise ValueError(f"unknown fault kind {kind!r}; expected one of {', '.join(FAULT_KINDS)}")
+
+
+def _rule_reply(reply: object) -> RuleReply:
+    return reply if isinstance(reply, ToolCallReply) else str(reply)
 
 
 def _finite(value: float) -> bool:

@@ -17,7 +17,7 @@ from plait.resources.tokens import message_tokens, text_tokens
 from plait.testing._config import SimulatorConfig, check_fault_kind
 from plait.testing._http import Connection
 from plait.testing._limiter import TokenBucket
-from plait.testing._replies import Replier
+from plait.testing._replies import Replier, reply_text
 from plait.testing.stats import SimulatorStats
 
 DEFAULT_MODEL = "plait-simulator"
@@ -181,18 +181,19 @@ class Engine:
             return
         messages: list[Any] = body["messages"]
         try:
-            content = self._replier.content(body, messages)
+            message, finish_reason = self._replier.message(body, messages)
         except Exception as exc:
             conn.send(500, error_body(500, f"reply callable raised {type(exc).__name__}: {exc}"))
             return
         # A server never reports an empty prompt or reply as zero tokens.
         prompt_tokens = max(1, message_tokens(messages))
-        completion_tokens = max(1, text_tokens(content))
+        completion_tokens = max(1, text_tokens(reply_text(message)))
         stats = self.stats
         stats.completed += 1
         stats.prompt_tokens += prompt_tokens
         stats.completion_tokens += completion_tokens
-        conn.send(200, _completion(seq, model, content, prompt_tokens, completion_tokens))
+        reply = _completion(seq, model, message, finish_reason, prompt_tokens, completion_tokens)
+        conn.send(200, reply)
 
     def _models_body(self) -> bytes:
         names = dict.fromkeys([DEFAULT_MODEL, *self.stats.models])
@@ -214,7 +215,12 @@ def _validate(body: Any) -> str | None:
 
 
 def _completion(
-    seq: int, model: str, content: str, prompt_tokens: int, completion_tokens: int
+    seq: int,
+    model: str,
+    message: dict[str, Any],
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
 ) -> bytes:
     payload = {
         "id": f"chatcmpl-sim-{seq}",
@@ -224,8 +230,8 @@ def _completion(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
+                "message": message,
+                "finish_reason": finish_reason,
                 "logprobs": None,
             }
         ],

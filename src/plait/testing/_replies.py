@@ -1,10 +1,11 @@
-"""What the simulator says back: scripted replies, schema-shaped JSON, echoes.
+"""What the simulator says back: scripted replies, tool calls, schema-shaped JSON, echoes.
 
 Tests need replies they can predict from the prompt alone, and structured
 output calls need replies that parse, so the order is: the ``reply``
 callable, then the first matching rule, then (for ``json_schema`` requests)
 a minimal object that satisfies the schema, then an echo of the last user
-message.
+message. A reply may be a :class:`ToolCallReply`, sent as tool calls; a
+rule with one is passed over once the conversation holds a tool's answer.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from plait.testing._config import ReplyFn
+from plait.testing._config import ReplyFn, RuleReply
+from plait.testing._tool_calls import ToolCallReply, has_tool_results
 
 _STRING_FORMATS = {
     "date-time": "1970-01-01T00:00:00Z",
@@ -31,23 +33,36 @@ _MAX_SCHEMA_DEPTH = 32
 
 
 class Replier:
-    """Chooses the assistant content for one parsed request body."""
+    """Chooses the assistant message for one parsed request body."""
 
-    __slots__ = ("_reply", "_rules")
+    __slots__ = ("_calls", "_reply", "_rules")
 
-    def __init__(self, reply: ReplyFn | None, rules: Sequence[tuple[str, str]]) -> None:
+    def __init__(self, reply: ReplyFn | None, rules: Sequence[tuple[str, RuleReply]]) -> None:
         self._reply = reply
-        self._rules = [(re.compile(pattern), text) for pattern, text in rules]
+        self._rules = [(re.compile(pattern), answer) for pattern, answer in rules]
+        self._calls = 0
 
-    def content(self, body: dict[str, Any], messages: list[Any]) -> str:
-        """Return the reply text; exceptions from the ``reply`` callable propagate."""
+    def message(self, body: dict[str, Any], messages: list[Any]) -> tuple[dict[str, Any], str]:
+        """The assistant message and its finish reason; the ``reply`` callable's
+        exceptions propagate."""
+        answer = self._choose(body, messages)
+        if isinstance(answer, ToolCallReply):
+            message = answer.message(self._calls)
+            self._calls += len(answer.calls)
+            return message, "tool_calls"
+        return {"role": "assistant", "content": answer}, "stop"
+
+    def _choose(self, body: dict[str, Any], messages: list[Any]) -> str | ToolCallReply:
         if self._reply is not None:
-            return _as_text(self._reply(body))
+            return _as_reply(self._reply(body))
         if self._rules:
             prompt = "\n".join(message_text(m) for m in messages)
-            for pattern, text in self._rules:
+            answered = has_tool_results(messages)
+            for pattern, answer in self._rules:
+                if answered and isinstance(answer, ToolCallReply):
+                    continue
                 if pattern.search(prompt):
-                    return text
+                    return answer
         response_format = body.get("response_format")
         if isinstance(response_format, dict):
             kind = response_format.get("type")
@@ -58,6 +73,14 @@ class Replier:
             if kind == "json_object":
                 return "{}"
         return "ECHO: " + _last_user_text(messages)
+
+
+def reply_text(message: dict[str, Any]) -> str:
+    """What a reply's token count is taken from: its text and its calls' arguments."""
+    parts = [message.get("content") or ""]
+    for call in message.get("tool_calls") or ():
+        parts.append(call["function"]["arguments"])
+    return "".join(parts)
 
 
 def message_text(message: Any) -> str:
@@ -175,11 +198,14 @@ def _last_user_text(messages: list[Any]) -> str:
     return ""
 
 
-def _as_text(value: str | dict[str, Any] | BaseModel) -> str:
-    if isinstance(value, str):
+def _as_reply(value: str | dict[str, Any] | BaseModel | ToolCallReply) -> str | ToolCallReply:
+    if isinstance(value, str | ToolCallReply):
         return value
     if isinstance(value, BaseModel):
         return value.model_dump_json()
     if isinstance(value, dict):
         return json.dumps(value)
-    raise TypeError(f"reply callable returned {type(value).__name__}; expected str, dict or model")
+    raise TypeError(
+        f"reply callable returned {type(value).__name__}; expected str, dict, model or "
+        "ToolCallReply"
+    )

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from plait.testing._config import FAULT_KINDS, FaultFn, ReplyFn, SimulatorConfig
+from plait.testing._config import FAULT_KINDS, FaultFn, ReplyFn, RuleReply, SimulatorConfig
 from plait.testing._engine import Engine
 from plait.testing._http import Connection
 from plait.testing._spawn import SpawnedSimulator
@@ -53,9 +53,10 @@ class Simulator:
         fault: ``fault(sequence_number, body)`` returns a kind to force on that
             request, or None to leave it to ``fault_rate``.
         reply: ``reply(body)`` returns the assistant content (a dict or pydantic
-            model is sent as its JSON).
+            model is sent as its JSON), or a :class:`ToolCallReply` to call tools.
         rules: ``(regex, reply)`` pairs searched in the joined message contents;
-            the first match wins. Without a match, a ``json_schema`` request gets
+            the first match wins (a :class:`ToolCallReply` only while the conversation
+            holds no tool message yet). Without a match, a ``json_schema`` request gets
             a minimal object satisfying its schema, and any other gets
             ``"ECHO: " + <last user message>``.
 
@@ -77,7 +78,7 @@ class Simulator:
         seed: int | None = None,
         fault: FaultFn | None = None,
         reply: ReplyFn | None = None,
-        rules: Sequence[tuple[str, str]] = (),
+        rules: Sequence[tuple[str, RuleReply]] = (),
     ) -> None:
         self._config = SimulatorConfig(
             port=port,
