@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from plait import ExecutionSettings, LLMInference
-from plait.clients.base import ChatRequest, ChatResponse
+from plait.clients.base import ChatRequest, ChatResponse, RawToolCall
 from plait.errors import ConfigError
 from plait.storage.cache import ResponseCache, default_cache_path, open_cache, request_key
 from plait.testing import FakeResources, MockClient
@@ -56,6 +56,8 @@ async def bounded(awaitable: Any) -> Any:
         {"max_tokens": 11},
         {"response_format": Answer},
         {"options": {"seed": 2}},
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+        {"tool_choice": "required"},
     ],
 )
 def test_every_part_of_the_request_is_in_the_key(change: dict[str, Any]) -> None:
@@ -91,6 +93,19 @@ def test_a_reply_round_trips_through_disk(tmp_path: Path) -> None:
     reopened.clear()
     assert reopened.get(request) is None
     reopened.close()
+
+
+def test_a_reply_with_tool_calls_is_not_cached(tmp_path: Path) -> None:
+    """The store keeps text replies only: a tool-call turn served from it would lose
+    its calls, so it is left to the checkpoint's replay instead."""
+    cache = ResponseCache(tmp_path)
+    request = base_request()
+    call = RawToolCall("call_1", "lookup", '{"q": "x"}', {"q": "x"})
+    cache.put(request, ChatResponse("", "m", "tool_calls", tool_calls=[call]))
+    cache.flush()
+    assert cache.get(request) is None
+    assert len(cache) == 0
+    cache.close()
 
 
 def test_structured_replies_are_validated_again_on_a_hit(tmp_path: Path) -> None:

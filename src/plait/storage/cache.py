@@ -58,6 +58,8 @@ def request_key(request: ChatRequest) -> str:
         request.max_tokens,
         response_format,
         request.options,
+        request.tools,
+        request.tool_choice,
     ]
     try:
         return content_hash(payload, algorithm="sha256", default=repr)
@@ -153,10 +155,16 @@ class ResponseCache:
         when it arrives: twins that asked at once for the same sample, and
         both missed, are stored as two samples, not one over the other.
 
+        A reply that carries tool calls is not stored: the store keeps a
+        reply's text, and a tool-call turn served without its calls would be
+        a wrong answer. Such turns are replayed from a checkpoint instead.
+
         Raises:
             UnencodableError: the reply holds text that is not Unicode, so it
                 cannot be stored (the call that got it fails with this).
         """
+        if response.tool_calls:
+            return
         for field, text in (("content", response.content), ("model", response.model)):
             require_unicode(text, text, f"the reply's {field} (not cached)")
         key = key or request_key(request)
