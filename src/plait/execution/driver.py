@@ -22,8 +22,8 @@ from plait.execution.progress import ProgressReporter
 from plait.execution.results import BatchResult
 from plait.execution.scheduler import Scheduler
 from plait.execution.settings import ResolvedSettings
-from plait.execution.state import ExecutionState, GraphPlan, plan_for
-from plait.graph import ForwardRecord, InferenceGraph
+from plait.execution.state import ExecutionState, GraphPlan, forward_record, plan_for
+from plait.graph import InferenceGraph
 from plait.profiling.observer import RunObserver
 from plait.profiling.profile import Profile, Profiler
 from plait.resources.protocol import ResourceManagerLike, as_resource_manager
@@ -394,8 +394,6 @@ def _with_record(state: ExecutionState, output: Any, resources: Any) -> Value:
     the output and the backward pass through it reach the same endpoints
     without the caller binding them again.
     """
-    record = ForwardRecord(
-        state.plan.graph, state.node_inputs or {}, dict(state.results), output, resources
-    )
+    record = forward_record(state, output, resources)
     output_ids = state.plan.graph.output_ids
     return with_record(output, output_ids[0] if len(output_ids) == 1 else None, record)

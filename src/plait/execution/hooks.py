@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from plait.errors import ConfigError
 from plait.execution.budget import Budget
+from plait.execution.dynamic import Replay
 from plait.execution.settings import ResolvedSettings
 from plait.execution.state import ExecutionState
 from plait.profiling.observer import RunObserver, combine
@@ -49,6 +50,7 @@ class RunHooks:
     probes: bool = False
     on_node_done: Callable[[ExecutionState, str, Any], None] | None = None
     on_budget_exceeded: Callable[[], None] | None = None
+    replay: Callable[[ExecutionState, str], Replay | None] | None = None
 
     @property
     def observing(self) -> bool:

@@ -4,15 +4,20 @@ It is driven entirely by events. Starting an input, a node finishing and a
 retry delay expiring each push work and call :meth:`Scheduler.dispatch`, which
 wakes or starts workers until ``max_concurrent`` are busy. Nothing sleeps in a
 polling loop: an idle worker waits on a future that new work resolves.
+
+A dynamic node (``async def forward``) is not awaited by a worker: it starts
+as a task of its own, and its child calls come back as sub-runs (see
+:mod:`plait.execution.dynamic`), so a waiting forward holds no worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from itertools import count
 from typing import TYPE_CHECKING, Any, cast
 
@@ -23,10 +28,13 @@ from plait.errors import (
     ResourcesNotBoundError,
     TaskTimeoutError,
 )
+from plait.execution.dynamic import DynamicScope, start_forward
+from plait.execution.gate import Gate, gates_for
 from plait.execution.hooks import RunHooks
 from plait.execution.retry import RetryPolicy
 from plait.execution.settings import ResolvedSettings
 from plait.execution.state import ExecutionState
+from plait.execution.tape import build_tape
 from plait.graph import NodeKind
 from plait.profiling.observer import CallProbe, NodeRun
 from plait.resources.protocol import ResourceManagerLike
@@ -65,6 +73,9 @@ class Scheduler:
         self.max_concurrent = settings.max_concurrent
         self._on_state_done = on_state_done
         self._loop = asyncio.get_running_loop()
+        self._context = contextvars.copy_context()
+        self._gates: dict[str, Gate] = gates_for(resources)
+        self._forwards: set[asyncio.Task[Any]] = set()
         self._heap: list[tuple[int, int, int, int, ExecutionState]] = []
         self._tiebreak = count()
         self._workers: set[asyncio.Task[None]] = set()
@@ -76,9 +87,9 @@ class Scheduler:
     # -- admission ------------------------------------------------------------
 
     def add(self, state: ExecutionState) -> None:
-        """Admit an input; its ready nodes join the queue."""
+        """Admit an input (or a dynamic forward's sub-run); its ready nodes join the queue."""
         if state.done:
-            self._on_state_done(state)
+            self._finished(state)
             return
         for _ in range(len(state.pending)):
             self._push(state)
@@ -107,7 +118,9 @@ class Scheduler:
             waiting -= 1
         workers = self._workers
         while waiting > 0 and len(workers) < self.max_concurrent:
-            worker = self._loop.create_task(self._work())
+            # In the run's context, not the caller's: a worker started from
+            # inside a dynamic forward must not inherit its scope.
+            worker = self._loop.create_task(self._work(), context=self._context.copy())
             workers.add(worker)
             worker.add_done_callback(workers.discard)
             self._starting += 1
@@ -135,6 +148,9 @@ class Scheduler:
             node_id = state.pop_next()
             if node_id is None:
                 continue
+            if node_id in state.plan.dynamic:
+                self._start_dynamic(state, node_id)
+                continue
             try:
                 value = await run_node(state, node_id)
             except asyncio.CancelledError:
@@ -156,6 +172,8 @@ class Scheduler:
         node = state.plan.nodes[node_id]
         attempt = state.attempts.get(node_id, 0) + state.rate_limited.get(node_id, 0)
         record = NodeRun(state.index, node_id, node, attempt, time.perf_counter())
+        if state.owner is not None:
+            record.parent = state.owner.parent_run
         if node.kind is NodeKind.LLM:
             record.alias = node.module.alias
         observer = hooks.observer
@@ -204,6 +222,10 @@ class Scheduler:
             call = resources.complete(module.alias, request, attempt=attempt)
         else:
             call = self._call_observed(resources, module.alias, request, attempt, record)
+        gate = self._gates.get(module.alias) if self._gates else None
+        if gate is not None:
+            key = state.plan.keys[node_id]
+            call = _gated(gate, (key[0], state.index, key[1]), call)
         response = await (
             call if self.settings.task_timeout is None else self._bounded(node_id, call)
         )
@@ -253,12 +275,90 @@ class Scheduler:
                 f"node {node_id!r} took longer than task_timeout={timeout}s"
             ) from error
 
+    # -- dynamic nodes --------------------------------------------------------
+
+    def _start_dynamic(self, state: ExecutionState, node_id: str) -> None:
+        """Run a dynamic node's forward as its own task; it completes the node when it ends."""
+        record = None
+        hooks = self.hooks
+        if self._observed:
+            node = state.plan.nodes[node_id]
+            record = NodeRun(state.index, node_id, node, 0, time.perf_counter())
+            if state.owner is not None:
+                record.parent = state.owner.parent_run
+            if hooks is not None and hooks.observer is not None:
+                hooks.observer.node_started(record)
+        replay = None
+        if hooks is not None and hooks.replay is not None and state.checkpoint is not None:
+            replay = hooks.replay(state, node_id)
+
+        def done(task: asyncio.Task[Any], scope: DynamicScope) -> None:
+            self._forwards.discard(task)
+            self._dynamic_done(task, scope, record)
+
+        try:
+            task = start_forward(
+                self,
+                state,
+                node_id,
+                record,
+                replay,
+                self._context,
+                done,
+                self.settings.task_timeout,
+            )
+        except Exception as error:
+            self._fail(state, node_id, error)
+            return
+        self._forwards.add(task)
+
+    def _dynamic_done(
+        self, task: asyncio.Task[Any], scope: DynamicScope, record: NodeRun | None
+    ) -> None:
+        state, node_id = scope.state, scope.node_id
+        error: BaseException | None = None
+        value: Any = None
+        if task.cancelled():
+            if scope.timed_out:
+                error = TaskTimeoutError(
+                    f"node {node_id!r} took longer than "
+                    f"task_timeout={self.settings.task_timeout}s outside its calls"
+                )
+            elif self.closed:
+                return
+            else:
+                error = ExecutionError(f"dynamic node {node_id!r} was cancelled")
+        else:
+            error = task.exception()
+            if error is None:
+                value = task.result()
+                if scope.tape is not None:
+                    if state.tapes is None:
+                        state.tapes = {}
+                    args, kwargs = (state.node_inputs or {}).get(node_id, ((), {}))
+                    state.tapes[node_id] = build_tape(
+                        scope.node.module, args, kwargs, scope.tape, value, self.resources
+                    )
+        if record is not None:
+            record.finished = time.perf_counter()
+            record.error, record.value = error, value
+            hooks = self.hooks
+            if hooks is not None and hooks.observer is not None:
+                hooks.observer.node_finished(record)
+        if error is not None:
+            # Not retried as a whole: each call inside it has already had its retries.
+            self._fail(state, node_id, error)
+        else:
+            self._complete(state, node_id, value)
+        # No worker finished this node, so none is about to look at the queue.
+        self.dispatch()
+
     # -- completion -----------------------------------------------------------
 
     def _complete(self, state: ExecutionState, node_id: str, value: Any) -> None:
         ready = state.mark_complete(node_id, value)
         node_done = self._node_done
-        if node_done is not None:
+        if node_done is not None and state.owner is None:
             node_done(state, node_id, value)
         for _ in ready:
             self._push(state)
@@ -268,7 +368,14 @@ class Scheduler:
         if callback is not None:
             callback(node_id, value)
         if state.done:
+            self._finished(state)
+
+    def _finished(self, state: ExecutionState) -> None:
+        owner = state.owner
+        if owner is None:
             self._on_state_done(state)
+        else:
+            owner.finished(state)
 
     def _fail(self, state: ExecutionState, node_id: str, error: BaseException) -> None:
         state.mark_failed(node_id, error)
@@ -276,7 +383,7 @@ class Scheduler:
         if callback is not None:
             callback(node_id, error)
         if state.done:
-            self._on_state_done(state)
+            self._finished(state)
 
     def _handle_error(self, state: ExecutionState, node_id: str, error: BaseException) -> None:
         """Retry what may succeed later; fail the rest at once."""
@@ -327,11 +434,14 @@ class Scheduler:
         self._timers.clear()
         self._heap.clear()
         self._starting += self._parked.wake_all()
+        # A dynamic forward cannot finish once its calls stop starting.
+        for forward in self._forwards:
+            forward.cancel()
 
     async def wait_stopped(self) -> None:
         """Wait for every worker to finish (after :meth:`stop_starting` or :meth:`cancel`)."""
-        if self._workers:
-            await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._workers or self._forwards:
+            await asyncio.gather(*self._workers, *self._forwards, return_exceptions=True)
 
     async def aclose(self) -> None:
         """Cancel everything still running and wait until it has stopped."""
@@ -348,3 +458,19 @@ class Scheduler:
         self._parked.clear()
         for worker in self._workers:
             worker.cancel()
+        for forward in self._forwards:
+            forward.cancel()
+
+
+async def _gated(gate: Gate, key: tuple[int, int, int], call: Awaitable[ChatResponse]) -> Any:
+    """``call`` once ``gate`` lets it through (earliest-admitted input first)."""
+    try:
+        await gate.acquire(key)
+    except BaseException:
+        if isinstance(call, Coroutine):
+            call.close()
+        raise
+    try:
+        return await call
+    finally:
+        gate.release()
