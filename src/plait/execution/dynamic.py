@@ -24,8 +24,12 @@ from collections.abc import Callable, Coroutine
 from contextvars import Context, ContextVar
 from typing import Any, NamedTuple, Protocol
 
+from plait.errors import ExecutionError, TaskTimeoutError
+from plait.execution.settings import ResolvedSettings
 from plait.execution.state import ExecutionState, forward_record, plan_for
+from plait.execution.tape import build_tape
 from plait.graph import ForwardRecord, GraphNode
+from plait.profiling.observer import NodeRun, RunObserver
 
 _scope: ContextVar[DynamicScope | None] = ContextVar("plait_dynamic_scope", default=None)
 
@@ -36,12 +40,36 @@ def current_scope() -> DynamicScope | None:
 
 
 class Runner(Protocol):
-    """What a scope needs from the scheduler (kept structural: it sits above this file)."""
+    """What a dynamic node needs from the scheduler (structural: it sits above this file)."""
 
     record_inputs: bool
     resources: Any
+    settings: ResolvedSettings
+    observed: bool
+    closed: bool
+    context: Context
+    forwards: set[asyncio.Task[Any]]
+
+    @property
+    def hooks(self) -> RunHooksLike | None: ...
 
     def add(self, state: ExecutionState) -> None: ...
+
+    def complete(self, state: ExecutionState, node_id: str, value: Any) -> None: ...
+
+    def fail(self, state: ExecutionState, node_id: str, error: BaseException) -> None: ...
+
+    def dispatch(self) -> None: ...
+
+
+class RunHooksLike(Protocol):
+    """The run's optional features a dynamic node reports to (see ``RunHooks``)."""
+
+    @property
+    def observer(self) -> RunObserver | None: ...
+
+    @property
+    def replay(self) -> Callable[[ExecutionState, str], Replay | None] | None: ...
 
 
 class Replay(Protocol):
@@ -76,12 +104,14 @@ class DynamicScope:
 
     __slots__ = (
         "_loop",
+        "_names",
         "_resumed",
         "_timer",
         "node",
         "node_id",
         "outstanding",
         "parent_run",
+        "qualified_id",
         "replay",
         "runner",
         "seq",
@@ -115,6 +145,18 @@ class DynamicScope:
         self.timed_out = False
         self._timer: asyncio.TimerHandle | None = None
         self._resumed = 0.0
+        self._names: dict[int, str] | None = None
+        owner = state.owner
+        self.qualified_id = node_id if owner is None else owner.qualified(node_id)
+
+    def child_name(self, module: Any) -> str:
+        """The attribute name of ``module`` in this forward's module (observers only)."""
+        names = self._names
+        if names is None:
+            names = self._names = {
+                id(child): name for name, child in self.node.module.named_modules() if name
+            }
+        return names.get(id(module)) or type(module).__name__.lower()
 
     def start_clock(self, timeout: float | None) -> None:
         """Bound the forward's own time (outside its calls) by ``timeout`` seconds."""
@@ -213,6 +255,13 @@ class ChildCall:
             scope.replay.store(self.seq, self.module, self.args, self.kwargs, output)
         future.set_result(output)
 
+    def qualified(self, node_id: str) -> str:
+        scope = self.scope
+        name = scope.child_name(self.module)
+        own = f"{scope.qualified_id}.{name}#{self.seq}"
+        state = self.state
+        return own if state is None or state.plan.node_count == 1 else f"{own}.{node_id}"
+
     def detach(self, future: asyncio.Future[Any]) -> None:
         """The call is over; if the forward stopped waiting, start nothing more of it."""
         self.scope.call_done()
@@ -235,37 +284,89 @@ def _inner(state: ExecutionState, called: Any, output: Any) -> tuple[Any, Forwar
     return called, forward_record(state, output, None)
 
 
-def start_forward(
-    runner: Runner,
-    state: ExecutionState,
-    node_id: str,
-    parent_run: Any,
-    replay: Replay | None,
-    context: Context,
-    on_done: Callable[[asyncio.Task[Any], DynamicScope], None],
-    timeout: float | None,
-) -> asyncio.Task[Any]:
-    """Start the dynamic node's forward as a task with its scope set; returns the task.
+def launch(runner: Runner, state: ExecutionState, node_id: str) -> None:
+    """Start a dynamic node's forward as a task; the node completes when the task ends.
 
-    ``context`` is the run's own context (not the caller's), so a forward
+    The task runs in the run's own context with its scope set, so a forward
     started from inside another forward does not inherit that one's scope.
     """
-    node = state.plan.nodes[node_id]
-    args, kwargs = state.args_for(node)
-    if runner.record_inputs:
-        if state.node_inputs is None:
-            state.node_inputs = {}
-        state.node_inputs[node_id] = (args, kwargs)
-    scope = DynamicScope(runner, state, node_id, parent_run, replay)
-    own = context.copy()
-    own.run(_scope.set, scope)
-    task = asyncio.get_running_loop().create_task(
-        _settled(node.module.forward(*args, **kwargs)), context=own
-    )
+    hooks = runner.hooks
+    record = None
+    if runner.observed:
+        owner = state.owner
+        shown = node_id if owner is None else owner.qualified(node_id)
+        record = NodeRun(state.index, shown, state.plan.nodes[node_id], 0, time.perf_counter())
+        if owner is not None:
+            record.parent = owner.parent_run
+        if hooks is not None and hooks.observer is not None:
+            hooks.observer.node_started(record)
+    replay = None
+    if hooks is not None and hooks.replay is not None and state.checkpoint is not None:
+        replay = hooks.replay(state, node_id)
+    try:
+        node = state.plan.nodes[node_id]
+        args, kwargs = state.args_for(node)
+        if runner.record_inputs:
+            if state.node_inputs is None:
+                state.node_inputs = {}
+            state.node_inputs[node_id] = (args, kwargs)
+        scope = DynamicScope(runner, state, node_id, record, replay)
+        own = runner.context.copy()
+        own.run(_scope.set, scope)
+        task = asyncio.get_running_loop().create_task(
+            _settled(node.module.forward(*args, **kwargs)), context=own
+        )
+    except Exception as error:
+        runner.fail(state, node_id, error)
+        return
     scope.task = task
-    scope.start_clock(timeout)
-    task.add_done_callback(lambda done: on_done(done, scope))
-    return task
+    scope.start_clock(runner.settings.task_timeout)
+    runner.forwards.add(task)
+    task.add_done_callback(lambda done: _finish(runner, scope, done, record))
+
+
+def _finish(
+    runner: Runner, scope: DynamicScope, task: asyncio.Task[Any], record: NodeRun | None
+) -> None:
+    """The forward ended: complete or fail its node (never retried as a whole:
+    each call inside it has had its own retries)."""
+    runner.forwards.discard(task)
+    state, node_id = scope.state, scope.node_id
+    error: BaseException | None = None
+    value: Any = None
+    if task.cancelled():
+        if scope.timed_out:
+            error = TaskTimeoutError(
+                f"node {node_id!r} took longer than "
+                f"task_timeout={runner.settings.task_timeout}s outside its calls"
+            )
+        elif runner.closed:
+            return
+        else:
+            error = ExecutionError(f"dynamic node {node_id!r} was cancelled")
+    else:
+        error = task.exception()
+        if error is None:
+            value = task.result()
+            if scope.tape is not None:
+                if state.tapes is None:
+                    state.tapes = {}
+                args, kwargs = (state.node_inputs or {}).get(node_id, ((), {}))
+                state.tapes[node_id] = build_tape(
+                    scope.node.module, args, kwargs, scope.tape, value, runner.resources
+                )
+    if record is not None:
+        record.finished = time.perf_counter()
+        record.error, record.value = error, value
+        hooks = runner.hooks
+        if hooks is not None and hooks.observer is not None:
+            hooks.observer.node_finished(record)
+    if error is not None:
+        runner.fail(state, node_id, error)
+    else:
+        runner.complete(state, node_id, value)
+    # No worker finished this node, so none is about to look at the queue.
+    runner.dispatch()
 
 
 async def _settled(forward: Coroutine[Any, Any, Any]) -> Any:

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+from collections.abc import Awaitable, Coroutine
 from itertools import count
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 Key = tuple[int, int, int]
 """(-priority, input index, the node's topological position): smaller goes first."""
@@ -66,3 +69,17 @@ def gates_for(resources: Any) -> dict[str, Gate]:
     if config is None or not isinstance(aliases, tuple):
         return {}
     return {alias: Gate(sum(e.max_concurrent for e in config[alias])) for alias in aliases}
+
+
+async def gated(gate: Gate, key: Key, call: Awaitable[T]) -> T:
+    """``call`` once ``gate`` lets it through; the slot is freed when it ends."""
+    try:
+        await gate.acquire(key)
+    except BaseException:
+        if isinstance(call, Coroutine):
+            call.close()
+        raise
+    try:
+        return await call
+    finally:
+        gate.release()

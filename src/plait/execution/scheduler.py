@@ -17,7 +17,7 @@ import contextvars
 import heapq
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from itertools import count
 from typing import TYPE_CHECKING, Any, cast
 
@@ -28,13 +28,12 @@ from plait.errors import (
     ResourcesNotBoundError,
     TaskTimeoutError,
 )
-from plait.execution.dynamic import DynamicScope, start_forward
-from plait.execution.gate import Gate, gates_for
+from plait.execution.dynamic import launch
+from plait.execution.gate import Gate, gated, gates_for
 from plait.execution.hooks import RunHooks
 from plait.execution.retry import RetryPolicy
 from plait.execution.settings import ResolvedSettings
 from plait.execution.state import ExecutionState
-from plait.execution.tape import build_tape
 from plait.graph import NodeKind
 from plait.profiling.observer import CallProbe, NodeRun
 from plait.resources.protocol import ResourceManagerLike
@@ -67,15 +66,15 @@ class Scheduler:
         self.record_inputs = record_inputs
         self.hooks = hooks
         self._node_done = hooks.on_node_done if hooks is not None else None
-        self._observed = hooks is not None and hooks.observing
+        self.observed = hooks is not None and hooks.observing
         self.resources = resources
         self._retry = RetryPolicy(settings, resources)
         self.max_concurrent = settings.max_concurrent
         self._on_state_done = on_state_done
         self._loop = asyncio.get_running_loop()
-        self._context = contextvars.copy_context()
+        self.context = contextvars.copy_context()
         self._gates: dict[str, Gate] = gates_for(resources)
-        self._forwards: set[asyncio.Task[Any]] = set()
+        self.forwards: set[asyncio.Task[Any]] = set()
         self._heap: list[tuple[int, int, int, int, ExecutionState]] = []
         self._tiebreak = count()
         self._workers: set[asyncio.Task[None]] = set()
@@ -120,7 +119,7 @@ class Scheduler:
         while waiting > 0 and len(workers) < self.max_concurrent:
             # In the run's context, not the caller's: a worker started from
             # inside a dynamic forward must not inherit its scope.
-            worker = self._loop.create_task(self._work(), context=self._context.copy())
+            worker = self._loop.create_task(self._work(), context=self.context.copy())
             workers.add(worker)
             worker.add_done_callback(workers.discard)
             self._starting += 1
@@ -128,7 +127,7 @@ class Scheduler:
 
     async def _work(self) -> None:
         heap = self._heap
-        run_node = self._run_observed if self._observed else self._run_node
+        run_node = self._run_observed if self.observed else self._run_node
         self._starting -= 1
         while not self.closed:
             if not heap:
@@ -149,7 +148,7 @@ class Scheduler:
             if node_id is None:
                 continue
             if node_id in state.plan.dynamic:
-                self._start_dynamic(state, node_id)
+                launch(self, state, node_id)
                 continue
             try:
                 value = await run_node(state, node_id)
@@ -160,20 +159,22 @@ class Scheduler:
                 worker = asyncio.current_task()
                 if self.closed or (worker is not None and worker.cancelling()):
                     raise
-                self._fail(state, node_id, ExecutionError(f"node {node_id!r} was cancelled"))
+                self.fail(state, node_id, ExecutionError(f"node {node_id!r} was cancelled"))
             except Exception as error:
                 self._handle_error(state, node_id, error)
             else:
-                self._complete(state, node_id, value)
+                self.complete(state, node_id, value)
 
     async def _run_observed(self, state: ExecutionState, node_id: str) -> Any:
         """``_run_node`` with a record for observers, the cache and the budget."""
         hooks = cast(RunHooks, self.hooks)
         node = state.plan.nodes[node_id]
         attempt = state.attempts.get(node_id, 0) + state.rate_limited.get(node_id, 0)
-        record = NodeRun(state.index, node_id, node, attempt, time.perf_counter())
-        if state.owner is not None:
-            record.parent = state.owner.parent_run
+        owner = state.owner
+        shown = node_id if owner is None else owner.qualified(node_id)
+        record = NodeRun(state.index, shown, node, attempt, time.perf_counter())
+        if owner is not None:
+            record.parent = owner.parent_run
         if node.kind is NodeKind.LLM:
             record.alias = node.module.alias
         observer = hooks.observer
@@ -225,7 +226,7 @@ class Scheduler:
         gate = self._gates.get(module.alias) if self._gates else None
         if gate is not None:
             key = state.plan.keys[node_id]
-            call = _gated(gate, (key[0], state.index, key[1]), call)
+            call = gated(gate, (key[0], state.index, key[1]), call)
         response = await (
             call if self.settings.task_timeout is None else self._bounded(node_id, call)
         )
@@ -275,87 +276,9 @@ class Scheduler:
                 f"node {node_id!r} took longer than task_timeout={timeout}s"
             ) from error
 
-    # -- dynamic nodes --------------------------------------------------------
-
-    def _start_dynamic(self, state: ExecutionState, node_id: str) -> None:
-        """Run a dynamic node's forward as its own task; it completes the node when it ends."""
-        record = None
-        hooks = self.hooks
-        if self._observed:
-            node = state.plan.nodes[node_id]
-            record = NodeRun(state.index, node_id, node, 0, time.perf_counter())
-            if state.owner is not None:
-                record.parent = state.owner.parent_run
-            if hooks is not None and hooks.observer is not None:
-                hooks.observer.node_started(record)
-        replay = None
-        if hooks is not None and hooks.replay is not None and state.checkpoint is not None:
-            replay = hooks.replay(state, node_id)
-
-        def done(task: asyncio.Task[Any], scope: DynamicScope) -> None:
-            self._forwards.discard(task)
-            self._dynamic_done(task, scope, record)
-
-        try:
-            task = start_forward(
-                self,
-                state,
-                node_id,
-                record,
-                replay,
-                self._context,
-                done,
-                self.settings.task_timeout,
-            )
-        except Exception as error:
-            self._fail(state, node_id, error)
-            return
-        self._forwards.add(task)
-
-    def _dynamic_done(
-        self, task: asyncio.Task[Any], scope: DynamicScope, record: NodeRun | None
-    ) -> None:
-        state, node_id = scope.state, scope.node_id
-        error: BaseException | None = None
-        value: Any = None
-        if task.cancelled():
-            if scope.timed_out:
-                error = TaskTimeoutError(
-                    f"node {node_id!r} took longer than "
-                    f"task_timeout={self.settings.task_timeout}s outside its calls"
-                )
-            elif self.closed:
-                return
-            else:
-                error = ExecutionError(f"dynamic node {node_id!r} was cancelled")
-        else:
-            error = task.exception()
-            if error is None:
-                value = task.result()
-                if scope.tape is not None:
-                    if state.tapes is None:
-                        state.tapes = {}
-                    args, kwargs = (state.node_inputs or {}).get(node_id, ((), {}))
-                    state.tapes[node_id] = build_tape(
-                        scope.node.module, args, kwargs, scope.tape, value, self.resources
-                    )
-        if record is not None:
-            record.finished = time.perf_counter()
-            record.error, record.value = error, value
-            hooks = self.hooks
-            if hooks is not None and hooks.observer is not None:
-                hooks.observer.node_finished(record)
-        if error is not None:
-            # Not retried as a whole: each call inside it has already had its retries.
-            self._fail(state, node_id, error)
-        else:
-            self._complete(state, node_id, value)
-        # No worker finished this node, so none is about to look at the queue.
-        self.dispatch()
-
     # -- completion -----------------------------------------------------------
 
-    def _complete(self, state: ExecutionState, node_id: str, value: Any) -> None:
+    def complete(self, state: ExecutionState, node_id: str, value: Any) -> None:
         ready = state.mark_complete(node_id, value)
         node_done = self._node_done
         if node_done is not None and state.owner is None:
@@ -377,7 +300,7 @@ class Scheduler:
         else:
             owner.finished(state)
 
-    def _fail(self, state: ExecutionState, node_id: str, error: BaseException) -> None:
+    def fail(self, state: ExecutionState, node_id: str, error: BaseException) -> None:
         state.mark_failed(node_id, error)
         callback = self.settings.on_task_failed
         if callback is not None:
@@ -393,7 +316,7 @@ class Scheduler:
             return
         delay = self._retry.delay(state, node_id, error)
         if delay is None:
-            self._fail(state, node_id, error)
+            self.fail(state, node_id, error)
         else:
             self._retry_later(state, node_id, delay)
 
@@ -435,13 +358,13 @@ class Scheduler:
         self._heap.clear()
         self._starting += self._parked.wake_all()
         # A dynamic forward cannot finish once its calls stop starting.
-        for forward in self._forwards:
+        for forward in self.forwards:
             forward.cancel()
 
     async def wait_stopped(self) -> None:
         """Wait for every worker to finish (after :meth:`stop_starting` or :meth:`cancel`)."""
-        if self._workers or self._forwards:
-            await asyncio.gather(*self._workers, *self._forwards, return_exceptions=True)
+        if self._workers or self.forwards:
+            await asyncio.gather(*self._workers, *self.forwards, return_exceptions=True)
 
     async def aclose(self) -> None:
         """Cancel everything still running and wait until it has stopped."""
@@ -458,19 +381,5 @@ class Scheduler:
         self._parked.clear()
         for worker in self._workers:
             worker.cancel()
-        for forward in self._forwards:
+        for forward in self.forwards:
             forward.cancel()
-
-
-async def _gated(gate: Gate, key: tuple[int, int, int], call: Awaitable[ChatResponse]) -> Any:
-    """``call`` once ``gate`` lets it through (earliest-admitted input first)."""
-    try:
-        await gate.acquire(key)
-    except BaseException:
-        if isinstance(call, Coroutine):
-            call.close()
-        raise
-    try:
-        return await call
-    finally:
-        gate.release()

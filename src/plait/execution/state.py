@@ -94,6 +94,10 @@ class Owner(Protocol):
 
     def finished(self, state: ExecutionState) -> None: ...
 
+    def qualified(self, node_id: str) -> str:
+        """``node_id`` of the sub-run as observers see it, unique within its input."""
+        ...
+
 
 def plan_for(graph: InferenceGraph) -> GraphPlan:
     """The plan for ``graph``, built on first use and kept on the graph."""
