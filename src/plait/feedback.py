@@ -231,7 +231,7 @@ async def _walk_inside(record: ForwardRecord, feedback: str, llm: ReasoningLLM) 
     Parameters inside get their feedback as the walk passes them; what
     arrives at the record's inputs is the node's feedback on its own inputs.
     """
-    walk = _Walk(FeedbackTarget(record, feedback))
+    walk = _Walk(FeedbackTarget(record, feedback), inside=True)
     await _walk_levels([walk], llm)
     inputs: dict[int | str, str] = {}
     for input_id, texts in walk.reached.items():
@@ -251,9 +251,12 @@ def combine_feedback(texts: Iterable[str]) -> str:
 class _Walk:
     """The backward state of one record: feedback waiting at each node."""
 
-    def __init__(self, target: FeedbackTarget) -> None:
+    def __init__(self, target: FeedbackTarget, *, inside: bool = False) -> None:
         self.record = target.record
         self.plan = _plan_for(target.record.graph)
+        # Inside a composite node its inputs lead on (out of the node), so
+        # nodes there may write feedback for them.
+        self.sources = self.plan.open_sources if inside else self.plan.sources
         self.pending: dict[str, list[str]] = {}
         self.reached: dict[str, list[str]] = {}
         seeds = [nid for nid in self.plan.graph.output_ids if nid not in self.plan.inputs]
@@ -280,7 +283,7 @@ class _Walk:
             output=self.record.node_outputs.get(node_id),
             parameters=node.parameters,
             module=node.module,
-            sources=self.plan.sources[node_id],
+            sources=self.sources[node_id],
             llm=llm,
         )
         method = getattr(node.module, "backward", None)
@@ -327,6 +330,7 @@ class _BackwardPlan:
         )
         self.sources: dict[str, dict[int | str, tuple[str, ...]]] = {}
         self.input_sources: dict[str, dict[int | str, tuple[str, ...]]] = {}
+        self.open_sources: dict[str, dict[int | str, tuple[str, ...]]] = {}
         for nid, node in graph.nodes.items():
             keyed: dict[int | str, Any] = dict(enumerate(node.args))
             keyed.update(node.kwargs)
@@ -339,6 +343,7 @@ class _BackwardPlan:
                 key: tuple(ref for ref in found if ref in self.inputs)
                 for key, found in refs.items()
             }
+            self.open_sources[nid] = {key: tuple(found) for key, found in refs.items()}
         self.levels = self._levels()
         self._above: dict[str, tuple[ParameterLike, ...]] = {}
 

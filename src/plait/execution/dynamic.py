@@ -348,7 +348,9 @@ def _finish(
         error = task.exception()
         if error is None:
             value = task.result()
-            if scope.tape is not None:
+            if scope.tape:
+                # With no calls there is nothing to walk: the node is a plain
+                # leaf, and its module's own backward applies.
                 if state.tapes is None:
                     state.tapes = {}
                 args, kwargs = (state.node_inputs or {}).get(node_id, ((), {}))

@@ -31,8 +31,9 @@ class _Sources:
 
     def add(self, node_id: str, value: Any) -> None:
         self.objects[id(value)] = node_id
-        for text in _texts_of(value):
-            self.texts.append((text, node_id))
+        # Longest first; among equal texts the latest producer wins (it is the
+        # one a loop's next round was built from).
+        self.texts = [(text, node_id) for text in _texts_of(value)] + self.texts
         self.texts.sort(key=lambda pair: -len(pair[0]))
 
     def link(self, value: Any, deps: list[str]) -> Any:
