@@ -19,6 +19,7 @@ from plait.execution.budget import Budget
 from plait.execution.hooks import RunFeatures, run_features
 from plait.execution.inputs import Item, as_given
 from plait.execution.progress import ProgressReporter
+from plait.execution.replay import CallStore
 from plait.execution.results import BatchResult
 from plait.execution.scheduler import Scheduler
 from plait.execution.settings import ResolvedSettings
@@ -80,6 +81,7 @@ class RunDriver:
         self._checked_plans: set[int] = set()
         self._plans: dict[tuple[Any, ...], GraphPlan] = {}
         self.checkpoint: CheckpointSession | None = None
+        self.calls: CallStore | None = None
         self.observer: RunObserver | None = None
         self.profiler: Profiler | None = None
         self.budget: Budget | None = None
@@ -112,6 +114,10 @@ class RunDriver:
             features = RunFeatures()  # nothing ran, so nothing to report
             self._abort(error)
         self.checkpoint = features.checkpoint
+        replay = None
+        if features.checkpoint is not None:
+            self.calls = CallStore(features.checkpoint)
+            replay = self.calls.replay
         self.observer = features.observer
         self.profiler = features.profiler
         self.budget = features.budget
@@ -120,7 +126,7 @@ class RunDriver:
             self.resources,
             self._state_done,
             record_inputs=self.training,
-            hooks=features.hooks(self._node_done, self._budget_exceeded),
+            hooks=features.hooks(self._node_done, self._budget_exceeded, replay),
         )
         if self.fatal is not None:
             return
@@ -212,6 +218,8 @@ class RunDriver:
             state.checkpoint = key
             if finished:
                 state.restore(finished)
+                if self.calls is not None and plan.dynamic:
+                    self.calls.adopt(index, finished)
         assert self.scheduler is not None
         self.scheduler.add(state)
 
@@ -231,6 +239,8 @@ class RunDriver:
                 )
 
     def _state_done(self, state: ExecutionState) -> None:
+        if self.calls is not None:
+            self.calls.forget(state.index)
         error = state.error()
         if error is None:
             try:

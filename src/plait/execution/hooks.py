@@ -77,6 +77,7 @@ class RunFeatures:
         self,
         on_node_done: Callable[[ExecutionState, str, Any], None],
         on_budget_exceeded: Callable[[], None],
+        replay: Callable[[ExecutionState, str], Replay | None] | None = None,
     ) -> RunHooks | None:
         """The scheduler's hooks for these features (None if nothing is on).
 
@@ -92,6 +93,7 @@ class RunFeatures:
             probes=self.probes,
             on_node_done=on_node_done if self.checkpoint is not None else None,
             on_budget_exceeded=on_budget_exceeded if self.budget is not None else None,
+            replay=replay if self.checkpoint is not None else None,
         )
 
 
