@@ -6,6 +6,13 @@ with feedback on its output has its module's ``backward`` turn that into
 feedback on its inputs (which flows on to the nodes that produced them) and
 on the Parameters it used (which accumulates there for the optimizer).
 
+A node that ran more than one call (a dynamic module, whose record is the tape
+of the calls it made, or a traced child run as a sub-run inside one) has a
+record of its own in ``ForwardRecord.subrecords``: feedback on its output is
+walked through that record, and what reaches the record's inputs comes out as
+the node's feedback on its inputs, so parameters used inside loops and
+branches get their share, once per round.
+
 The walk lives beside the contract, below the optimizers, because
 ``loss.backward()`` must reach it from a Feedback without the user layer
 importing the optimization layer above it.
@@ -186,7 +193,14 @@ async def run_backward(
         advice="bind the pipeline to resources that define it, pass resources=... to "
         "backward(), or run inside ExecutionSettings(resources=...)",
     )
-    walks = [_Walk(target) for target in targets]
+    await _walk_levels([_Walk(target) for target in targets], llm)
+    if not retain_record:
+        for target in targets:
+            target.record.release()
+
+
+async def _walk_levels(walks: list[_Walk], llm: ReasoningLLM) -> None:
+    """Walk every record one depth at a time, all of a depth's nodes concurrently."""
     depth = max((len(walk.plan.levels) for walk in walks), default=0)
     for level in range(depth):
         jobs = [
@@ -202,9 +216,21 @@ async def run_backward(
             tasks = [group.create_task(walk.backward_node(node_id, llm)) for walk, node_id in jobs]
         for (walk, node_id), task in zip(jobs, tasks, strict=True):
             walk.apply(node_id, task.result())
-    if not retain_record:
-        for target in targets:
-            target.record.release()
+
+
+async def _walk_inside(record: ForwardRecord, feedback: str, llm: ReasoningLLM) -> BackwardResult:
+    """Feedback on a composite node's output, walked through what ran inside it.
+
+    Parameters inside get their feedback as the walk passes them; what
+    arrives at the record's inputs is the node's feedback on its own inputs.
+    """
+    walk = _Walk(FeedbackTarget(record, feedback), inside=True)
+    await _walk_levels([walk], llm)
+    inputs: dict[int | str, str] = {}
+    for input_id, texts in walk.reached.items():
+        name = input_id.split(":", 1)[1]
+        inputs[int(name) if name.isdigit() else name] = combine_feedback(texts)
+    return BackwardResult(inputs=inputs)
 
 
 def combine_feedback(texts: Iterable[str]) -> str:
@@ -218,10 +244,14 @@ def combine_feedback(texts: Iterable[str]) -> str:
 class _Walk:
     """The backward state of one record: feedback waiting at each node."""
 
-    def __init__(self, target: FeedbackTarget) -> None:
+    def __init__(self, target: FeedbackTarget, *, inside: bool = False) -> None:
         self.record = target.record
         self.plan = _plan_for(target.record.graph)
+        # Inside a composite node its inputs lead on (out of the node), so
+        # nodes there may write feedback for them.
+        self.sources = self.plan.open_sources if inside else self.plan.sources
         self.pending: dict[str, list[str]] = {}
+        self.reached: dict[str, list[str]] = {}
         seeds = [nid for nid in self.plan.graph.output_ids if nid not in self.plan.inputs]
         if target.feedback.strip():
             for node_id in seeds:
@@ -234,6 +264,9 @@ class _Walk:
     async def backward_node(self, node_id: str, llm: ReasoningLLM) -> BackwardResult:
         node = self.plan.graph.nodes[node_id]
         feedback = combine_feedback(self.pending.pop(node_id))
+        inner = self.record.subrecords.get(node_id)
+        if inner is not None:
+            return await _walk_inside(inner, feedback, llm)
         args, kwargs = self.record.node_inputs.get(node_id, ((), {}))
         inputs: dict[int | str, Any] = dict(enumerate(args))
         inputs.update(kwargs)
@@ -243,7 +276,7 @@ class _Walk:
             output=self.record.node_outputs.get(node_id),
             parameters=node.parameters,
             module=node.module,
-            sources=self.plan.sources[node_id],
+            sources=self.sources[node_id],
             llm=llm,
         )
         method = getattr(node.module, "backward", None)
@@ -270,6 +303,8 @@ class _Walk:
             if text and text.strip():
                 for source in sources[key]:
                     self.pending.setdefault(source, []).append(text)
+                for source in self.plan.input_sources[node_id].get(key, ()):
+                    self.reached.setdefault(source, []).append(text)
         upstream: list[ParameterLike] | None = None
         for param, text in result.parameters.items():
             if param.requires_grad and text and text.strip():
@@ -287,13 +322,21 @@ class _BackwardPlan:
             nid for nid, node in graph.nodes.items() if node.kind is NodeKind.INPUT
         )
         self.sources: dict[str, dict[int | str, tuple[str, ...]]] = {}
+        self.input_sources: dict[str, dict[int | str, tuple[str, ...]]] = {}
+        self.open_sources: dict[str, dict[int | str, tuple[str, ...]]] = {}
         for nid, node in graph.nodes.items():
             keyed: dict[int | str, Any] = dict(enumerate(node.args))
             keyed.update(node.kwargs)
+            refs = {key: _refs(spec) for key, spec in keyed.items()}
             self.sources[nid] = {
-                key: tuple(ref for ref in _refs(spec) if ref not in self.inputs)
-                for key, spec in keyed.items()
+                key: tuple(ref for ref in found if ref not in self.inputs)
+                for key, found in refs.items()
             }
+            self.input_sources[nid] = {
+                key: tuple(ref for ref in found if ref in self.inputs)
+                for key, found in refs.items()
+            }
+            self.open_sources[nid] = {key: tuple(found) for key, found in refs.items()}
         self.levels = self._levels()
         self._above: dict[str, tuple[ParameterLike, ...]] = {}
 

@@ -38,11 +38,14 @@ class ParameterLike(Protocol):
 
 class NodeKind(enum.Enum):
     """How the executor runs a node: inputs are given, LLM calls go to the
-    resource manager, everything else runs its ``forward`` on real values."""
+    resource manager, a dynamic module's ``async def forward`` runs as a task
+    whose child calls are sub-runs, everything else runs its ``forward`` on
+    real values."""
 
     INPUT = "input"
     LLM = "llm"
     OP = "op"
+    DYNAMIC = "dynamic"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,8 @@ class GraphNode:
     def label(self) -> str:
         if self.kind is NodeKind.INPUT:
             return self.id
+        if self.kind is NodeKind.DYNAMIC:
+            return f"{self.id}: {type(self.module).__name__} (dynamic)"
         return f"{self.id}: {type(self.module).__name__}"
 
 
@@ -183,7 +188,10 @@ class InferenceGraph:
         for nid in self.topological_order():
             node = self.nodes[nid]
             shape = "ellipse" if node.kind is NodeKind.INPUT else "box"
-            lines.append(f"  {_dot_quote(nid)} [label={_dot_quote(node.label)}, shape={shape}];")
+            style = ", style=dashed" if node.kind is NodeKind.DYNAMIC else ""
+            lines.append(
+                f"  {_dot_quote(nid)} [label={_dot_quote(node.label)}, shape={shape}{style}];"
+            )
         lines.extend(f"  {_dot_quote(a)} -> {_dot_quote(b)};" for a, b in self.edges())
         lines.append("}")
         return "\n".join(lines)
@@ -197,13 +205,15 @@ class InferenceGraph:
         for nid in self.topological_order():
             node = self.nodes[nid]
             text = node.label.replace('"', "#quot;")
-            open_, close = ("([", "])") if node.kind is NodeKind.INPUT else ("[", "]")
+            open_, close = _MERMAID_SHAPES.get(node.kind, ("[", "]"))
             lines.append(f'    {safe[nid]}{open_}"{text}"{close}')
         lines.extend(f"    {safe[a]} --> {safe[b]}" for a, b in self.edges())
         return "\n".join(lines)
 
 
 _MERMAID_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+_MERMAID_SHAPES = {NodeKind.INPUT: ("([", "])"), NodeKind.DYNAMIC: ("[[", "]]")}
+"""Inputs are stadiums, dynamic modules subroutine boxes (their calls are decided at run time)."""
 
 
 def _dot_quote(text: str) -> str:
@@ -226,6 +236,9 @@ class ForwardRecord:
     ``resources`` is the manager the run used, so a loss on the output and the
     backward pass through it reach the same endpoints without binding them
     again (typed loosely: the resource layer sits above this one).
+    ``subrecords`` holds, for a node that ran more than one call (a dynamic
+    module's tape, a traced child run as a sub-run), the record of what ran
+    inside it, so backward treats that node as composite.
     """
 
     graph: InferenceGraph
@@ -234,9 +247,12 @@ class ForwardRecord:
     output: Any = None
     resources: Any = None
     released: bool = False
+    subrecords: dict[str, ForwardRecord] = field(default_factory=dict)
 
     def release(self) -> None:
         """Drop the recorded values; the graph stays for inspection."""
+        for sub in self.subrecords.values():
+            sub.release()
         self.node_inputs = {}
         self.node_outputs = {}
         self.released = True

@@ -3,14 +3,17 @@
 ``Module`` mirrors ``torch.nn.Module``: assigning a Module or Parameter to an
 attribute registers it, so ``named_parameters()`` and ``state_dict()`` find
 every prompt in a pipeline without the user listing them. Calling a module
-does one of three things depending on context: inside a traced ``forward`` it
-records a graph node; when bound to resources (or when it makes LLM calls) it
-traces and runs on the execution engine and returns an awaitable; otherwise it
-is plain Python and simply runs ``forward``.
+does one of four things depending on context: inside a traced ``forward`` it
+records a graph node; inside a dynamic (``async def``) forward running on the
+engine it starts a sub-run and returns a future of the real output; when
+bound to resources (or when it makes LLM calls) it traces and runs on the
+execution engine and returns an awaitable; otherwise it is plain Python and
+simply runs ``forward``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Awaitable, Iterator, Mapping
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from plait.errors import ConfigError
 from plait.execution.call import Call, run_blocking
+from plait.execution.dynamic import current_scope
 from plait.execution.inputs import batch_items
 from plait.execution.settings import ResolvedSettings, check_setting_names, resolve_settings
 from plait.feedback import BackwardContext, BackwardResult, pass_through
@@ -56,6 +60,15 @@ class Module:
         object.__setattr__(self, "_bound_settings", {})
         object.__setattr__(self, "_plait_cache", {})
         object.__setattr__(self, "_plait_graphs", {})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # ``async def forward`` is what makes a module dynamic (DESIGN 10): it
+        # is never traced through and runs at execution time on real values.
+        super().__init_subclass__(**kwargs)
+        if inspect.iscoroutinefunction(cls.__dict__.get("forward")):
+            cls._plait_node_kind = NodeKind.DYNAMIC
+        elif "forward" in cls.__dict__ and cls._plait_node_kind is NodeKind.DYNAMIC:
+            cls._plait_node_kind = NodeKind.OP
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"{type(self).__name__} must define forward()")
@@ -253,6 +266,9 @@ class Module:
         tracer = current_tracer()
         if tracer is not None:
             return tracer.call_module(self, args, kwargs)
+        scope = current_scope()
+        if scope is not None:
+            return scope.call(self, args, kwargs)
         if self._bound_resources is not None or self._bound_settings or self._uses_llm():
             return self._call(args, kwargs)
         return self.forward(*args, **kwargs)
@@ -279,7 +295,9 @@ class Module:
 
     def _plait_is_leaf(self) -> bool:
         # Parameter containers hold prompts, not calls, so they do not make a
-        # module composite.
+        # module composite; a dynamic module is one node whatever it holds.
+        if self._plait_node_kind is NodeKind.DYNAMIC:
+            return True
         return all(child._plait_parameter_container for child in self._modules.values())
 
     def _plait_graph(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> InferenceGraph:

@@ -19,11 +19,12 @@ from plait.execution.budget import Budget
 from plait.execution.hooks import RunFeatures, flush_caches, run_features
 from plait.execution.inputs import Item, as_given
 from plait.execution.progress import ProgressReporter
+from plait.execution.replay import CallStore
 from plait.execution.results import BatchResult
 from plait.execution.scheduler import Scheduler
 from plait.execution.settings import ResolvedSettings
-from plait.execution.state import ExecutionState, GraphPlan, plan_for
-from plait.graph import ForwardRecord, InferenceGraph
+from plait.execution.state import ExecutionState, GraphPlan, forward_record, plan_for
+from plait.graph import InferenceGraph
 from plait.profiling.observer import RunObserver
 from plait.profiling.profile import Profile, Profiler
 from plait.resources.protocol import ResourceManagerLike, as_resource_manager
@@ -81,6 +82,7 @@ class RunDriver:
         self._plans: dict[tuple[Any, ...], GraphPlan] = {}
         self.checkpoint: CheckpointSession | None = None
         self._unstorable: dict[int, UnstorableError] = {}
+        self.calls: CallStore | None = None
         self.observer: RunObserver | None = None
         self.profiler: Profiler | None = None
         self.budget: Budget | None = None
@@ -113,6 +115,10 @@ class RunDriver:
             features = RunFeatures()  # nothing ran, so nothing to report
             self._abort(error)
         self.checkpoint = features.checkpoint
+        replay = None
+        if features.checkpoint is not None:
+            self.calls = CallStore(features.checkpoint)
+            replay = self.calls.replay
         self.observer = features.observer
         self.profiler = features.profiler
         self.budget = features.budget
@@ -121,7 +127,7 @@ class RunDriver:
             self.resources,
             self._state_done,
             record_inputs=self.training,
-            hooks=features.hooks(self._node_done, self._budget_exceeded),
+            hooks=features.hooks(self._node_done, self._budget_exceeded, replay),
         )
         if self.fatal is not None:
             return
@@ -220,6 +226,8 @@ class RunDriver:
             state.checkpoint = key
             if finished:
                 state.restore(finished)
+                if self.calls is not None and plan.dynamic:
+                    self.calls.adopt(index, finished)
         assert self.scheduler is not None
         self.scheduler.add(state)
 
@@ -239,6 +247,8 @@ class RunDriver:
                 )
 
     def _state_done(self, state: ExecutionState) -> None:
+        if self.calls is not None:
+            self.calls.forget(state.index)
         error = state.error()
         if self._unstorable and error is None:
             error = self._unstorable.pop(state.index, None)
@@ -418,8 +428,6 @@ def _with_record(state: ExecutionState, output: Any, resources: Any) -> Value:
     the output and the backward pass through it reach the same endpoints
     without the caller binding them again.
     """
-    record = ForwardRecord(
-        state.plan.graph, state.node_inputs or {}, dict(state.results), output, resources
-    )
+    record = forward_record(state, output, resources)
     output_ids = state.plan.graph.output_ids
     return with_record(output, output_ids[0] if len(output_ids) == 1 else None, record)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from plait.errors import ConfigError
 from plait.execution.budget import Budget
+from plait.execution.dynamic import Replay
 from plait.execution.settings import ResolvedSettings
 from plait.execution.state import ExecutionState
 from plait.profiling.observer import RunObserver, combine
@@ -49,6 +50,7 @@ class RunHooks:
     probes: bool = False
     on_node_done: Callable[[ExecutionState, str, Any], None] | None = None
     on_budget_exceeded: Callable[[], None] | None = None
+    replay: Callable[[ExecutionState, str], Replay | None] | None = None
 
     @property
     def observing(self) -> bool:
@@ -75,6 +77,7 @@ class RunFeatures:
         self,
         on_node_done: Callable[[ExecutionState, str, Any], None],
         on_budget_exceeded: Callable[[], None],
+        replay: Callable[[ExecutionState, str], Replay | None] | None = None,
     ) -> RunHooks | None:
         """The scheduler's hooks for these features (None if nothing is on).
 
@@ -90,6 +93,7 @@ class RunFeatures:
             probes=self.probes,
             on_node_done=on_node_done if self.checkpoint is not None else None,
             on_budget_exceeded=on_budget_exceeded if self.budget is not None else None,
+            replay=replay if self.checkpoint is not None else None,
         )
 
 

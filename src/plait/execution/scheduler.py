@@ -4,11 +4,16 @@ It is driven entirely by events. Starting an input, a node finishing and a
 retry delay expiring each push work and call :meth:`Scheduler.dispatch`, which
 wakes or starts workers until ``max_concurrent`` are busy. Nothing sleeps in a
 polling loop: an idle worker waits on a future that new work resolves.
+
+A dynamic node (``async def forward``) is not awaited by a worker: it starts
+as a task of its own, and its child calls come back as sub-runs (see
+:mod:`plait.execution.dynamic`), so a waiting forward holds no worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import inspect
 import time
@@ -23,6 +28,8 @@ from plait.errors import (
     ResourcesNotBoundError,
     TaskTimeoutError,
 )
+from plait.execution.dynamic import launch
+from plait.execution.gate import Gate, gated, gates_for
 from plait.execution.hooks import RunHooks
 from plait.execution.retry import RetryPolicy
 from plait.execution.settings import ResolvedSettings
@@ -59,12 +66,15 @@ class Scheduler:
         self.record_inputs = record_inputs
         self.hooks = hooks
         self._node_done = hooks.on_node_done if hooks is not None else None
-        self._observed = hooks is not None and hooks.observing
+        self.observed = hooks is not None and hooks.observing
         self.resources = resources
         self._retry = RetryPolicy(settings, resources)
         self.max_concurrent = settings.max_concurrent
         self._on_state_done = on_state_done
         self._loop = asyncio.get_running_loop()
+        self.context = contextvars.copy_context()
+        self._gates: dict[str, Gate] = gates_for(resources)
+        self.forwards: set[asyncio.Task[Any]] = set()
         self._heap: list[tuple[int, int, int, int, ExecutionState]] = []
         self._tiebreak = count()
         self._workers: set[asyncio.Task[None]] = set()
@@ -76,9 +86,9 @@ class Scheduler:
     # -- admission ------------------------------------------------------------
 
     def add(self, state: ExecutionState) -> None:
-        """Admit an input; its ready nodes join the queue."""
+        """Admit an input (or a dynamic forward's sub-run); its ready nodes join the queue."""
         if state.done:
-            self._on_state_done(state)
+            self._finished(state)
             return
         for _ in range(len(state.pending)):
             self._push(state)
@@ -107,7 +117,9 @@ class Scheduler:
             waiting -= 1
         workers = self._workers
         while waiting > 0 and len(workers) < self.max_concurrent:
-            worker = self._loop.create_task(self._work())
+            # In the run's context, not the caller's: a worker started from
+            # inside a dynamic forward must not inherit its scope.
+            worker = self._loop.create_task(self._work(), context=self.context.copy())
             workers.add(worker)
             worker.add_done_callback(workers.discard)
             self._starting += 1
@@ -115,7 +127,7 @@ class Scheduler:
 
     async def _work(self) -> None:
         heap = self._heap
-        run_node = self._run_observed if self._observed else self._run_node
+        run_node = self._run_observed if self.observed else self._run_node
         self._starting -= 1
         while not self.closed:
             if not heap:
@@ -135,6 +147,9 @@ class Scheduler:
             node_id = state.pop_next()
             if node_id is None:
                 continue
+            if node_id in state.plan.dynamic:
+                launch(self, state, node_id)
+                continue
             try:
                 value = await run_node(state, node_id)
             except asyncio.CancelledError:
@@ -144,18 +159,22 @@ class Scheduler:
                 worker = asyncio.current_task()
                 if self.closed or (worker is not None and worker.cancelling()):
                     raise
-                self._fail(state, node_id, ExecutionError(f"node {node_id!r} was cancelled"))
+                self.fail(state, node_id, ExecutionError(f"node {node_id!r} was cancelled"))
             except Exception as error:
                 self._handle_error(state, node_id, error)
             else:
-                self._complete(state, node_id, value)
+                self.complete(state, node_id, value)
 
     async def _run_observed(self, state: ExecutionState, node_id: str) -> Any:
         """``_run_node`` with a record for observers, the cache and the budget."""
         hooks = cast(RunHooks, self.hooks)
         node = state.plan.nodes[node_id]
         attempt = state.attempts.get(node_id, 0) + state.rate_limited.get(node_id, 0)
-        record = NodeRun(state.index, node_id, node, attempt, time.perf_counter())
+        owner = state.owner
+        shown = node_id if owner is None else owner.qualified(node_id)
+        record = NodeRun(state.index, shown, node, attempt, time.perf_counter())
+        if owner is not None:
+            record.parent = owner.parent_run
         if node.kind is NodeKind.LLM:
             record.alias = node.module.alias
         observer = hooks.observer
@@ -204,6 +223,10 @@ class Scheduler:
             call = resources.complete(module.alias, request, attempt=attempt)
         else:
             call = self._call_observed(resources, module.alias, request, attempt, record)
+        gate = self._gates.get(module.alias) if self._gates else None
+        if gate is not None:
+            key = state.plan.keys[node_id]
+            call = gated(gate, (key[0], state.index, key[1]), call)
         response = await (
             call if self.settings.task_timeout is None else self._bounded(node_id, call)
         )
@@ -255,10 +278,10 @@ class Scheduler:
 
     # -- completion -----------------------------------------------------------
 
-    def _complete(self, state: ExecutionState, node_id: str, value: Any) -> None:
+    def complete(self, state: ExecutionState, node_id: str, value: Any) -> None:
         ready = state.mark_complete(node_id, value)
         node_done = self._node_done
-        if node_done is not None:
+        if node_done is not None and state.owner is None:
             node_done(state, node_id, value)
         for _ in ready:
             self._push(state)
@@ -268,15 +291,22 @@ class Scheduler:
         if callback is not None:
             callback(node_id, value)
         if state.done:
-            self._on_state_done(state)
+            self._finished(state)
 
-    def _fail(self, state: ExecutionState, node_id: str, error: BaseException) -> None:
+    def _finished(self, state: ExecutionState) -> None:
+        owner = state.owner
+        if owner is None:
+            self._on_state_done(state)
+        else:
+            owner.finished(state)
+
+    def fail(self, state: ExecutionState, node_id: str, error: BaseException) -> None:
         state.mark_failed(node_id, error)
         callback = self.settings.on_task_failed
         if callback is not None:
             callback(node_id, error)
         if state.done:
-            self._on_state_done(state)
+            self._finished(state)
 
     def _handle_error(self, state: ExecutionState, node_id: str, error: BaseException) -> None:
         """Retry what may succeed later; fail the rest at once."""
@@ -286,7 +316,7 @@ class Scheduler:
             return
         delay = self._retry.delay(state, node_id, error)
         if delay is None:
-            self._fail(state, node_id, error)
+            self.fail(state, node_id, error)
         else:
             self._retry_later(state, node_id, delay)
 
@@ -327,11 +357,14 @@ class Scheduler:
         self._timers.clear()
         self._heap.clear()
         self._starting += self._parked.wake_all()
+        # A dynamic forward cannot finish once its calls stop starting.
+        for forward in self.forwards:
+            forward.cancel()
 
     async def wait_stopped(self) -> None:
         """Wait for every worker to finish (after :meth:`stop_starting` or :meth:`cancel`)."""
-        if self._workers:
-            await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._workers or self.forwards:
+            await asyncio.gather(*self._workers, *self.forwards, return_exceptions=True)
 
     async def aclose(self) -> None:
         """Cancel everything still running and wait until it has stopped."""
@@ -348,3 +381,5 @@ class Scheduler:
         self._parked.clear()
         for worker in self._workers:
             worker.cancel()
+        for forward in self.forwards:
+            forward.cancel()

@@ -9,10 +9,18 @@ keeps starting an input cheap when a batch has hundreds of thousands of them.
 from __future__ import annotations
 
 import heapq
-from typing import Any
+from typing import Any, Protocol
 
 from plait.errors import CancelledNodeError
-from plait.graph import GraphNode, InferenceGraph, NodeKind, NodeRef, ParamRef, Template
+from plait.graph import (
+    ForwardRecord,
+    GraphNode,
+    InferenceGraph,
+    NodeKind,
+    NodeRef,
+    ParamRef,
+    Template,
+)
 from plait.values import to_text
 
 
@@ -22,6 +30,7 @@ class GraphPlan:
     __slots__ = (
         "_descendants",
         "aliases",
+        "dynamic",
         "graph",
         "initial_ready",
         "input_ids",
@@ -49,9 +58,10 @@ class GraphPlan:
         }
         self.initial_ready = tuple(nid for nid, count in self.remaining.items() if count == 0)
         self.node_count = len(self.remaining)
-        self.aliases = tuple(
-            sorted({node.module.alias for node in self.nodes.values() if node.kind is NodeKind.LLM})
+        self.dynamic = frozenset(
+            nid for nid, node in self.nodes.items() if node.kind is NodeKind.DYNAMIC
         )
+        self.aliases = tuple(sorted(_aliases(self.nodes.values())))
         self._descendants: dict[str, frozenset[str]] = {}
 
     def descendants(self, node_id: str) -> frozenset[str]:
@@ -59,6 +69,34 @@ class GraphPlan:
         if found is None:
             found = self._descendants[node_id] = frozenset(self.graph.descendants(node_id))
         return found
+
+
+def _aliases(nodes: Any) -> set[str]:
+    """The aliases a graph may call: its LLM nodes', and those inside its dynamic
+    modules, so they are checked before the first request as a static graph's are."""
+    found: set[str] = set()
+    for node in nodes:
+        if node.kind is NodeKind.LLM:
+            found.add(node.module.alias)
+        elif node.kind is NodeKind.DYNAMIC:
+            found.update(
+                module.alias
+                for module in node.module.modules()
+                if module._plait_node_kind is NodeKind.LLM
+            )
+    return found
+
+
+class Owner(Protocol):
+    """Who waits for a sub-run (a call made inside a dynamic forward) to finish."""
+
+    parent_run: Any
+
+    def finished(self, state: ExecutionState) -> None: ...
+
+    def qualified(self, node_id: str) -> str:
+        """``node_id`` of the sub-run as observers see it, unique within its input."""
+        ...
 
 
 def plan_for(graph: InferenceGraph) -> GraphPlan:
@@ -111,11 +149,13 @@ class ExecutionState:
         "input",
         "node_inputs",
         "outstanding",
+        "owner",
         "pending",
         "plan",
         "rate_limited",
         "remaining",
         "results",
+        "tapes",
     )
 
     def __init__(
@@ -150,6 +190,8 @@ class ExecutionState:
         self._stale: dict[str, int] = {}
         self.node_inputs: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] | None = None
         self.checkpoint: Any = None
+        self.owner: Owner | None = None
+        self.tapes: dict[str, Any] | None = None
 
     def restore(self, finished: dict[str, Any]) -> int:
         """Adopt results of nodes that finished in an earlier run; returns how many.
@@ -282,6 +324,22 @@ class ExecutionState:
             )
         heapq.heappush(self.pending, self.plan.keys[node_id])
 
+    def abandon(self) -> None:
+        """Start nothing more of this state (its caller stopped waiting for it).
+
+        Nodes already running finish and are dropped; the rest are cancelled
+        so the scheduler skips them.
+        """
+        for node_id in self.remaining:
+            if (
+                node_id not in self.results
+                and node_id not in self.in_progress
+                and node_id not in self.failed
+                and node_id not in self.cancelled
+            ):
+                self.cancelled.add(node_id)
+                self.outstanding -= 1
+
     def _forget(self, node_id: str) -> None:
         if node_id in self.results:
             del self.results[node_id]
@@ -322,3 +380,16 @@ class ExecutionState:
                         return self.failed[ancestor]
                 return CancelledNodeError(f"node {ref!r} was cancelled")
         return None
+
+
+def forward_record(state: ExecutionState, output: Any, resources: Any) -> ForwardRecord:
+    """What backward needs of a finished state: its graph, every node's inputs and
+    outputs, and the records of what ran inside its dynamic nodes."""
+    return ForwardRecord(
+        state.plan.graph,
+        state.node_inputs or {},
+        dict(state.results),
+        output,
+        resources,
+        subrecords=dict(state.tapes) if state.tapes else {},
+    )

@@ -128,6 +128,8 @@ def _slices(node: NodeTiming, pid: int, tid: int) -> list[dict[str, Any]]:
         )
     if node.error is not None:
         args["error"] = node.error
+    if node.parent is not None:
+        args["parent"] = node.parent
     slices = [
         {
             "name": node.label,

@@ -63,7 +63,8 @@ class NodeRun:
     ``node`` is the graph node (its ``kind``, ``module``, ``module_path`` and
     ``dependencies`` are read); ``attempt`` counts earlier attempts of the
     same node (retries and rate-limit requeues). ``span`` is free for the
-    telemetry observer to keep its span in.
+    telemetry observer to keep its span in. ``parent`` is the dynamic node
+    whose forward made this call, so spans and profiles nest it there.
     """
 
     __slots__ = (
@@ -74,6 +75,7 @@ class NodeRun:
         "index",
         "node",
         "node_id",
+        "parent",
         "probe",
         "request",
         "response",
@@ -96,6 +98,7 @@ class NodeRun:
         self.error: BaseException | None = None
         self.value: Any = None
         self.span: Any = None
+        self.parent: NodeRun | None = None
 
     @property
     def is_llm(self) -> bool:

@@ -158,7 +158,7 @@ class Profiler(RunObserver):
         timing = NodeTiming(
             index=run.index,
             node_id=run.node_id,
-            label=node.module_path or run.node_id,
+            label=run.node_id if run.parent is not None else node.module_path or run.node_id,
             kind=node.kind.value,
             alias=run.alias,
             endpoint=None,
@@ -168,6 +168,7 @@ class Profiler(RunObserver):
             finished=finished,
             error=type(run.error).__name__ if run.error is not None else None,
             dependencies=tuple(node.dependencies),
+            parent=None if run.parent is None else run.parent.node_id,
         )
         probe = run.probe
         if probe is not None and probe.started:

@@ -42,7 +42,8 @@ def tracer_for(provider: Any = None) -> trace.Tracer | None:
 
 
 class SpanObserver(RunObserver):
-    """Turns a run's events into a span tree: run > input > node."""
+    """Turns a run's events into a span tree: run > input > node, and a dynamic
+    node's calls below its own span."""
 
     def __init__(self, tracer: trace.Tracer, *, capture_content: bool = False) -> None:
         self.tracer = tracer
@@ -85,7 +86,12 @@ class SpanObserver(RunObserver):
         span.end()
 
     def node_started(self, run: NodeRun) -> None:
-        parent = self._inputs.get(run.index) or self._run
+        caller = run.parent
+        parent = (
+            caller.span
+            if caller is not None and caller.span is not None
+            else self._inputs.get(run.index) or self._run
+        )
         context = trace.set_span_in_context(parent) if parent is not None else None
         node = run.node
         llm = node.kind.value == "llm"

@@ -17,6 +17,7 @@ class NodeTiming:
     its dependencies finished; for a retry, the end of the previous attempt),
     ``started`` when a worker took it, ``sent`` when its request went out
     (LLM nodes; equal to ``started`` otherwise), ``finished`` when it ended.
+    ``parent`` names the dynamic node whose forward made this call.
     """
 
     index: int
@@ -37,6 +38,7 @@ class NodeTiming:
     output_tokens: int = 0
     dependencies: tuple[str, ...] = ()
     ready: float = 0.0
+    parent: str | None = None
 
     @property
     def queue_wait(self) -> float:

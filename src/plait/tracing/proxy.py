@@ -41,9 +41,10 @@ def param_token(key: str) -> str:
 
 _ADVICE = (
     "The graph plait records must not depend on data, so the value does not exist "
-    "while forward() is traced. Put this logic in a custom Module without child "
-    "modules (its forward runs on real values), or use a plait.functional op "
-    "(F.select, F.concat, F.format, F.parse_structured)."
+    "while forward() is traced. To branch or loop on it, make forward `async def` to "
+    "run it on real values (a dynamic module: `await self.child(...)` then returns the "
+    "child's real output), or use a plait.functional op (F.select, F.concat, F.format, "
+    "F.parse_structured)."
 )
 
 

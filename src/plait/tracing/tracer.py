@@ -3,8 +3,9 @@
 Modules with child modules are traced *through* (their forward runs and the
 calls inside it are recorded); modules without children, ``LLMInference`` and
 functional ops are *leaves* and become one node each. A leaf's forward runs
-later, at execution, on real values, which is why a child-less custom Module is
-the escape hatch for logic that needs data.
+later, at execution, on real values. A module with ``async def forward`` is a
+leaf too (a dynamic node): it runs on real values with its children called
+for real, which is how a pipeline branches or loops on replies.
 """
 
 from __future__ import annotations
@@ -158,9 +159,10 @@ class Tracer:
             if inspect.iscoroutine(result):
                 result.close()
             raise TracingError(
-                f"{type(module).__name__}.forward is async, but it calls child modules and so "
-                "is traced. Write it as a plain def: calls to modules inside forward() only "
-                "record the graph, and plait runs them concurrently for you."
+                f"{type(module).__name__}.forward returned an awaitable from a plain def, so "
+                "plait cannot tell whether to trace it or run it. Write it as `async def "
+                "forward` to run it on real values (a dynamic module), or return the calls' "
+                "results directly to have it traced."
             )
         return result
 
@@ -193,8 +195,7 @@ class Tracer:
                     "A string built while tracing contains an escaped traced value "
                     "(json.dumps and similar escape its placeholder), so the model would "
                     "receive the placeholder instead of the text. Build JSON prompts with "
-                    "F.render, or in a custom Module without child modules, whose forward "
-                    "runs on real values."
+                    "F.render, or make forward `async def` to run it on real values."
                 )
             if TOKEN_OPEN in obj or TOKEN_CLOSE in obj:
                 return self._template(obj, refs, params)
@@ -238,8 +239,8 @@ class Tracer:
                 "A string built while tracing contains a traced value that was changed by a "
                 "string function (for example str.upper(out) or textwrap.shorten), so it "
                 "can no longer be filled in with the real text. Embed traced values unchanged "
-                "({out}, %s, +, join) and transform the text in a custom Module without child "
-                "modules, whose forward runs on real values."
+                "({out}, %s, +, join), or make forward `async def` to run it on real values "
+                "and transform the text there."
             )
         return text
 
