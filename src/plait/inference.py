@@ -154,6 +154,10 @@ class LLMInference(Module):
             tool_choice=tool_choice,
         )
 
+    def stored_models(self) -> tuple[type[BaseModel], ...]:
+        """The pydantic classes this call's outputs may be, which a checkpoint may decode."""
+        return (AssistantMessage,) if self.tools else ()
+
     def parse_response(self, response: ChatResponse) -> Any:
         """The node's output: the validated model with ``response_format``, else the text.
 

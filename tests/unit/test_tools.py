@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from plait.clients.base import ChatResponse, RawToolCall
 from plait.errors import ConfigError
 from plait.inference import LLMInference
+from plait.storage.checkpoint_session import _models_of
 from plait.storage.codec import decode, encode
 from plait.storage.fingerprint import describe, differences
 from plait.tools import AssistantMessage, Tool, ToolCall, as_tools, run_tool_calls
@@ -377,9 +378,15 @@ def test_tool_schema_for_literals() -> None:
 
 
 def test_an_assistant_message_survives_a_checkpoint() -> None:
+    def forecast(when: date) -> str:
+        return str(when)
+
     call = ToolCall(id="c1", name="forecast", arguments={"when": date(2024, 5, 1)})
     message = AssistantMessage(content="", tool_calls=[call])
-    restored = decode(encode(message))
+    # A checkpoint decodes only the classes its graph declares: a tool-using call
+    # declares the message its output is.
+    declared = _models_of(Tracer().trace(LLMInference("llm", tools=[forecast]), "x"))
+    restored = decode(encode(message), declared)
     assert isinstance(restored, AssistantMessage)
     assert restored.tool_calls[0].arguments == {"when": "2024-05-01"}
     assert restored.to_message() == message.to_message()

@@ -395,10 +395,16 @@ def _dropped(what: str, error: StorageError) -> None:
 
 
 def _models_of(graph: InferenceGraph) -> dict[str, type[BaseModel]]:
-    """The pydantic classes the graph's modules name (response formats, parse targets)."""
+    """The pydantic classes the graph's modules name (response formats, parse targets),
+    and those a module says its outputs hold (``stored_models()``, e.g. a tool-using
+    call's ``AssistantMessage``): the only classes a stored row may decode into."""
     models: dict[str, type[BaseModel]] = {}
     for node in graph.nodes.values():
-        for value in getattr(node.module, "__dict__", {}).values():
-            if isinstance(value, type) and issubclass(value, BaseModel):
+        named = [v for v in getattr(node.module, "__dict__", {}).values() if isinstance(v, type)]
+        declared = getattr(node.module, "stored_models", None)
+        if callable(declared):
+            named.extend(declared())
+        for value in named:
+            if issubclass(value, BaseModel):
                 models[class_path(value)] = value
     return models
