@@ -84,6 +84,14 @@ class LLMInference(Module):
         check_option("tool_choice", tool_choice, where)
         if not isinstance(max_tool_rounds, int) or max_tool_rounds < 1:
             raise ConfigError(f"{where}: max_tool_rounds must be a positive int")
+        if run_tools:
+            # Refused rather than ignored: silently returning the model's turn
+            # where the caller asked for the loop's final answer would be wrong.
+            raise ConfigError(
+                f"{where}: run_tools=True (plait running the tools and answering the model) "
+                "is not available yet; pass run_tools=False and run the turn's calls with "
+                "plait.tools.run_tool_calls"
+            )
         self.alias = alias
         self.system_prompt = system_prompt
         self.temperature = temperature
@@ -94,7 +102,7 @@ class LLMInference(Module):
         # checkpoint's fingerprint compares when a tool's signature changes.
         self.tool_schemas = [tool.schema() for tool in self.tools.values()] or None
         self.tool_choice = tool_choice
-        self.run_tools = bool(run_tools)
+        self.run_tools = False
         self.max_tool_rounds = max_tool_rounds
 
     def _plait_is_leaf(self) -> bool:

@@ -423,3 +423,11 @@ def test_an_assistant_message_can_continue_a_conversation() -> None:
         "role": "assistant",
         "content": "plain",
     }
+
+
+def test_run_tools_true_is_refused_until_the_loop_exists() -> None:
+    def lookup(city: str) -> str:
+        return city
+
+    with pytest.raises(ConfigError, match=r"run_tools=True .* is not available yet"):
+        LLMInference("llm", tools=[lookup], run_tools=True)
