@@ -19,7 +19,6 @@ from plait.resources import ResourceManager
 INPUTS = [f"item {index}" for index in range(60)]
 CALLS_PER_INPUT = 6
 MAX_CONCURRENT = 4
-BUFFER_SIZE = 2
 RULES = [
     (r"^Judge: .*draft v3", "PASS"),
     (r"^Judge:", "FAIL"),
@@ -50,11 +49,7 @@ async def run_batch(base_url: str, checkpoint_dir: str | None) -> list[Any]:
     )
     settings: dict[str, Any] = {"max_concurrent": MAX_CONCURRENT}
     if checkpoint_dir is not None:
-        settings.update(
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_buffer_size=BUFFER_SIZE,
-            checkpoint_flush_interval=0.02,
-        )
+        settings.update(checkpoint_dir=checkpoint_dir)
     try:
         outputs: list[Any] = await Refine().bind(resources=resources).batch(INPUTS, **settings)
         return outputs
