@@ -221,6 +221,7 @@ class ResourceManager:
                 if probe is not None:
                     probe.sent = started
                 pool.sent(member)
+                limiter.on_sent()
                 try:
                     response = await client.complete(request)
                 except RateLimitError as exc:

@@ -16,13 +16,15 @@ than in ``__init__``, because ``run_sync`` may run successive calls in fresh
 event loops; a limiter follows whichever loop uses it, one at a time.
 
 On a 429 the limiter backs off in proportion to the evidence. It keeps the
-recent share of replies that were 429s (an exponential average, starting at
-"all refused" because a refusal before any success says the endpoint is
-saturated). A lone 429 among successes cuts the request rate a little and
-pauses nobody: only the refused call waits for its ``Retry-After``, which the
-retry policy sees to. A burst (the share high) pauses every caller for the
-server's delay and cuts the rate by up to ``backoff_factor``. Each success
-then regains a step of the rate (additive increase, multiplicative decrease).
+recent share of requests that were refused (an exponential average over the
+requests its owner reports sent, starting at "all refused": a refusal with
+no request known to have gone out says the endpoint is saturated). A lone
+429 among many requests cuts the request rate a little and pauses nobody:
+only the refused call waits for its ``Retry-After``, which the retry policy
+sees to. A burst (the share high) pauses every caller for the server's delay
+and cuts the rate by up to ``backoff_factor``; an endpoint with no rate of
+its own only starts pacing on a burst. Each success then regains a step of
+the rate (additive increase, multiplicative decrease).
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ _CUT_GUARD = 1.0
 _OBSERVE_WINDOW = 10.0
 # Weight of the newest reply in the recent share of 429s: about the last ten.
 _EVIDENCE_WEIGHT = 0.1
-# From this share of 429s on, a refusal is a burst and pauses every caller.
+# From this share of 429s on, a refusal is a burst and pauses every caller;
+# from _FULL_SHARE on it cuts the rate by the whole backoff_factor.
 _BURST_SHARE = 0.3
+_FULL_SHARE = 0.5
 
 
 class RateLimiter:
@@ -279,6 +283,12 @@ class RateLimiter:
             self._paused_until = max(self._paused_until, now + delay)
         if (now < self._cut_guard_until) if sent_at is None else (sent_at < self._cut_at):
             return
+        if self._rps is None and share < _BURST_SHARE:
+            # Nothing paces this endpoint, and a stray refusal is no reason to
+            # start: a rate derived from the average would hold back the
+            # bursts its concurrency naturally sends, costing far more than
+            # the one refused call.
+            return
         if self._rps is None:
             self._ceiling = self._observed_rate(now)
             current = self._ceiling
@@ -286,11 +296,24 @@ class RateLimiter:
             if not self._degraded:
                 self._ceiling = self._rps
             current = self._rps
-        factor = 1.0 - (1.0 - self._backoff_factor) * share
+        factor = 1.0 - (1.0 - self._backoff_factor) * min(1.0, share / _FULL_SHARE)
         self._set_rate(max(self._min_rps, current * factor))
         self._degraded = True
         self._cut_at = now
         self._cut_guard_until = max(self._paused_until, now + _CUT_GUARD)
+
+    def on_sent(self) -> None:
+        """A request went to the server: one more reply the next 429 is weighed against.
+
+        The share of 429s is counted per request sent rather than per success,
+        because a refusal comes back at once while successes take a latency:
+        counted by replies, a stray 429 among the first requests of a run
+        would look like the whole endpoint refusing.
+        """
+        share = self._refused_share
+        if share:
+            share *= 1.0 - _EVIDENCE_WEIGHT
+            self._refused_share = share if share > 1e-3 else 0.0
 
     def on_success(self, sent_at: float | None = None) -> None:
         """Regain a step of the request rate after a 429 cut it.
@@ -301,10 +324,6 @@ class RateLimiter:
         ``sent_at``, every reply within a second of the cut is treated so.
         """
         self._strikes = 0
-        share = self._refused_share
-        if share:
-            share *= 1.0 - _EVIDENCE_WEIGHT
-            self._refused_share = share if share > 1e-3 else 0.0
         if not self._degraded:
             return
         now = time.monotonic()
