@@ -24,7 +24,9 @@ catch the library's failures in one place::
     ├── LLMError                            an endpoint call failed
     │   ├── TransientError                  worth retrying
     │   │   └── RateLimitError              429, with the server's delay
+    │   │       └── EndpointBackoffError    not sent: the endpoint is backing off
     │   └── PermanentError                  retrying cannot help
+    │       ├── QuotaExceededError          429 insufficient_quota: the account is out
     │       ├── ResponseValidationError     a reply did not fit response_format
     │       └── ResponseTooLargeError       a reply passed max_response_bytes
     ├── BackwardError (RuntimeError)
@@ -223,8 +225,22 @@ class RateLimitError(TransientError):
         self.retry_after = retry_after
 
 
+class EndpointBackoffError(RateLimitError):
+    """The call was not sent: after a run of 429s its endpoint would hold it too long.
+
+    Raised by the resource manager instead of parking a call for longer than
+    a few seconds behind a backed-off endpoint, so the retry policy, which
+    knows the run's ``max_rate_limit_wait``, decides whether it waits on.
+    Nothing reached the server, so it does not count as a requeue for a 429.
+    """
+
+
 class PermanentError(LLMError):
     """A failure that retrying cannot fix: 4xx other than 429, bad requests."""
+
+
+class QuotaExceededError(PermanentError):
+    """429 with ``insufficient_quota``: the account is out of credit, not busy."""
 
 
 class ResponseValidationError(PermanentError):

@@ -115,3 +115,57 @@ def test_the_ray_example_classifies_every_row(local_ray: None) -> None:
         "ECHO: Label the topic of: beta",
         "ECHO: Label the topic of: gamma",
     ]
+
+
+def test_the_shared_budget_holds_concurrency_across_workers(local_ray: None) -> None:
+    """Each worker's manager allows 4; the budget holds 4 for the whole cluster.
+
+    Before: the max_concurrent key was ignored and three workers sent up to 12
+    at once (4 each).
+    """
+    from sample_pipelines.pipelines import single
+
+    budget = create_budget({"fast": {"max_concurrent": 4}})
+    with Simulator.spawn(latency=0.25) as sim:
+        dataset = ray.data.from_items([{"input": f"q{index}"} for index in range(120)])
+        rows = map_dataset(
+            dataset,
+            single,
+            _resources(sim.base_url, max_concurrent=4),
+            budget=budget,
+            concurrency=3,
+            batch_size=10,
+        ).take_all()
+        peak = sim.stats().peak_concurrency
+    assert all(row["error"] == "" for row in rows)
+    assert len(rows) == 120
+    assert peak <= 4  # 12 before
+    assert ray.get(budget.stats.remote())["fast"]["peak_concurrency"] <= 4
+
+
+def test_create_budget_refuses_unknown_keys_and_bad_values() -> None:
+    from plait.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"max_concurent.*did you mean 'max_concurrent'"):
+        create_budget({"fast": {"max_concurent": 4}})
+    with pytest.raises(ConfigError, match="rate_limit"):
+        create_budget({"fast": {"rate_limit": -1}})
+
+
+def test_a_row_missing_the_input_column_lands_in_the_error_column(local_ray: None) -> None:
+    """Before: the KeyError failed the whole job."""
+    from sample_pipelines.pipelines import single
+
+    with Simulator.spawn(latency=0.0) as sim:
+        dataset = ray.data.from_items([{"input": "ok one"}, {"text": "no input"}, {"input": "ok"}])
+        rows = map_dataset(dataset, single, _resources(sim.base_url), batch_size=3).take_all()
+        no_column = ray.data.from_items([{"text": "a"}, {"text": "b"}])
+        bare = map_dataset(no_column, single, _resources(sim.base_url), batch_size=2).take_all()
+    by_input = {row.get("input"): (row["output"], row["error"]) for row in rows}
+    assert by_input["ok one"] == ("ECHO: ok one", "")
+    assert by_input["ok"] == ("ECHO: ok", "")
+    output, error = by_input[None]
+    assert output is None
+    assert "no 'input' column" in error
+    assert [row["output"] for row in bare] == [None, None]
+    assert all("no 'input' column" in row["error"] for row in bare)

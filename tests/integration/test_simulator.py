@@ -538,6 +538,7 @@ def test_cli_flags_round_trip_every_setting() -> None:
         fault_rate=0.2,
         faults=("reset", "stall"),
         stall_seconds=2.5,
+        retry_after=1.5,
         seed=11,
         rules=[("-x", "y"), ("a=b", "--c")],
     )

@@ -21,6 +21,7 @@ from plait.clients._wire import (
 from plait.clients.structured import response_format_payload, validate_reply
 from plait.errors import (
     PermanentError,
+    QuotaExceededError,
     RateLimitError,
     ResponseValidationError,
     TransientError,
@@ -174,6 +175,32 @@ def test_429_without_usable_header_has_no_retry_after() -> None:
     error = error_for_status(429, {}, None, None)
     assert isinstance(error, RateLimitError)
     assert error.retry_after is None
+
+
+@pytest.mark.parametrize("field", ["code", "type"])
+def test_429_insufficient_quota_is_permanent(field: str) -> None:
+    body = json.dumps(
+        {"error": {"message": "You exceeded your current quota", field: "insufficient_quota"}}
+    )
+    error = error_for_status(429, {"Retry-After": "1"}, body.encode(), None)
+    assert isinstance(error, QuotaExceededError)
+    assert isinstance(error, PermanentError)
+    assert not isinstance(error, RateLimitError)
+    assert error.status_code == 429
+    assert "insufficient_quota" in str(error)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"error": {"message": "insufficient_quota mentioned", "code": "rate_limit_exceeded"}}',
+        b"insufficient_quota",
+        b'{"error": "insufficient_quota"}',
+        b"[1]",
+    ],
+)
+def test_429_that_only_mentions_quota_stays_a_rate_limit(body: bytes) -> None:
+    assert type(error_for_status(429, {}, body, None)) is RateLimitError
 
 
 @pytest.mark.parametrize("status", [408, 409, 500, 502, 503, 504])

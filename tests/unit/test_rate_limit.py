@@ -319,3 +319,43 @@ def test_a_429_for_a_call_sent_after_the_cut_cuts_again(clock: FakeClock) -> Non
     clock.now += 0.05
     limiter.on_rate_limited(0.0, clock.now - 0.01)  # sent at the cut rate, still refused
     assert limiter.requests_per_minute == pytest.approx(150)
+
+
+def test_a_lone_429_among_many_requests_slows_a_little_and_pauses_nobody(clock: FakeClock) -> None:
+    """Backoff follows the evidence: one refusal in a hundred requests is not a burst."""
+    limiter = RateLimiter(6000, None)
+    for _ in range(100):
+        limiter.on_sent()
+    limiter.on_rate_limited(1.0)
+    assert limiter.paused_for == 0.0  # only the refused call waits its Retry-After
+    rate = limiter.requests_per_minute
+    assert rate is not None
+    assert 0.85 * 6000 <= rate < 6000
+    clock.now += 0.01
+    for _ in range(10):  # recovers within a few successes
+        limiter.on_success(clock.now)
+    assert limiter.requests_per_minute == pytest.approx(6000)
+
+
+def test_a_run_of_429s_pauses_everyone_and_cuts_hard(clock: FakeClock) -> None:
+    limiter = RateLimiter(6000, None)
+    for _ in range(100):
+        limiter.on_sent()
+    for _ in range(6):
+        clock.now += 0.01
+        limiter.on_rate_limited(1.0, clock.now - 0.001)  # each sent after the last cut
+    assert limiter.paused_for > 0.9
+    rate = limiter.requests_per_minute
+    assert rate is not None
+    assert rate < 0.5 * 6000
+
+
+def test_an_unpaced_endpoint_does_not_start_pacing_on_a_stray_429(clock: FakeClock) -> None:
+    limiter = RateLimiter(None, None)
+    for _ in range(100):
+        assert limiter.try_acquire()
+        limiter.on_sent()
+    limiter.on_rate_limited(1.0)
+    assert limiter.requests_per_minute is None
+    assert limiter.paused_for == 0.0
+    assert all(limiter.try_acquire() for _ in range(100))

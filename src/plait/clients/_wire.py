@@ -23,6 +23,7 @@ from plait.clients.structured import cached_response_format_payload, validate_re
 from plait.errors import (
     LLMError,
     PermanentError,
+    QuotaExceededError,
     RateLimitError,
     ResponseTooLargeError,
     ResponseValidationError,
@@ -263,8 +264,11 @@ def error_for_status(
 ) -> LLMError:
     """The plait error for a non-2xx reply (the caller raises it).
 
-    429 becomes :class:`RateLimitError` carrying the server's requested delay;
-    408, 409 and 5xx are worth retrying; any other status is final. The
+    429 becomes :class:`RateLimitError` carrying the server's requested delay,
+    unless its body says ``insufficient_quota``: that account is out of
+    credit, no delay will change it, so it is :class:`QuotaExceededError`
+    (permanent) and the call fails at once instead of waiting out its
+    ``max_rate_limit_wait``. 408, 409 and 5xx are worth retrying; any other status is final. The
     message carries the status and the server's own explanation, with
     ``secret`` blanked out in case the server echoed the key back.
 
@@ -285,6 +289,12 @@ def error_for_status(
     detail = redact(_server_message(body), secret)
     message = f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
     if status == 429:
+        if _says_insufficient_quota(body):
+            return QuotaExceededError(
+                f"{message} (insufficient_quota: the account behind this endpoint's key has "
+                "no credit left; retrying will not help)",
+                status_code=429,
+            )
         return RateLimitError(message, retry_after=retry_after_seconds(headers), status_code=429)
     if status >= 500 or status in _TRANSIENT_4XX:
         return TransientError(message, status_code=status)
@@ -352,6 +362,24 @@ def _server_message(body: bytes | str | None) -> str:
         return _clip(text.strip())
     message = _message_in(data)
     return _clip(message if message is not None else text.strip())
+
+
+def _says_insufficient_quota(body: bytes | str | None) -> bool:
+    """Whether an error body's ``error.code`` or ``error.type`` is ``insufficient_quota``.
+
+    Read from the parsed fields rather than by searching the text, so a rate
+    limit message that merely mentions quotas stays a rate limit.
+    """
+    if not body:
+        return False
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return False
+    return "insufficient_quota" in (error.get("code"), error.get("type"))
 
 
 def _message_in(data: Any) -> str | None:

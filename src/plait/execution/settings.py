@@ -31,7 +31,13 @@ class ResolvedSettings:
     or a ResponseCache). Both group-commit their writes (no batch size or
     interval to tune) and are on disk when the call returns.
     ``max_tokens_total`` and ``max_cost`` stop the call when spent.
-    ``profile`` / ``profile_path`` write a Chrome trace. Spans go to the
+    ``profile`` / ``profile_path`` write a Chrome trace.
+
+    Rate limits (design_docs/reliability.md): a node refused with 429s gives
+    up with :class:`~plait.errors.RateLimitError` once it has waited
+    ``max_rate_limit_wait`` seconds in total since its first 429, and no
+    single wait is longer than ``max_retry_after``, whatever the server's
+    ``Retry-After`` says. Spans go to the
     global OpenTelemetry provider, or ``tracer_provider``; prompt and reply
     text only with ``capture_content``.
     """
@@ -42,6 +48,8 @@ class ResolvedSettings:
     task_timeout: float | None = None
     max_task_retries: int = 3
     task_retry_delay: float = 0.5
+    max_rate_limit_wait: float = 300.0
+    max_retry_after: float = 60.0
     streaming: bool = False
     preserve_order: bool = False
     on_progress: Callable[[int, int | None], Any] | None = None
@@ -64,8 +72,9 @@ SETTING_NAMES = frozenset(field.name for field in fields(ResolvedSettings))
 _POSITIVE_INT = ("max_concurrent", "max_inflight")
 _POSITIVE_INT_OR_NONE = ("max_tokens_total",)
 _NON_NEGATIVE_INT = ("max_task_retries",)
+_POSITIVE_FLOAT = ("max_rate_limit_wait",)
 _POSITIVE_FLOAT_OR_NONE = ("task_timeout", "max_cost")
-_NON_NEGATIVE_FLOAT = ("task_retry_delay",)
+_NON_NEGATIVE_FLOAT = ("task_retry_delay", "max_retry_after")
 _BOOL = ("streaming", "preserve_order", "progress", "profile", "capture_content")
 _CALLABLE = ("on_progress", "on_task_complete", "on_task_failed")
 _PATH_OR_NONE = ("checkpoint_dir", "profile_path")
@@ -93,6 +102,8 @@ def _check_value(name: str, value: Any, where: str) -> None:
         raise bad("a positive int or None")
     if name in _NON_NEGATIVE_INT and (not _is_int(value) or value < 0):
         raise bad("an int >= 0")
+    if name in _POSITIVE_FLOAT and (not _is_number(value) or value <= 0):
+        raise bad("a number > 0")
     if (
         name in _POSITIVE_FLOAT_OR_NONE
         and value is not None

@@ -9,7 +9,7 @@ pool) and concurrency slots, made for that loop and dropped with it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING
 
 from plait.clients.base import LLMClient
@@ -21,6 +21,12 @@ if TYPE_CHECKING:
     from plait.storage.cache import ResponseCache
 
 ClientFactory = Callable[[EndpointConfig], LLMClient]
+
+# The longest an endpoint stops every caller after a burst of 429s. Longer
+# waits a server asks for are the refused calls' own, under the run's
+# max_retry_after; the endpoint only needs to stop flooding, which the pause
+# does at once and the rate cut keeps up.
+MAX_ENDPOINT_PAUSE = 5.0
 
 
 def default_client_factory(endpoint: EndpointConfig) -> LLMClient:
@@ -72,7 +78,9 @@ class Endpoint:
         self.label = label
         self.model = config.model
         self.token_limited = config.token_rate_limit is not None
-        self.limiter = RateLimiter(config.rate_limit, config.token_rate_limit)
+        self.limiter = RateLimiter(
+            config.rate_limit, config.token_rate_limit, max_backoff=MAX_ENDPOINT_PAUSE
+        )
         # Prices are per million tokens in the config, per token here.
         self.priced = config.input_price is not None or config.output_price is not None
         self.input_price = (config.input_price or 0.0) / 1e6
@@ -90,12 +98,17 @@ class Endpoint:
 
 
 class LoopState:
-    """The loop-bound half: a client (made on first use) and slots per endpoint."""
+    """The loop-bound half: a client (made on first use) and slots per endpoint.
 
-    __slots__ = ("clients", "limits", "slots")
+    ``closer`` is a started async generator whose ``finally`` closes the
+    clients; the loop finalises it when it shuts down (see the manager).
+    """
+
+    __slots__ = ("clients", "closer", "limits", "slots")
 
     def __init__(self, endpoints: list[Endpoint]) -> None:
         self.clients: list[LLMClient | None] = [None] * len(endpoints)
+        self.closer: AsyncGenerator[None, None] | None = None
         self.slots = [Slots(e.config.max_concurrent) for e in endpoints]
         self.limits = [e.config.max_concurrent for e in endpoints]
 

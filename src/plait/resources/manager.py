@@ -19,13 +19,16 @@ avoids logging, pydantic, copies and coroutine calls on its uncontended path.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
 
 from plait.clients.base import ChatRequest, ChatResponse, LLMClient
 from plait.errors import (
     BudgetExceededError,
+    QuotaExceededError,
     RateLimitError,
     ResourcesInUseError,
     TransientError,
@@ -34,13 +37,17 @@ from plait.errors import (
 from plait.profiling.observer import CallProbe
 from plait.resources.config import ResourceConfig
 from plait.resources.endpoint import ClientFactory, Endpoint, LoopState, default_client_factory
-from plait.resources.pool import EndpointPool
+from plait.resources.pool import EndpointPool, PoolMember
+from plait.resources.queueing import HAND_BACK_AFTER, hold
 from plait.resources.rate_limit import RateLimiter
 from plait.resources.tokens import estimate_tokens
 from plait.resources.usage import AliasUsage
 
 if TYPE_CHECKING:
     from plait.storage.cache import ResponseCache
+
+# How long a member whose account is out of quota sits out of its pool.
+_QUOTA_COOLDOWN = 300.0
 
 
 class _Route:
@@ -75,7 +82,8 @@ class ResourceManager:
                 endpoint = Endpoint(endpoint_config, len(self._endpoints), label)
                 self._endpoints.append(endpoint)
                 members.append(endpoint)
-            self._routes[alias] = _Route(members)
+            route = self._routes[alias] = _Route(members)
+            route.pool.on_unhealthy = functools.partial(self._evict, route.pool)
         self._states: dict[asyncio.AbstractEventLoop, LoopState] = {}
         self._state_loop: asyncio.AbstractEventLoop | None = None
         self._state: LoopState | None = None
@@ -141,6 +149,11 @@ class ResourceManager:
         call went, how long it waited and what it cost; if its ``halt`` is
         exceeded by the time a slot and a rate permit are held, the request
         is not sent and :class:`BudgetExceededError` is raised.
+
+        A call queued for an endpoint that turns unhealthy moves to another
+        member of the pool; one that would wait more than a few seconds behind
+        an endpoint backing off from 429s, with nowhere else to go, is not
+        sent and raises :class:`EndpointBackoffError` for the retry policy.
         """
         route = self._routes.get(alias)
         if route is None:
@@ -157,6 +170,7 @@ class ResourceManager:
         endpoint = member.item
         request.model = endpoint.model
         store = cache if endpoint.inherit_cache else endpoint.own_cache()
+        key = ""
         if store is not None:
             key = store.key(request)
             hit = store.get(request, key)
@@ -169,43 +183,45 @@ class ResourceManager:
                     probe.cache_hit = True
                     probe.sent = probe.done = time.perf_counter()
                 return hit
-        usage.requests += 1
-        if attempt:
-            usage.retries += 1
-        try:
+        slots = state.slots[endpoint.index]
+        limiter = endpoint.limiter
+        estimate = estimate_tokens(request) if endpoint.token_limited else 0
+        took_slot = held = bool(slots.free)
+        if took_slot:
+            slots.free -= 1
+            held = limiter.try_acquire(estimate)
+        if not held:
+            # Contended: queue, and move or hand back if the endpoint turns sick.
+            first = endpoint
+            member, estimate = await hold(
+                state, route.pool, route.usage, member, request, probe, took_slot
+            )
+            endpoint = member.item
+            if endpoint is not first:
+                store = cache if endpoint.inherit_cache else endpoint.own_cache()
+                key = store.key(request) if store is not None else ""
             slots = state.slots[endpoint.index]
-            if slots.free:
-                slots.free -= 1
-            elif probe is None:
-                await slots.wait()
-            else:
-                waited = time.perf_counter()
-                await slots.wait()
-                probe.slot_wait = time.perf_counter() - waited
+            limiter = endpoint.limiter
+        try:
             try:
-                limiter = endpoint.limiter
-                estimate = estimate_tokens(request) if endpoint.token_limited else 0
-                if not limiter.try_acquire(estimate):
-                    waited = time.perf_counter()
-                    await limiter.acquire(estimate)
-                    blocked = time.perf_counter() - waited
-                    usage.rate_limit_wait += blocked
-                    if probe is not None:
-                        probe.rate_wait = blocked
                 if probe is not None:
                     probe.endpoint = endpoint.label
                     probe.model = endpoint.model
                     halt = probe.halt
                     if halt is not None and halt.exceeded:
-                        usage.requests -= 1
                         raise BudgetExceededError("the run's budget ran out before this call")
                 client = state.clients[endpoint.index]
                 if client is None:
-                    client = self._new_client(state, endpoint)
+                    client = await self._new_client(loop, state, endpoint)
+                usage.requests += 1
+                if attempt:
+                    usage.retries += 1
                 started = time.perf_counter()
                 sent_at = time.monotonic()
                 if probe is not None:
                     probe.sent = started
+                pool.sent(member)
+                limiter.on_sent()
                 try:
                     response = await client.complete(request)
                 except RateLimitError as exc:
@@ -213,18 +229,28 @@ class ResourceManager:
                     usage.rate_limited += 1
                     limiter.correct(estimate, 0)
                     limiter.on_rate_limited(exc.retry_after, sent_at)
+                    paused = limiter.paused_for
+                    if paused:
+                        pool.trip(member, paused)
+                    limiter.evict_beyond(HAND_BACK_AFTER)
                     raise
                 except TransientError:
                     usage.failures += 1
                     pool.record_failure(member)
                     raise
+                except QuotaExceededError:
+                    usage.failures += 1
+                    pool.trip(member, _QUOTA_COOLDOWN)
+                    raise
                 except Exception:
                     usage.failures += 1
                     raise
                 finally:
+                    pool.finished(member)
                     if probe is not None:
                         probe.done = time.perf_counter()
-                usage.latency.record(time.perf_counter() - started)
+                latency = time.perf_counter() - started
+                usage.latency.record(latency)
             finally:
                 slots.release()
         finally:
@@ -244,21 +270,33 @@ class ResourceManager:
         if estimate and used:
             limiter.correct(estimate, used)
         limiter.on_success(sent_at)
-        pool.record_success(member)
+        pool.record_success(member, latency)
         if store is not None:
             store.put(request, response, key)
         return response
 
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
     async def aclose(self) -> None:
         """Close the clients this event loop opened."""
         loop = asyncio.get_running_loop()
-        state = self._states.pop(loop, None)
-        if loop is self._state_loop:
-            self._state_loop = self._state = None
+        state = self._states.get(loop)
         if state is None:
             return
-        clients = [client for client in state.clients if client is not None]
-        await asyncio.gather(*(client.aclose() for client in clients))
+        closer, state.closer = state.closer, None
+        if closer is not None:
+            await closer.aclose()
+        else:
+            await self._close_loop(loop)
 
     # -- internals -------------------------------------------------------
 
@@ -291,7 +329,45 @@ class ResourceManager:
         self._state = state
         return state
 
-    def _new_client(self, state: LoopState, endpoint: Endpoint) -> LLMClient:
+    def _evict(self, pool: EndpointPool[Endpoint], member: PoolMember[Endpoint]) -> None:
+        """``member`` turned unhealthy: send the calls queued for it elsewhere."""
+        state = self._state
+        if state is None or not pool.has_alternative(member):
+            return
+        endpoint = member.item
+        state.slots[endpoint.index].evict()
+        endpoint.limiter.evict_beyond(0.0)
+
+    async def _new_client(
+        self, loop: asyncio.AbstractEventLoop, state: LoopState, endpoint: Endpoint
+    ) -> LLMClient:
+        """Open ``endpoint``'s client for this loop, and see that the loop closes it.
+
+        A run that opened connections implicitly (``asyncio.run(module(...))``
+        with a bound config) never calls :meth:`aclose`, so the first client
+        of a loop also starts an async generator whose ``finally`` closes the
+        loop's clients: ``asyncio.run`` finalises live async generators as it
+        shuts the loop down. A generator rather than a task, because a task
+        would stay pending (and visible) for as long as the loop runs.
+        """
         client = self._factory(endpoint.config)
         state.clients[endpoint.index] = client
+        if state.closer is None:
+            closer = state.closer = self._close_at_loop_end(loop)
+            await anext(closer)
         return client
+
+    async def _close_at_loop_end(self, loop: asyncio.AbstractEventLoop) -> AsyncGenerator[None]:
+        try:
+            yield
+        finally:
+            await self._close_loop(loop)
+
+    async def _close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        state = self._states.pop(loop, None)
+        if loop is self._state_loop:
+            self._state_loop = self._state = None
+        if state is None:
+            return
+        clients = [client for client in state.clients if client is not None]
+        await asyncio.gather(*(client.aclose() for client in clients))

@@ -15,9 +15,16 @@ Futures and the timer are created on first use in the running loop rather
 than in ``__init__``, because ``run_sync`` may run successive calls in fresh
 event loops; a limiter follows whichever loop uses it, one at a time.
 
-On a 429 the limiter pauses every caller for the server's ``Retry-After``
-(or an exponential backoff), halves the request rate and then regains it
-step by step with each success (additive increase, multiplicative decrease).
+On a 429 the limiter backs off in proportion to the evidence. It keeps the
+recent share of requests that were refused (an exponential average over the
+requests its owner reports sent, starting at "all refused": a refusal with
+no request known to have gone out says the endpoint is saturated). A lone
+429 among many requests cuts the request rate a little and pauses nobody:
+only the refused call waits for its ``Retry-After``, which the retry policy
+sees to. A burst (the share high) pauses every caller for the server's delay
+and cuts the rate by up to ``backoff_factor``; an endpoint with no rate of
+its own only starts pacing on a burst. Each success then regains a step of
+the rate (additive increase, multiplicative decrease).
 """
 
 from __future__ import annotations
@@ -37,6 +44,12 @@ _EPSILON = 1e-4
 _CUT_GUARD = 1.0
 # How far back the observed rate is measured when no rate was configured.
 _OBSERVE_WINDOW = 10.0
+# Weight of the newest reply in the recent share of 429s: about the last ten.
+_EVIDENCE_WEIGHT = 0.1
+# From this share of 429s on, a refusal is a burst and pauses every caller;
+# from _FULL_SHARE on it cuts the rate by the whole backoff_factor.
+_BURST_SHARE = 0.3
+_FULL_SHARE = 0.5
 
 
 class RateLimiter:
@@ -48,12 +61,13 @@ class RateLimiter:
     buckets hold that many seconds of their rate (at least one request);
     the default, 0, means smooth pacing.
 
-    Backpressure knobs: a 429 multiplies the request rate by
-    ``backoff_factor`` (never below ``min_requests_per_minute``); each
-    success then adds back ``recovery`` times the rate in force before the
-    cut, until it is reached. A 429 without ``Retry-After`` pauses for
-    ``base_backoff`` seconds, doubling with each further 429 before a
-    success, up to ``max_backoff``.
+    Backpressure knobs: a 429 multiplies the request rate by between
+    ``backoff_factor`` (a burst) and nearly 1 (a lone refusal), never going
+    below ``min_requests_per_minute``; each success then adds back
+    ``recovery`` times the rate in force before the cut, until it is
+    reached. A burst without ``Retry-After`` pauses for ``base_backoff``
+    seconds, doubling with each further 429 before a success, up to
+    ``max_backoff`` (which also caps a ``Retry-After``).
     """
 
     def __init__(
@@ -109,6 +123,7 @@ class RateLimiter:
         self._ceiling = 0.0
         self._cut_guard_until = 0.0
         self._cut_at = 0.0
+        self._refused_share = 1.0
         # Unlimited limiters have no rate to cut on a 429, so they keep a
         # grant count and a sampled (time, count) trail to derive one from.
         self._granted = 0
@@ -139,6 +154,35 @@ class RateLimiter:
     def paused_for(self) -> float:
         """Seconds until a 429 pause ends (0 when not paused)."""
         return max(0.0, self._paused_until - time.monotonic())
+
+    @property
+    def backing_off(self) -> bool:
+        """Whether 429s have slowed this endpoint below its own pace right now."""
+        return self._degraded or self._paused_until > time.monotonic()
+
+    def expected_wait(self) -> float:
+        """Seconds a caller arriving now would wait, behind those already queued.
+
+        An estimate from the pause and the request rate (token limits are the
+        configured pace, not backoff), for callers deciding whether to queue
+        here or go elsewhere.
+        """
+        now = time.monotonic()
+        self._refill(now)
+        return max(0.0, self._start_of(len(self._waiters), now))
+
+    def evict_beyond(self, seconds: float) -> int:
+        """Turn away queued callers that would wait more than ``seconds`` from now.
+
+        They were granted nothing and wake from :meth:`acquire` with False;
+        returns how many left.
+        """
+        now = time.monotonic()
+        self._refill(now)
+        keep = 0
+        while keep < len(self._waiters) and self._start_of(keep, now) <= seconds:
+            keep += 1
+        return self._waiters.evict(keep)
 
     @property
     def waiting(self) -> int:
@@ -178,18 +222,22 @@ class RateLimiter:
         self._take(tokens)
         return True
 
-    async def acquire(self, tokens: int = 0) -> None:
-        """Wait, in arrival order, for one request permit and ``tokens`` token permits."""
+    async def acquire(self, tokens: int = 0) -> bool:
+        """Wait, in arrival order, for one request permit and ``tokens`` token permits.
+
+        True once granted; False, with nothing granted, for a caller turned
+        away by :meth:`evict_beyond`.
+        """
         if tokens < 0:
             raise ConfigError("tokens must be >= 0")
         if self.try_acquire(tokens):
-            return
+            return True
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._adopt(loop)
         # A caller cancelled after its grant refunds it (``_refund``); the
         # first in line re-arms the timer (``_dispatch``).
-        await self._waiters.wait(tokens)
+        return await self._waiters.wait(tokens)
 
     def correct(self, estimated: int, actual: int) -> None:
         """Settle a token estimate against the usage the reply reported.
@@ -209,7 +257,12 @@ class RateLimiter:
     def on_rate_limited(
         self, retry_after: float | None = None, sent_at: float | None = None
     ) -> None:
-        """Pause every caller and cut the request rate after a 429.
+        """Cut the request rate after a 429, and pause every caller if it is a burst.
+
+        How hard is set by the recent share of 429s among replies: a lone
+        refusal among successes cuts a few percent and pauses nobody (the
+        refused call waits on its own); a run of them pauses everyone for the
+        server's delay and cuts by up to ``backoff_factor``.
 
         A 429 for a call sent before the last cut is already answered by that
         cut, so it only extends the pause; one for a call sent since says the
@@ -218,14 +271,23 @@ class RateLimiter:
         """
         now = time.monotonic()
         self._refill(now)
-        if retry_after is None or not retry_after >= 0:
-            delay = min(self._max_backoff, self._base_backoff * 2.0**self._strikes)
-        else:
-            delay = min(retry_after, self._max_backoff)
-        self._strikes += 1
+        share = self._refused_share + _EVIDENCE_WEIGHT * (1.0 - self._refused_share)
+        self._refused_share = share
         self._open = False
-        self._paused_until = max(self._paused_until, now + delay)
+        if share >= _BURST_SHARE:
+            if retry_after is None or not retry_after >= 0:
+                delay = min(self._max_backoff, self._base_backoff * 2.0**self._strikes)
+            else:
+                delay = min(retry_after, self._max_backoff)
+            self._strikes += 1
+            self._paused_until = max(self._paused_until, now + delay)
         if (now < self._cut_guard_until) if sent_at is None else (sent_at < self._cut_at):
+            return
+        if self._rps is None and share < _BURST_SHARE:
+            # Nothing paces this endpoint, and a stray refusal is no reason to
+            # start: a rate derived from the average would hold back the
+            # bursts its concurrency naturally sends, costing far more than
+            # the one refused call.
             return
         if self._rps is None:
             self._ceiling = self._observed_rate(now)
@@ -234,10 +296,24 @@ class RateLimiter:
             if not self._degraded:
                 self._ceiling = self._rps
             current = self._rps
-        self._set_rate(max(self._min_rps, current * self._backoff_factor))
+        factor = 1.0 - (1.0 - self._backoff_factor) * min(1.0, share / _FULL_SHARE)
+        self._set_rate(max(self._min_rps, current * factor))
         self._degraded = True
         self._cut_at = now
         self._cut_guard_until = max(self._paused_until, now + _CUT_GUARD)
+
+    def on_sent(self) -> None:
+        """A request went to the server: one more reply the next 429 is weighed against.
+
+        The share of 429s is counted per request sent rather than per success,
+        because a refusal comes back at once while successes take a latency:
+        counted by replies, a stray 429 among the first requests of a run
+        would look like the whole endpoint refusing.
+        """
+        share = self._refused_share
+        if share:
+            share *= 1.0 - _EVIDENCE_WEIGHT
+            self._refused_share = share if share > 1e-3 else 0.0
 
     def on_success(self, sent_at: float | None = None) -> None:
         """Regain a step of the request rate after a 429 cut it.
@@ -285,6 +361,13 @@ class RateLimiter:
             self._req_level = min(self._req_cap, self._req_level + elapsed * self._rps)
         if self._tps is not None and self._tok_level < self._tok_cap:
             self._tok_level = min(self._tok_cap, self._tok_level + elapsed * self._tps)
+
+    def _start_of(self, position: int, now: float) -> float:
+        """Seconds from ``now`` until the caller at queue ``position`` gets a request permit."""
+        wait = self._paused_until - now
+        if self._rps is not None:
+            wait = max(wait, (position + 1.0 - self._req_level) / self._rps)
+        return wait
 
     def _wait_for(self, now: float, tokens: int) -> float:
         """Seconds until a caller wanting ``tokens`` may go (<= 0: now)."""

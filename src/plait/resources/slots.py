@@ -25,8 +25,10 @@ class Slots:
         self.free = limit
         self.waiters: WaitQueue[None] = WaitQueue(on_lost_wake=self._pass_on)
 
-    def wait(self) -> Coroutine[Any, Any, None]:
+    def wait(self) -> Coroutine[Any, Any, bool]:
         """Queue for a slot (only when ``free`` is 0); it is handed over by ``release``.
+
+        Resolves to False, with no slot, for a caller turned away by ``evict``.
 
         Returns the queue's own coroutine rather than wrapping it in another,
         to keep a frame off every contended call.
@@ -37,6 +39,10 @@ class Slots:
         """Give the slot to the oldest waiter, or back to the free count."""
         if not self.waiters.wake_one():
             self.free += 1
+
+    def evict(self) -> int:
+        """Turn every queued caller away (their endpoint turned unhealthy)."""
+        return self.waiters.evict()
 
     def _pass_on(self, _: None) -> None:
         # The slot reached a caller cancelled in the same tick.

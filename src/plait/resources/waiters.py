@@ -9,6 +9,9 @@ which has to be passed on or the limit leaks. That logic lives here once.
 
 A waiter carries a value (a rate limiter's token count; ``None`` where there
 is nothing to carry) so a queue that grants by condition can check its head.
+A waiter can also be turned away (``evict``): it wakes without a grant, which
+is how calls queued for an endpoint that has turned unhealthy leave for
+another one instead of waiting it out.
 Futures are made in the running loop at wait time, never up front, because
 ``run_sync`` may run successive calls in fresh event loops.
 """
@@ -28,7 +31,7 @@ class Waiter(Generic[T]):
 
     __slots__ = ("future", "value")
 
-    def __init__(self, future: asyncio.Future[None], value: T) -> None:
+    def __init__(self, future: asyncio.Future[bool], value: T) -> None:
         self.future = future
         self.value = value
 
@@ -61,19 +64,23 @@ class WaitQueue(Generic[T]):
     def __len__(self) -> int:
         return len(self._waiters)
 
-    async def wait(self, value: T) -> None:
-        """Queue at the back and return once woken; cancellation is cleaned up."""
+    async def wait(self, value: T) -> bool:
+        """Queue at the back; True once granted, False if turned away by ``evict``.
+
+        Cancellation is cleaned up: a grant that reaches a cancelled caller is
+        passed on (``on_lost_wake``), an eviction needs nothing.
+        """
         waiter = Waiter(asyncio.get_running_loop().create_future(), value)
         waiters = self._waiters
         waiters.append(waiter)
         if len(waiters) == 1 and self._on_head_change is not None:
             self._on_head_change()
         try:
-            await waiter.future
+            return await waiter.future
         except asyncio.CancelledError:
             if waiter.future.cancelled():
                 self._withdraw(waiter)
-            elif self._on_lost_wake is not None:
+            elif waiter.future.result() and self._on_lost_wake is not None:
                 self._on_lost_wake(value)
             raise
 
@@ -93,9 +100,25 @@ class WaitQueue(Generic[T]):
         while waiters:
             future = waiters.popleft().future
             if not future.done():
-                future.set_result(None)
+                future.set_result(True)
                 return True
         return False
+
+    def evict(self, keep: int = 0) -> int:
+        """Turn away every caller still waiting after the first ``keep``; returns how many.
+
+        The evicted wake with False and were granted nothing, so nothing is
+        passed on. The head may change, so ``on_head_change`` runs.
+        """
+        live = [waiter for waiter in self._waiters if not waiter.future.done()]
+        if len(live) <= keep:
+            return 0
+        for waiter in live[keep:]:
+            waiter.future.set_result(False)
+        self._waiters = deque(live[:keep])
+        if self._on_head_change is not None:
+            self._on_head_change()
+        return len(live) - keep
 
     def wake_all(self) -> int:
         """Wake every caller still waiting; returns how many were woken."""

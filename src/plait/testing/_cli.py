@@ -11,7 +11,7 @@ import argparse
 import json
 from typing import Any
 
-from plait.testing._config import FAULT_KINDS, SimulatorConfig
+from plait.testing._config import FAULT_KINDS, OPT_IN_FAULT_KINDS, SimulatorConfig
 
 
 def build_parser(prog: str = "python -m plait.testing") -> argparse.ArgumentParser:
@@ -39,6 +39,12 @@ def build_parser(prog: str = "python -m plait.testing") -> argparse.ArgumentPars
         help=f"comma-separated fault kinds to draw from (default: {','.join(FAULT_KINDS)})",
     )
     add("--stall-seconds", type=float, default=30.0, help="how long a stalled request hangs")
+    add(
+        "--retry-after",
+        type=float,
+        default=0.05,
+        help="seconds an injected 429 asks the client to wait (Retry-After and retry-after-ms)",
+    )
     add("--seed", type=int, default=None, help="seed for latency jitter and fault draws")
     add(
         "--rule",
@@ -69,6 +75,7 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "fault_rate": args.fault_rate,
         "faults": tuple(args.faults),
         "stall_seconds": args.stall_seconds,
+        "retry_after": args.retry_after,
         "seed": args.seed,
         "rules": [tuple(rule) for rule in args.rule] + list(args.rules_json),
     }
@@ -88,6 +95,7 @@ def config_to_argv(config: SimulatorConfig) -> list[str]:
         f"--fault-rate={config.fault_rate!r}",
         f"--faults={','.join(config.faults)}",
         f"--stall-seconds={config.stall_seconds!r}",
+        f"--retry-after={config.retry_after!r}",
     ]
     if config.rate_limit is not None:
         argv.append(f"--rate-limit={config.rate_limit!r}")
@@ -102,10 +110,11 @@ def config_to_argv(config: SimulatorConfig) -> list[str]:
 
 def _fault_list(text: str) -> tuple[str, ...]:
     kinds = tuple(kind.strip() for kind in text.split(",") if kind.strip())
-    unknown = [kind for kind in kinds if kind not in FAULT_KINDS]
+    known = FAULT_KINDS + OPT_IN_FAULT_KINDS
+    unknown = [kind for kind in kinds if kind not in known]
     if unknown or not kinds:
         raise argparse.ArgumentTypeError(
-            f"expected a comma-separated subset of {','.join(FAULT_KINDS)}, got {text!r}"
+            f"expected a comma-separated subset of {','.join(known)}, got {text!r}"
         )
     return kinds
 

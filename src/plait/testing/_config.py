@@ -13,6 +13,10 @@ from pydantic import BaseModel
 from plait.testing._tool_calls import ToolCallReply
 
 FAULT_KINDS: tuple[str, ...] = ("503", "reset", "malformed", "stall", "429")
+"""The kinds ``fault_rate`` draws from by default."""
+OPT_IN_FAULT_KINDS: tuple[str, ...] = ("quota",)
+"""Kinds that are only acted out when named: a ``quota`` 429 fails a call for good,
+so drawing it by default would turn every fault test's retries into failures."""
 
 ReplyFn = Callable[[dict[str, Any]], str | dict[str, Any] | BaseModel | ToolCallReply]
 RuleReply = str | ToolCallReply
@@ -36,6 +40,7 @@ class SimulatorConfig:
     fault_rate: float = 0.0
     faults: Sequence[str] = FAULT_KINDS
     stall_seconds: float = 30.0
+    retry_after: float = 0.05
     seed: int | None = None
     fault: FaultFn | None = None
     reply: ReplyFn | None = None
@@ -65,6 +70,7 @@ class SimulatorConfig:
         _require(
             _finite(self.stall_seconds) and self.stall_seconds >= 0, "stall_seconds must be >= 0"
         )
+        _require(_finite(self.retry_after) and self.retry_after >= 0, "retry_after must be >= 0")
         for pattern, _ in self.rules:
             try:
                 re.compile(pattern)
@@ -86,8 +92,9 @@ class SimulatorConfig:
 
 def check_fault_kind(kind: str) -> None:
     """Reject fault names the server does not know how to act out."""
-    if kind not in FAULT_KINDS:
-        raise ValueError(f"unknown fault kind {kind!r}; expected one of {', '.join(FAULT_KINDS)}")
+    if kind not in FAULT_KINDS and kind not in OPT_IN_FAULT_KINDS:
+        known = ", ".join(FAULT_KINDS + OPT_IN_FAULT_KINDS)
+        raise ValueError(f"unknown fault kind {kind!r}; expected one of {known}")
 
 
 def _rule_reply(reply: object) -> RuleReply:

@@ -129,10 +129,10 @@ class Engine:
             return
         if kind is not None:
             stats.faults[kind] = stats.faults.get(kind, 0) + 1
-        if kind == "429":
+        if kind == "429" or kind == "quota":
             stats.rate_limited += 1
             self.release()
-            conn.send(429, error_body(429, "simulated rate limit"), b"retry-after-ms: 50\r\n")
+            self._refuse(conn, kind)
             return
         delay = self.config.stall_seconds if kind == "stall" else self._latency()
         if delay > 0.0:
@@ -147,6 +147,30 @@ class Engine:
         headers = b"Retry-After: %d\r\nretry-after-ms: %d\r\n" % (math.ceil(wait), wait_ms)
         message = f"rate limit reached; retry in {wait_ms} ms"
         conn.send(429, error_body(429, message), headers)
+
+    def _refuse(self, conn: Connection, kind: str) -> None:
+        """An injected 429: a busy endpoint asking for ``retry_after``, or a spent quota.
+
+        The quota body is OpenAI's: the same status as a rate limit, told apart
+        only by ``error.code``, and no wait makes it go away.
+        """
+        if kind == "quota":
+            payload = {
+                "error": {
+                    "message": "You exceeded your current quota, please check your plan.",
+                    "type": "insufficient_quota",
+                    "param": None,
+                    "code": "insufficient_quota",
+                }
+            }
+            conn.send(429, json.dumps(payload).encode())
+            return
+        wait = self.config.retry_after
+        headers = b"Retry-After: %d\r\nretry-after-ms: %d\r\n" % (
+            math.ceil(wait),
+            round(wait * 1000.0),
+        )
+        conn.send(429, error_body(429, "simulated rate limit"), headers)
 
     def _pick_fault(self, seq: int, body: dict[str, Any]) -> str | None:
         config = self.config

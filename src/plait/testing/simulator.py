@@ -47,8 +47,11 @@ class Simulator:
         faults: kinds to draw from: ``"503"``, ``"reset"`` (connection dropped
             without a reply), ``"malformed"`` (200 with a body that is not
             JSON), ``"stall"`` (answers only after ``stall_seconds``), ``"429"``
-            (with ``retry-after-ms: 50``).
+            (asking for ``retry_after``). ``"quota"`` (a 429 saying
+            ``insufficient_quota``) is acted out only when named or forced.
         stall_seconds: how long a stalled request hangs.
+        retry_after: seconds an injected ``"429"`` asks for, in ``Retry-After``
+            (rounded up to whole seconds) and ``retry-after-ms``.
         seed: makes jitter and fault draws reproducible.
         fault: ``fault(sequence_number, body)`` returns a kind to force on that
             request, or None to leave it to ``fault_rate``.
@@ -75,6 +78,7 @@ class Simulator:
         fault_rate: float = 0.0,
         faults: Sequence[str] = FAULT_KINDS,
         stall_seconds: float = 30.0,
+        retry_after: float = 0.05,
         seed: int | None = None,
         fault: FaultFn | None = None,
         reply: ReplyFn | None = None,
@@ -90,6 +94,7 @@ class Simulator:
             fault_rate=fault_rate,
             faults=faults,
             stall_seconds=stall_seconds,
+            retry_after=retry_after,
             seed=seed,
             fault=fault,
             reply=reply,

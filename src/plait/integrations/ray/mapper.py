@@ -17,7 +17,11 @@ class PlaitMapper:
     its event loop are created once and reused for every batch. Each row's
     failure is written to ``error_column`` (empty string when the row
     succeeded) instead of failing the Ray task, so one bad row never sinks a
-    job of millions.
+    job of millions; a row without ``input_column`` is such a failure too.
+
+    Each worker's ``ResourceManager`` enforces the endpoints' limits for that
+    worker only; pass a ``budget`` (:func:`create_budget`) with the alias's
+    ``rate_limit`` and ``max_concurrent`` to hold them across the cluster.
     """
 
     def __init__(
@@ -47,17 +51,26 @@ class PlaitMapper:
         self._loop = asyncio.new_event_loop()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        rows = [_plain(value) for value in batch[self.input_column]]
-        results = self._loop.run_until_complete(self._run(rows))
-        outputs, errors = [], []
-        for result in results:
-            outputs.append(None if result.error is not None else _plain(result.output))
-            errors.append(
+        size = len(next(iter(batch.values()), ()))
+        column = batch.get(self.input_column)
+        # A row without the input column (a null in Arrow, or the column
+        # absent from the whole block) is that row's error, not the job's.
+        values = [None] * size if column is None else [_plain(value) for value in column]
+        present = [index for index, value in enumerate(values) if value is not None]
+        results = self._loop.run_until_complete(self._run([values[i] for i in present]))
+        outputs: list[Any] = [None] * size
+        missing = f"KeyError: the row has no {self.input_column!r} column"
+        errors = [missing] * size
+        for index, result in zip(present, results, strict=True):
+            outputs[index] = None if result.error is not None else _plain(result.output)
+            errors[index] = (
                 "" if result.error is None else f"{type(result.error).__name__}: {result.error}"
             )
         return {**batch, self.output_column: outputs, self.error_column: errors}
 
     async def _run(self, rows: list[Any]) -> list[Any]:
+        if not rows:
+            return []
         collected = []
         async for result in self.module.batch([(row,) for row in rows], streaming=True):
             collected.append(result)
