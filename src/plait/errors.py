@@ -8,7 +8,8 @@ catch the library's failures in one place::
     │   ├── EndpointConfigError             one endpoint's fields, line by line
     │   ├── UnknownAliasError (KeyError)    a module names an alias the config lacks
     │   ├── UsageError                      a command-line argument cannot be used
-    │   └── LossCheckError (TypeError)      a VerifierLoss check returned neither None nor text
+    │   ├── LossCheckError (TypeError)      a VerifierLoss check returned neither None nor text
+    │   └── MetricError (TypeError)         a metric returned neither a bool nor a score in [0, 1]
     ├── ResourcesNotBoundError (RuntimeError)
     ├── ResourcesInUseError                 a ResourceManager is busy on another loop
     ├── TracingError                        forward needed a value while tracing
@@ -101,6 +102,14 @@ class LossCheckError(ConfigError, TypeError):
 
     A ConfigError because the check is the loss's argument and is wrong; a
     TypeError because the wrong thing is the type of what it returned.
+    """
+
+
+class MetricError(ConfigError, TypeError):
+    """An evaluation metric returned something other than a bool or a number in [0, 1].
+
+    Every optimizer compares candidates by the mean of these scores, so one
+    out of range would decide a comparison silently; it is refused at once.
     """
 
 

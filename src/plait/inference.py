@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from plait.clients.base import ChatRequest, ChatResponse
+from plait.demos import Demos
 from plait.errors import ConfigError
 from plait.feedback import BackwardContext, BackwardResult
 from plait.graph import NodeKind, ParameterLike
@@ -30,6 +31,10 @@ class LLMInference(Module):
     execution engine sends it through the resource manager, which owns rate
     limits, retries and endpoint choice. That split is what lets one batch
     respect an endpoint's limits across thousands of concurrent calls.
+
+    ``demos`` (a :class:`~plait.demos.Demos`) puts worked examples before the
+    query as user/assistant turns, after the system prompt; they are read when
+    the request is built, so an optimizer that swaps them needs no retrace.
     """
 
     _plait_node_kind = NodeKind.LLM
@@ -41,6 +46,7 @@ class LLMInference(Module):
         temperature: float | None = 1.0,
         max_tokens: int | None = None,
         response_format: type[BaseModel] | None = None,
+        demos: Demos | None = None,
         **request_options: Any,
     ) -> None:
         super().__init__()
@@ -68,11 +74,18 @@ class LLMInference(Module):
             )
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
             raise ConfigError(f"LLMInference max_tokens must be a positive int, got {max_tokens!r}")
+        if demos is not None and not isinstance(demos, Demos):
+            raise ConfigError(
+                f"LLMInference demos must be a Demos, got {type(demos).__name__}; "
+                "wrap the pairs: demos=Demos(description, examples=[(input, output), ...])"
+            )
         self.alias = alias
         self.system_prompt = system_prompt
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.response_format = response_format
+        if demos is not None:
+            self.demos = demos
         self.request_options = request_options
 
     def _plait_is_leaf(self) -> bool:
@@ -81,6 +94,8 @@ class LLMInference(Module):
     def forward(self, prompt: Any) -> ChatRequest:
         """Build the request for ``prompt`` (text, or a list of chat messages)."""
         system = str(self.system_prompt)
+        demos = self._parameters.get("demos")
+        shown = demos.messages() if isinstance(demos, Demos) else []
         if isinstance(prompt, list):
             for position, message in enumerate(prompt):
                 if not isinstance(message, Mapping) or "role" not in message:
@@ -91,11 +106,12 @@ class LLMInference(Module):
                         "into one string."
                     )
             messages = [dict(message) for message in prompt]
-            if system and not (messages and messages[0].get("role") == "system"):
+            head = 1 if messages and messages[0].get("role") == "system" else 0
+            messages[head:head] = shown
+            if system and not head:
                 messages.insert(0, {"role": "system", "content": system})
         else:
-            text = to_text(prompt)
-            messages = [{"role": "user", "content": text}]
+            messages = [*shown, {"role": "user", "content": to_text(prompt)}]
             if system:
                 messages.insert(0, {"role": "system", "content": system})
         return ChatRequest(
@@ -138,8 +154,11 @@ HEADER = "Backward pass: write feedback for one step of a pipeline."
 async def _llm_backward(
     module: LLMInference, feedback: str, ctx: BackwardContext
 ) -> BackwardResult:
-    """Ask ``ctx.llm`` for feedback on every learnable parameter and traced input."""
-    params = ctx.learnable
+    """Ask ``ctx.llm`` for feedback on every learnable parameter and traced input.
+
+    Demonstrations are chosen, not written, so no feedback is asked for them.
+    """
+    params = [param for param in ctx.learnable if not isinstance(param, Demos)]
     traced = ctx.traced_inputs()
     if not params and not traced:
         return BackwardResult()
