@@ -102,7 +102,11 @@ async def test_endpoint_limits_hold_and_usage_is_counted() -> None:
 async def test_progress_is_reported() -> None:
     seen: list[tuple[int, int | None]] = []
     module = LLMInference("fast").bind(FakeResources({"fast": "x"}))
-    evaluator = Evaluator([("a", "x"), ("b", "x"), ("c", "x")], accuracy, on_progress=lambda done, total: seen.append((done, total)))
+    evaluator = Evaluator(
+        [("a", "x"), ("b", "x"), ("c", "x")],
+        accuracy,
+        on_progress=lambda done, total: seen.append((done, total)),
+    )
     await evaluator(module)
     assert seen[-1] == (3, 3)
     assert [done for done, _ in seen] == [1, 2, 3]

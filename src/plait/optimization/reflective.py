@@ -14,7 +14,7 @@ cannot make the module worse on the dev set.
 
 The budget counts metric calls (one per example scored, minibatches
 included) and is never exceeded: an iteration starts only if its worst case
-fits. With ``checkpoint_dir`` every iteration's outcome is saved
+fits, and the search stops once a candidate is perfect on the dev set. With ``checkpoint_dir`` every iteration's outcome is saved
 (:mod:`plait.optimization.search_state`) and dev-set outputs go to the
 engine's checkpoint, so a killed run resumes where it was, and a resumed run
 ends exactly as an uninterrupted one would.
@@ -190,8 +190,10 @@ class ReflectiveOptimizer:
             state.metric_calls += result.metric_calls
             self._save(state)
         worst_case = 2 * self.minibatch_size + len(self._dev)
-        while state.metric_calls + worst_case <= self.budget and (
-            self.max_proposals is None or state.iteration < self.max_proposals
+        while (
+            state.metric_calls + worst_case <= self.budget
+            and (self.max_proposals is None or state.iteration < self.max_proposals)
+            and max(candidate.score for candidate in state.candidates) < 1.0
         ):
             await self._iterate(state)
             state.iteration += 1
