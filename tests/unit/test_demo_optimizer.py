@@ -68,7 +68,8 @@ async def test_the_modules_own_passing_replies_become_demonstrations() -> None:
     assert report.metric_calls == len(DEV) + 4 + 2 * len(DEV)
     # every set already scores 1.0; ties keep the module's own (empty) demonstrations
     assert report.scores == [1.0, 1.0, 1.0]
-    assert report.best_index == 0 and module.demos.pairs == ()
+    assert report.best_index == 0
+    assert module.demos.pairs == ()
     drawn = Demos("x", k=3)
     drawn.value = report.candidates[1].state["demos"]
     for demo in drawn.pairs:
@@ -103,7 +104,8 @@ async def test_several_demos_are_drawn_each_from_its_own_calls() -> None:
     # only the call whose reply is the output gets labelled demonstrations
     assert json.loads(drawn["first.demos"]) == []
     [pair] = json.loads(drawn["second.demos"])
-    assert pair["input"] == "Word: not sure" and pair["output"] in CATEGORY.values()
+    assert pair["input"] == "Word: not sure"
+    assert pair["output"] in CATEGORY.values()
 
 
 async def test_dev_outputs_are_checkpointed_per_candidate(tmp_path: Path) -> None:

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from plait import ExecutionSettings, LLMInference
+from plait.clients.base import ChatRequest
 from plait.errors import ConfigError, MetricError, PermanentError
 from plait.optimization import EvalResult, Evaluator
-from plait.testing import FakeResources
+from plait.testing import FakeResources, prompt_of
 from support.learning import DEV, Classifier, accuracy, model
 from support.llm import echo_llm, manager
 
@@ -115,14 +116,21 @@ async def test_progress_is_reported() -> None:
 async def test_a_killed_evaluation_resumes_without_repeating_finished_examples(
     tmp_path: Path,
 ) -> None:
-    resources = FakeResources({"fast": "x"})
-    release = resources.gate("e3")
+    reached = asyncio.Event()
+    release = asyncio.Event()
+
+    async def reply(request: ChatRequest) -> str:
+        if prompt_of(request) == "e3" and not release.is_set():
+            reached.set()
+            await release.wait()
+        return "x"
+
+    resources = FakeResources({"fast": reply})
     module = LLMInference("fast").bind(resources, max_concurrent=1)
     examples = [(f"e{i}", "x") for i in range(6)]
     evaluator = Evaluator(examples, accuracy, checkpoint_dir=tmp_path, checkpoint_buffer_size=1)
     task = asyncio.ensure_future(evaluator(module))
-    while resources.prompts().count("e3") == 0:
-        await asyncio.sleep(0.001)
+    await reached.wait()
     task.cancel()  # killed while e3 is in flight: e0..e2 are done
     with pytest.raises(asyncio.CancelledError):
         await task

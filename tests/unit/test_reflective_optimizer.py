@@ -88,13 +88,15 @@ async def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(tmp_path: P
     with pytest.raises(PermanentError):
         await search([], resources=crashing, max_proposals=4, checkpoint_dir=tmp_path)
     saved = json.loads((tmp_path / FILENAME).read_text())["state"]
-    assert saved["iteration"] == 1 and len(saved["candidates"]) == 1
+    assert saved["iteration"] == 1
+    assert len(saved["candidates"]) == 1
 
     resources = model(proposals[1:])
     module, resumed = await search(
         [], resources=resources, max_proposals=4, checkpoint_dir=tmp_path
     )
-    assert resumed.resumed and not whole.resumed
+    assert resumed.resumed
+    assert not whole.resumed
     assert resumed.proposals == whole.proposals
     assert [c.scores for c in resumed.candidates] == [c.scores for c in whole.candidates]
     assert resumed.metric_calls == whole.metric_calls

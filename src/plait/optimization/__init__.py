@@ -28,7 +28,7 @@ from plait.feedback import (
     run_backward,
 )
 from plait.optimization.demo_optimizer import DemoCandidate, DemoOptimizer, DemoReport
-from plait.optimization.evaluator import EvalResult, EvalRow, EvalUsage, Evaluator, Metric
+from plait.optimization.evaluator import EvalResult, EvalRow, Evaluator, EvalUsage, Metric
 from plait.optimization.losses.base import Loss, feedback
 from plait.optimization.losses.composite import CompositeLoss
 from plait.optimization.losses.judge import LLMJudge

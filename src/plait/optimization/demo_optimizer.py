@@ -98,7 +98,8 @@ class DemoOptimizer:
         devset: (input, target) pairs that candidate sets are scored on.
         candidates: how many sets to draw and score (besides the current one).
         seed: the draws' seed; the same seed, module and data give the same result.
-        max_bootstrap: run at most this many training examples (default: all).
+        max_bootstrap: run at most this many training examples, a seeded sample
+            (default: all of them).
         threshold: the score at which an output counts as passing.
         settings: execution settings for every run (``progress=True``,
             ``checkpoint_dir=...``, ``max_concurrent=...``).
@@ -155,7 +156,9 @@ class DemoOptimizer:
         current = {name: demos.pairs for name, demos in self.demos.items()}
         baseline = await self.evaluator(self.module)
         calls = baseline.metric_calls
-        examples = self.trainset[: self.max_bootstrap]
+        examples = self.trainset
+        if self.max_bootstrap is not None and self.max_bootstrap < len(examples):
+            examples = random.Random(self.seed).sample(examples, self.max_bootstrap)
         traces = await run_traced(self.module, examples, self.metric, self.settings)
         calls += sum(1 for trace in traces if trace.row.error is None)
         pools = self._pools(traces)

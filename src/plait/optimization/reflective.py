@@ -14,7 +14,8 @@ cannot make the module worse on the dev set.
 
 The budget counts metric calls (one per example scored, minibatches
 included) and is never exceeded: an iteration starts only if its worst case
-fits, and the search stops once a candidate is perfect on the dev set. With ``checkpoint_dir`` every iteration's outcome is saved
+fits; the search also stops once a candidate is perfect on the dev set. With
+``checkpoint_dir`` every iteration's outcome is saved
 (:mod:`plait.optimization.search_state`) and dev-set outputs go to the
 engine's checkpoint, so a killed run resumes where it was, and a resumed run
 ends exactly as an uninterrupted one would.
