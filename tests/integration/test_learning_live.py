@@ -31,7 +31,8 @@ TASK = Path(__file__).resolve().parents[2] / "benchmarks" / "learning" / "task.p
 
 def task() -> ModuleType:
     spec = importlib.util.spec_from_file_location("learning_task", TASK)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
