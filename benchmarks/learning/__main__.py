@@ -68,6 +68,11 @@ def _dspy_row(python: Path, row: str, base_url: str, budget: int, timeout: float
         data.get("optimize_seconds", 0.0),
         data.get("test_seconds", 0.0),
         data.get("error", ""),
+        note=(
+            f"{data['failed_replies']} of the test replies did not parse (scored 0)"
+            if data.get("failed_replies")
+            else ""
+        ),
     )
 
 
@@ -142,6 +147,10 @@ def main() -> int:
                 found.append(_dspy_row(dspy, row, base_url, args.budget, args.dspy_timeout))
     print()
     print(table(found))
+    print()
+    for row in found:
+        if row.note:
+            print(f"- {row.name}: {row.note}")
     print()
     for line in verdicts(found):
         print(line)

@@ -8,6 +8,7 @@ training and dev sets, and is then scored once on the test set.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -29,7 +30,7 @@ from plait.resources import ResourceConfig, ResourceManager
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One line of the table; ``error`` says why a row has no figures."""
+    """One line of the table; ``error`` says why a row has no figures, ``note`` what happened."""
 
     name: str
     accuracy: float | None
@@ -37,6 +38,7 @@ class Row:
     optimize_seconds: float
     test_seconds: float
     error: str = ""
+    note: str = ""
 
 
 class IntentClassifier(Module):
@@ -122,17 +124,22 @@ async def rows(base_url: str, data: dict[str, list[Example]], budget: int) -> li
             found.append(Row(name, result.score, metric.calls, learned, result.wall_time))
             print(f"  {name}: test {result.score:.3f}, {metric.calls} metric calls", flush=True)
 
-        async def baseline(module: IntentClassifier, metric: Counted) -> None:
-            return None
+        async def baseline(module: IntentClassifier, metric: Counted) -> str:
+            return "the hand-written instruction, no demonstrations"
 
-        async def demos(module: IntentClassifier, metric: Counted) -> None:
+        async def demos(module: IntentClassifier, metric: Counted) -> str:
             candidates = (budget - 2 * len(dev)) // len(dev)
-            await DemoOptimizer(
+            report = await DemoOptimizer(
                 module, metric, train, dev, candidates=candidates, seed=0, max_bootstrap=len(dev)
             ).fit()
+            scores = ", ".join(f"{score:.2f}" for score in report.scores)
+            return (
+                f"dev scores of the sets {scores}; {report.bootstrapped} bootstrapped and "
+                f"{report.labelled} labelled demonstrations in the pool"
+            )
 
-        async def reflective(module: IntentClassifier, metric: Counted) -> None:
-            await ReflectiveOptimizer(
+        async def reflective(module: IntentClassifier, metric: Counted) -> str:
+            report = await ReflectiveOptimizer(
                 module,
                 metric,
                 train,
@@ -143,8 +150,11 @@ async def rows(base_url: str, data: dict[str, list[Example]], budget: int) -> li
                 max_tokens=160,
                 seed=0,
             ).fit()
+            reasons = Counter(proposal.reason.split(" (")[0] for proposal in report.proposals)
+            told = "; ".join(f"{count} {reason}" for reason, count in reasons.most_common())
+            return f"{len(report.proposals)} proposals: {told}; dev {report.best_score:.2f}"
 
-        async def feedback(module: IntentClassifier, metric: Counted) -> None:
+        async def feedback(module: IntentClassifier, metric: Counted) -> str:
             def check(output: Any, target: Any) -> str | None:
                 if metric(output, target):
                     return None
@@ -154,7 +164,7 @@ async def rows(base_url: str, data: dict[str, list[Example]], budget: int) -> li
             module.bind(capped)  # the backward pass uses the forward's resources
             optimizer = FeedbackOptimizer([module.instruction], resources=capped, temperature=0)
             steps = (budget - len(dev)) // (len(dev) + 4)
-            await fit(
+            report = await fit(
                 module,
                 VerifierLoss(check),
                 optimizer,
@@ -164,6 +174,10 @@ async def rows(base_url: str, data: dict[str, list[Example]], budget: int) -> li
                 batch_size=4,
                 seed=0,
             )
+            updates = [update for epoch in report.epochs for update in epoch.updates]
+            reasons = Counter(update.reason.split(" (")[0].split(":")[0] for update in updates)
+            told = "; ".join(f"{count} {reason}" for reason, count in reasons.most_common())
+            return f"{len(updates)} rewrites: {told or 'none'}; dev {report.best_score or 0:.2f}"
 
         await measure("baseline prompt", baseline)
         await measure("plait DemoOptimizer", demos)
