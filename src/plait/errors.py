@@ -9,7 +9,8 @@ catch the library's failures in one place::
     │   ├── UnknownAliasError (KeyError)    a module names an alias the config lacks
     │   ├── UsageError                      a command-line argument cannot be used
     │   ├── LossCheckError (TypeError)      a VerifierLoss check returned neither None nor text
-    │   └── UnknownOptionError (TypeError)  a call passed a keyword that is no request option
+    │   ├── UnknownOptionError (TypeError)  a call passed a keyword that is no request option
+    │   └── MetricError (TypeError)         a metric returned neither a bool nor a score in [0, 1]
     ├── FactoryError                        ``plait run``'s factory raised while building
     ├── ResourcesNotBoundError (RuntimeError)
     ├── ResourcesInUseError                 a ResourceManager is busy on another loop
@@ -123,6 +124,14 @@ class UnknownOptionError(ConfigError, TypeError):
 
 class FactoryError(PlaitError):
     """The factory named on the ``plait`` command line raised while building the module."""
+
+
+class MetricError(ConfigError, TypeError):
+    """An evaluation metric returned something other than a bool or a number in [0, 1].
+
+    Every optimizer compares candidates by the mean of these scores, so one
+    out of range would decide a comparison silently; it is refused at once.
+    """
 
 
 class ResourcesNotBoundError(PlaitError, RuntimeError):

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from plait.clients.base import ChatRequest, ChatResponse
 from plait.clients.options import check_option, check_options
+from plait.demos import Demos
 from plait.errors import ConfigError
 from plait.feedback import BackwardContext, BackwardResult
 from plait.graph import NodeKind, ParameterLike
@@ -32,6 +33,10 @@ class LLMInference(Module):
     execution engine sends it through the resource manager, which owns rate
     limits, retries and endpoint choice. That split is what lets one batch
     respect an endpoint's limits across thousands of concurrent calls.
+
+    ``demos`` (a :class:`~plait.demos.Demos`) puts worked examples before the
+    query as user/assistant turns, after the system prompt; they are read when
+    the request is built, so an optimizer that swaps them needs no retrace.
     """
 
     _plait_node_kind = NodeKind.LLM
@@ -44,6 +49,7 @@ class LLMInference(Module):
         max_tokens: int | None = None,
         response_format: type[BaseModel] | None = None,
         *,
+        demos: Demos | None = None,
         tools: Sequence[ToolLike] | None = None,
         tool_choice: str | dict[str, Any] | None = None,
         run_tools: bool = False,
@@ -92,11 +98,18 @@ class LLMInference(Module):
                 "is not available yet; pass run_tools=False and run the turn's calls with "
                 "plait.tools.run_tool_calls"
             )
+        if demos is not None and not isinstance(demos, Demos):
+            raise ConfigError(
+                f"LLMInference demos must be a Demos, got {type(demos).__name__}; "
+                "wrap the pairs: demos=Demos(description, examples=[(input, output), ...])"
+            )
         self.alias = alias
         self.system_prompt = system_prompt
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.response_format = response_format
+        if demos is not None:
+            self.demos = demos
         self.request_options = request_options
         # The wire form is built once, and as plain data it is what a
         # checkpoint's fingerprint compares when a tool's signature changes.
@@ -125,13 +138,16 @@ class LLMInference(Module):
         they are part of the request, so the cache key sees them too.
         """
         system = str(self.system_prompt)
+        demos = self._parameters.get("demos")
+        shown = demos.messages() if isinstance(demos, Demos) else []
         if isinstance(prompt, list):
             messages = [_chat_message(position, message) for position, message in enumerate(prompt)]
-            if system and not (messages and messages[0].get("role") == "system"):
+            head = 1 if messages and messages[0].get("role") == "system" else 0
+            messages[head:head] = shown
+            if system and not head:
                 messages.insert(0, {"role": "system", "content": system})
         else:
-            text = to_text(prompt)
-            messages = [{"role": "user", "content": text}]
+            messages = [*shown, {"role": "user", "content": to_text(prompt)}]
             if system:
                 messages.insert(0, {"role": "system", "content": system})
         if not overrides:
@@ -208,8 +224,11 @@ HEADER = "Backward pass: write feedback for one step of a pipeline."
 async def _llm_backward(
     module: LLMInference, feedback: str, ctx: BackwardContext
 ) -> BackwardResult:
-    """Ask ``ctx.llm`` for feedback on every learnable parameter and traced input."""
-    params = ctx.learnable
+    """Ask ``ctx.llm`` for feedback on every learnable parameter and traced input.
+
+    Demonstrations are chosen, not written, so no feedback is asked for them.
+    """
+    params = [param for param in ctx.learnable if not isinstance(param, Demos)]
     traced = ctx.traced_inputs()
     if not params and not traced:
         return BackwardResult()

@@ -62,6 +62,7 @@ async def test_fit_scores_every_epoch_and_restores_the_best_state() -> None:
             epochs=2,
             batch_size=4,
             on_epoch=seen.append,
+            accept_worse=True,  # let epoch 2 get worse, to see keep_best roll it back
         )
     assert report.val_scores == [0.0, 1.0, 0.0]
     assert [epoch.train_score for epoch in report.epochs] == [None, 0.0, 0.5]

@@ -9,8 +9,15 @@ The training loop mirrors PyTorch::
     await optimizer.step()                          # an LLM rewrites them
 
 ``fit`` runs that loop over a dataset with validation each epoch.
+
+Optimizers that search instead of following feedback compare candidates with
+an :class:`Evaluator` on a dev set: ``DemoOptimizer`` chooses the worked
+examples a call shows (:class:`Demos`), ``ReflectiveOptimizer`` rewrites
+instructions from traces (GEPA-style). See design_docs/optimization.md for
+which to use when.
 """
 
+from plait.demos import Demo, Demos
 from plait.errors import BackwardError
 from plait.execution.ask import TextLLM
 from plait.feedback import (
@@ -20,6 +27,8 @@ from plait.feedback import (
     FeedbackTarget,
     run_backward,
 )
+from plait.optimization.demo_optimizer import DemoCandidate, DemoOptimizer, DemoReport
+from plait.optimization.evaluator import EvalResult, EvalRow, Evaluator, EvalUsage, Metric
 from plait.optimization.losses.base import Loss, feedback
 from plait.optimization.losses.composite import CompositeLoss
 from plait.optimization.losses.judge import LLMJudge
@@ -32,14 +41,26 @@ from plait.optimization.optimizer import (
     Optimizer,
     ParameterUpdate,
 )
+from plait.optimization.reflective import ReflectiveOptimizer, ReflectiveReport
+from plait.optimization.search_state import Candidate, Proposal
 from plait.optimization.trainer import EpochReport, TrainingReport, evaluate, fit
 
 __all__ = [
     "BackwardContext",
     "BackwardError",
     "BackwardResult",
+    "Candidate",
     "CompositeLoss",
+    "Demo",
+    "DemoCandidate",
+    "DemoOptimizer",
+    "DemoReport",
+    "Demos",
     "EpochReport",
+    "EvalResult",
+    "EvalRow",
+    "EvalUsage",
+    "Evaluator",
     "Feedback",
     "FeedbackOptimizer",
     "FeedbackTarget",
@@ -48,8 +69,12 @@ __all__ = [
     "LLMPreferenceLoss",
     "LLMRubricLoss",
     "Loss",
+    "Metric",
     "Optimizer",
     "ParameterUpdate",
+    "Proposal",
+    "ReflectiveOptimizer",
+    "ReflectiveReport",
     "TextLLM",
     "TrainingReport",
     "VerifierLoss",

@@ -5,7 +5,10 @@ has feedback, to condense that feedback and rewrite the value, guided by the
 Parameter's description. Parameters that feed others are rewritten first,
 and the prompts for the later ones show the new upstream values. Every value
 a parameter has had is kept with the score its outputs got, so a rewrite
-that would bring back a value that did worse is refused.
+that would bring back a value that did worse is refused, and so is a reply
+that is no value at all (empty, the prompt pasted back, tags left in: see
+:mod:`plait.optimization.proposals`). Demonstrations (:class:`~plait.demos.Demos`)
+are chosen by the DemoOptimizer, never rewritten as text here.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from dataclasses import dataclass
 from statistics import fmean
 from typing import Any, Self
 
+from plait.demos import Demos
 from plait.errors import ConfigError
 from plait.execution.ask import TextLLM
 from plait.execution.settings import resolve_settings
 from plait.execution.tasks import task_group
 from plait.markup import quoted, tagged, without_tag
+from plait.optimization.proposals import normalise, rejection
 from plait.parameter import Parameter
 from plait.resources.protocol import as_resource_manager
 from plait.resources.tokens import text_tokens
@@ -147,7 +152,11 @@ class FeedbackOptimizer(Optimizer):
             advice="pass resources=... to FeedbackOptimizer, call optimizer.bind(resources), "
             "or run step() inside ExecutionSettings(resources=...)",
         )
-        todo = [param for param in self.params if param.requires_grad and param.feedback]
+        todo = [
+            param
+            for param in self.params
+            if param.requires_grad and param.feedback and not isinstance(param, Demos)
+        ]
         updates: list[ParameterUpdate] = []
         for stage in _stages(todo):
             async with task_group() as group:
@@ -172,13 +181,17 @@ class FeedbackOptimizer(Optimizer):
                 f"about {fixed} tokens)"
             )
         notes = await self._fit(param, context, list(param.feedback), llm)
-        reply = await llm(_update_prompt(param, context, notes), system=UPDATE_SYSTEM)
+        prompt = _update_prompt(param, context, notes)
+        reply = await llm(prompt, system=UPDATE_SYSTEM)
         summary = tagged(reply, "SUMMARY")
         new = tagged(reply, "VALUE")
         if new is None:
             new = without_tag(reply, "SUMMARY")
         if not new or new == old:
             return ParameterUpdate(param, old, old, score, False, "unchanged", summary)
+        invalid = rejection(new, old, prompt, scaffold=(UPDATE_HEADER, UPDATE_SYSTEM, _ASK))
+        if invalid is not None:
+            return ParameterUpdate(param, old, new, score, False, f"rejected: {invalid}", summary)
         worse = self._scored_worse(param, new, score)
         if worse is not None:
             reason = f"rejected: a value like it scored {worse:.2f}"
@@ -214,9 +227,9 @@ class FeedbackOptimizer(Optimizer):
         """The score of an earlier value like ``new`` if it did worse than ``current``."""
         if current is None:
             return None
-        target = _normalise(new)
+        target = normalise(new)
         for value, score in _by_value(self.history.get(param, [])).items():
-            if _normalise(value) == target and score is not None and score < current:
+            if normalise(value) == target and score is not None and score < current:
                 return score
         return None
 
@@ -290,10 +303,15 @@ def _update_prompt(param: Parameter, context: list[str], notes: list[str]) -> st
         "<FEEDBACK>",
         *(f"[{index}] {note}" for index, note in enumerate(notes, 1)),
         "</FEEDBACK>",
-        "Summarise what the feedback asks for inside <SUMMARY></SUMMARY>, then write the "
-        "complete new text inside <VALUE></VALUE>.",
+        _ASK,
     ]
     return "\n".join(lines)
+
+
+_ASK = (
+    "Summarise what the feedback asks for inside <SUMMARY></SUMMARY>, then write the "
+    "complete new text inside <VALUE></VALUE>."
+)
 
 
 def _condense_prompt(param: Parameter, notes: list[str]) -> str:
@@ -337,13 +355,9 @@ def _by_value(entries: list[HistoryEntry]) -> dict[str, float | None]:
     scores: dict[str, list[float]] = {}
     values: dict[str, str] = {}
     for entry in entries:
-        key = _normalise(entry.value)
+        key = normalise(entry.value)
         values.setdefault(key, entry.value)
         bucket = scores.setdefault(key, [])
         if entry.score is not None:
             bucket.append(entry.score)
     return {values[key]: (fmean(found) if found else None) for key, found in scores.items()}
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.split()).casefold()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from plait.errors import ConfigError
@@ -86,6 +86,7 @@ async def fit(
     seed: int = 0,
     keep_best: bool = True,
     on_epoch: Callable[[EpochReport], Any] | None = None,
+    accept_worse: bool = False,
 ) -> TrainingReport:
     """Train ``module``'s parameters on ``train_set`` and keep the best validation state.
 
@@ -94,6 +95,12 @@ async def fit(
     The untrained module is scored first, as epoch 0. With ``keep_best``,
     the state that scored best is loaded back at the end (ties keep the
     earlier, simpler state). ``on_epoch`` is called with each epoch's report.
+
+    With a ``val_set``, a step that changed anything is scored on it at once,
+    and undone if it scores worse than the state before it (its updates are
+    reported with ``applied=False``), so no step makes the module worse on
+    the dev set; an epoch's validation score is then that of the state it
+    kept. ``accept_worse=True`` keeps every step instead.
     """
     if epochs < 1 or batch_size < 1:
         raise ConfigError(f"fit needs epochs >= 1 and batch_size >= 1, got {epochs}, {batch_size}")
@@ -106,20 +113,31 @@ async def fit(
     if on_epoch is not None:
         on_epoch(reports[0])
     best = (reports[0].val_score, 0, module.state_dict())
+    guarded = bool(val_set) and not accept_worse
+    current = reports[0].val_score
     for epoch in range(1, epochs + 1):
         if shuffle:
             rng.shuffle(order)
         batch_scores: list[float] = []
         updates: list[ParameterUpdate] = []
         for start in range(0, len(order), batch_size):
+            before = module.state_dict()
             score, applied = await _train_batch(
                 module, loss_fn, optimizer, order[start : start + batch_size]
             )
             if score is not None:
                 batch_scores.append(score)
+            if guarded and any(update.applied for update in applied):
+                after = await evaluate(module, loss_fn, val_set)
+                if _worse(after, current):
+                    module.load_state_dict(before)
+                    applied = [_undone(update, after, current) for update in applied]
+                else:
+                    current = after
             updates += applied
         train_score = sum(batch_scores) / len(batch_scores) if batch_scores else None
-        report = EpochReport(epoch, train_score, await evaluate(module, loss_fn, scored), updates)
+        val_score = current if guarded else await evaluate(module, loss_fn, scored)
+        report = EpochReport(epoch, train_score, val_score, updates)
         reports.append(report)
         if on_epoch is not None:
             on_epoch(report)
@@ -142,6 +160,21 @@ async def _train_batch(
     updates = await optimizer.step()
     score = loss.score
     return (None if score is None else float(score)), updates
+
+
+def _worse(score: float | None, current: float | None) -> bool:
+    """A dev score below the current one (unscored losses cannot tell, so never worse)."""
+    if current is None:
+        return False
+    return score is None or score < current
+
+
+def _undone(update: ParameterUpdate, score: float | None, current: float | None) -> ParameterUpdate:
+    if not update.applied:
+        return update
+    shown = "n/a" if score is None else f"{score:.2f}"
+    reason = f"rejected: the dev score fell to {shown} from {current:.2f}"
+    return replace(update, applied=False, reason=reason)
 
 
 def _better(score: float | None, best: float | None) -> bool:

@@ -1,0 +1,1 @@
+"""``make bench-learning``: optimizers on a real small model, plait and DSPy side by side."""
