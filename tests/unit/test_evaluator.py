@@ -128,7 +128,7 @@ async def test_a_killed_evaluation_resumes_without_repeating_finished_examples(
     resources = FakeResources({"fast": reply})
     module = LLMInference("fast").bind(resources, max_concurrent=1)
     examples = [(f"e{i}", "x") for i in range(6)]
-    evaluator = Evaluator(examples, accuracy, checkpoint_dir=tmp_path, checkpoint_buffer_size=1)
+    evaluator = Evaluator(examples, accuracy, checkpoint_dir=tmp_path)
     task = asyncio.ensure_future(evaluator(module))
     await reached.wait()
     task.cancel()  # killed while e3 is in flight: e0..e2 are done
