@@ -6,7 +6,7 @@ RUN := $(UV) run --quiet
 # The integration suite includes the Ray Data tests, so it needs the ray extra.
 RUN_WITH_RAY := $(UV) run --quiet --extra ray
 
-.PHONY: run test test-unit test-integration test-all lint typecheck bench uv
+.PHONY: run test test-unit test-integration test-all lint typecheck bench bench-learning uv
 
 uv:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -36,3 +36,8 @@ typecheck: uv
 
 bench: uv
 	$(RUN) python -m benchmarks
+
+# Optimizers on a real small model (DESIGN 13): builds llama-cpp-python and fetches
+# SmolLM2-135M once per machine into ~/.cache/plait-bench, DSPy into its own venv there.
+bench-learning: uv
+	$(RUN) python -m benchmarks.learning
