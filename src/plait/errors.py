@@ -21,6 +21,7 @@ catch the library's failures in one place::
     │   ├── TaskTimeoutError (TimeoutError)
     │   ├── CancelledNodeError              an upstream node failed
     │   ├── BatchError                      some inputs of a batch failed
+    │   ├── CallReusedError                 a Call was awaited or iterated a second time
     │   └── TemplateError                   a format template asks for more than text
     ├── LLMError                            an endpoint call failed
     │   ├── TransientError                  worth retrying
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 
 class PlaitError(Exception):
@@ -179,23 +181,43 @@ class CancelledNodeError(ExecutionError):
 class BatchError(ExecutionError):
     """One or more inputs of a non-streaming batch failed.
 
-    ``failures`` maps each failed input's index to the exception that sank it,
-    so callers can retry just those inputs.
+    Nothing that was paid for is lost with it: ``outputs`` maps each input
+    that succeeded to its output and ``failures`` each failed input to the
+    exception that sank it, so callers can keep the first and retry just the
+    second. ``results`` is the whole batch in input order, an exception at
+    each failed index (what ``return_exceptions=True`` returns instead).
     """
 
-    def __init__(self, failures: dict[int, BaseException], total: int) -> None:
+    def __init__(self, outputs: dict[int, Any], failures: dict[int, BaseException]) -> None:
+        self.outputs = dict(sorted(outputs.items()))
         self.failures = dict(sorted(failures.items()))
-        self.total = total
-        lines = [f"{len(self.failures)} of {total} inputs failed:"]
+        self.total = len(self.outputs) + len(self.failures)
+        lines = [f"{len(self.failures)} of {self.total} inputs failed:"]
         for index, error in list(self.failures.items())[:20]:
             lines.append(f"  input {index}: {type(error).__name__}: {error}")
         if len(self.failures) > 20:
             lines.append(f"  ... and {len(self.failures) - 20} more")
+        lines.append("  (the outputs of the other inputs are in .outputs, all of them in .results)")
         super().__init__("\n".join(lines))
 
     @property
     def failed_indices(self) -> Sequence[int]:
         return list(self.failures)
+
+    @property
+    def results(self) -> list[Any]:
+        """Every input's output, or its exception, in input order."""
+        merged: dict[int, Any] = {**self.outputs, **self.failures}
+        return [merged[index] for index in sorted(merged)]
+
+
+class CallReusedError(ExecutionError):
+    """A :class:`~plait.execution.call.Call` was awaited or iterated after it had run.
+
+    A call runs its inputs once: a second await would either send every
+    request again or hand back results the caller may already have changed,
+    so it is refused; call the module again for a fresh run.
+    """
 
 
 class TemplateError(ExecutionError):

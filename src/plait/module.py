@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Self
 from plait.errors import ConfigError
 from plait.execution.call import Call, run_blocking
 from plait.execution.dynamic import current_scope
-from plait.execution.inputs import batch_items
+from plait.execution.inputs import batch_items, call_items
 from plait.execution.settings import ResolvedSettings, check_setting_names, resolve_settings
 from plait.feedback import BackwardContext, BackwardResult, pass_through
 from plait.graph import InferenceGraph, NodeKind
@@ -274,8 +274,9 @@ class Module:
         return self.forward(*args, **kwargs)
 
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
-        if len(args) == 1 and not kwargs and isinstance(args[0], list):
-            return Call.for_batch(self, [((item,), {}) for item in args[0]], {})
+        items = call_items(args, kwargs, where=f"{type(self).__name__}(...)")
+        if items is not None:
+            return Call.for_batch(self, items, {})
         return Call.single(self, args, kwargs, {})
 
     def batch(self, inputs: Any, **settings: Any) -> Call:
@@ -287,7 +288,9 @@ class Module:
         also be an (async) iterable, which is consumed lazily.
         """
         check_setting_names(settings, where=f"{type(self).__name__}.batch()")
-        return Call.for_batch(self, batch_items(inputs), settings)
+        return Call.for_batch(
+            self, batch_items(inputs, where=f"{type(self).__name__}.batch()"), settings
+        )
 
     def run_sync(self, *args: Any, **kwargs: Any) -> Any:
         """The blocking form of ``await module(...)``; works inside Jupyter too."""

@@ -234,7 +234,7 @@ async def test_a_failed_node_cancels_only_its_descendants() -> None:
     fake.script("L:x", cause)
     completed: list[str] = []
     module = TwoBranches().bind(
-        resources=fake, on_task_complete=lambda node, value: completed.append(node)
+        resources=fake, on_task_complete=lambda index, node, value: completed.append(node)
     )
 
     with pytest.raises(PermanentError) as raised:

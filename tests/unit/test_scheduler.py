@@ -203,8 +203,8 @@ async def test_callbacks_report_each_node() -> None:
     failed: list[tuple[str, str]] = []
     module = FanOut(3).bind(
         resources=fake,
-        on_task_complete=lambda node, value: completed.append(node),
-        on_task_failed=lambda node, error: failed.append((node, str(error))),
+        on_task_complete=lambda index, node, value: completed.append(node),
+        on_task_failed=lambda index, node, error: failed.append((node, str(error))),
     )
     with pytest.raises(PermanentError):
         await asyncio.wait_for(module("x"), GUARD)

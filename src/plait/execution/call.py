@@ -14,9 +14,9 @@ import concurrent.futures
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Generator, Iterable, Sized
 from typing import Any
 
-from plait.errors import BatchError
+from plait.errors import BatchError, CallReusedError
 from plait.execution.driver import RunDriver, Runnable
-from plait.execution.inputs import Item
+from plait.execution.inputs import Item, call_items
 from plait.execution.results import BatchResult
 from plait.execution.settings import ResolvedSettings, check_setting_names
 from plait.execution.stream import ResultStream
@@ -53,6 +53,7 @@ class Call(Coroutine[Any, Any, Any]):
         """With ``profile=True``: the run's :class:`~plait.profiling.Profile`, once it ended."""
         self._used = False
         self._coroutine: Coroutine[Any, Any, Any] | None = None
+        self._driver: asyncio.Task[Any] | None = None
 
     @classmethod
     def single(
@@ -74,32 +75,44 @@ class Call(Coroutine[Any, Any, Any]):
 
     def _claim(self) -> None:
         if self._used:
-            raise RuntimeError(_USED_TWICE)
+            raise CallReusedError(_USED_TWICE)
         self._used = True
 
     def __await__(self) -> Generator[Any, None, Any]:
-        if self._coroutine is not None:
-            raise RuntimeError(_USED_TWICE)
-        return self._as_coroutine().__await__()
+        return self._as_coroutine(None).__await__()
 
     def send(self, value: Any) -> Any:
-        return self._as_coroutine().send(value)
+        return self._as_coroutine(asyncio.current_task()).send(value)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
-        return self._as_coroutine().throw(typ, val, tb)
+        return self._as_coroutine(asyncio.current_task()).throw(typ, val, tb)
 
     def close(self) -> None:
         if self._coroutine is not None:
             self._coroutine.close()
 
-    def _as_coroutine(self) -> Coroutine[Any, Any, Any]:
+    def _as_coroutine(self, driver: asyncio.Task[Any] | None) -> Coroutine[Any, Any, Any]:
+        """The coroutine that runs this call, for the one thing that drives it.
+
+        An ``await`` drives it through ``__await__`` (once); a task through
+        ``send``/``throw`` (each step). Anything else reaching for it after it
+        started, or after it was iterated, is a reuse: refused before it can
+        touch a coroutine that is running or finished.
+        """
         if self._coroutine is None:
-            self._coroutine = self.result()
+            self._claim()
+            self._driver = driver
+            self._coroutine = self._run()
+        elif driver is None or driver is not self._driver:
+            raise CallReusedError(_USED_TWICE)
         return self._coroutine
 
     async def result(self) -> Any:
         """Run to the end: the output (single call) or the list of outputs (batch)."""
         self._claim()
+        return await self._run()
+
+    async def _run(self) -> Any:
         collected: list[BatchResult] = []
         run = RunDriver(self, collected.append, streaming=False)
         try:
@@ -117,9 +130,12 @@ class Call(Coroutine[Any, Any, Any]):
             return only.output
         if self.settings.streaming:
             return collected
+        if self.settings.return_exceptions:
+            return [result.output if result.error is None else result.error for result in collected]
         failures = {result.index: result.error for result in collected if result.error is not None}
         if failures:
-            raise BatchError(failures, len(collected))
+            outputs = {result.index: result.output for result in collected if result.error is None}
+            raise BatchError(outputs, failures)
         return [result.output for result in collected]
 
     def __aiter__(self) -> AsyncIterator[BatchResult]:
@@ -130,7 +146,8 @@ class Call(Coroutine[Any, Any, Any]):
 def run(module: Runnable, *args: Any, resources: Any = None, **settings: Any) -> Call:
     """Run ``module`` once with explicit resources and settings (the strongest precedence).
 
-    A list as the only positional argument is a batch, as with a bound call.
+    A list (that is not one conversation) or an iterator as the only
+    positional argument is a batch, as with a bound call.
     """
     if isinstance(module, type) or not hasattr(module, "_plait_graph"):
         what = f"the class {module.__name__}" if isinstance(module, type) else type(module).__name__
@@ -141,8 +158,9 @@ def run(module: Runnable, *args: Any, resources: Any = None, **settings: Any) ->
     check_setting_names(settings, where="plait.run()")
     if resources is not None:
         settings["resources"] = as_resource_manager(resources)
-    if len(args) == 1 and isinstance(args[0], list):
-        return Call.for_batch(module, [((item,), {}) for item in args[0]], settings)
+    items = call_items(args, {}, where="plait.run()")
+    if items is not None:
+        return Call.for_batch(module, items, settings)
     return Call.single(module, args, {}, settings)
 
 

@@ -19,7 +19,7 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable
 from itertools import count
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from plait.clients.base import ChatRequest, ChatResponse
 from plait.errors import (
@@ -36,11 +36,9 @@ from plait.execution.settings import ResolvedSettings
 from plait.execution.state import ExecutionState
 from plait.graph import NodeKind
 from plait.profiling.observer import CallProbe, NodeRun
+from plait.resources.manager import ResourceManager
 from plait.resources.protocol import ResourceManagerLike
 from plait.resources.waiters import WaitQueue
-
-if TYPE_CHECKING:
-    from plait.resources.manager import ResourceManager
 
 
 class Scheduler:
@@ -68,6 +66,10 @@ class Scheduler:
         self._node_done = hooks.on_node_done if hooks is not None else None
         self.observed = hooks is not None and hooks.observing
         self.resources = resources
+        # A real manager starts ``task_timeout``'s clock when the request is
+        # sent, so the wait for a slot or a rate permit is not cut short by a
+        # limit meant for the request; other resources are timed as a whole.
+        self._timed_on_the_wire = isinstance(resources, ResourceManager)
         self._retry = RetryPolicy(settings, resources)
         self.max_concurrent = settings.max_concurrent
         self._on_state_done = on_state_done
@@ -219,17 +221,27 @@ class Scheduler:
             )
         attempt = state.attempts.get(node_id, 0)
         call: Awaitable[ChatResponse]
-        if record is None:
-            call = resources.complete(module.alias, request, attempt=attempt)
-        else:
+        timeout = self.settings.task_timeout
+        if record is not None:
             call = self._call_observed(resources, module.alias, request, attempt, record)
+        elif timeout is not None and self._timed_on_the_wire:
+            manager = cast("ResourceManager", resources)
+            call = manager.complete(module.alias, request, attempt=attempt, timeout=timeout)
+        else:
+            call = resources.complete(module.alias, request, attempt=attempt)
         gate = self._gates.get(module.alias) if self._gates else None
         if gate is not None:
             key = state.plan.keys[node_id]
             call = gated(gate, (key[0], state.index, key[1]), call)
-        response = await (
-            call if self.settings.task_timeout is None else self._bounded(node_id, call)
-        )
+        if timeout is None:
+            response = await call
+        elif self._timed_on_the_wire:
+            try:
+                response = await call
+            except TaskTimeoutError as error:
+                raise TaskTimeoutError(f"node {node_id!r}: {error}") from error
+        else:
+            response = await self._bounded(node_id, call)
         if record is not None:
             record.response = response
             self._charge(record, response)
@@ -249,7 +261,14 @@ class Scheduler:
             return resources.complete(alias, request, attempt=attempt)
         probe = record.probe = CallProbe(hooks.budget)
         manager = cast("ResourceManager", resources)
-        return manager.complete(alias, request, attempt=attempt, cache=hooks.cache, probe=probe)
+        return manager.complete(
+            alias,
+            request,
+            attempt=attempt,
+            cache=hooks.cache,
+            probe=probe,
+            timeout=self.settings.task_timeout,
+        )
 
     def _charge(self, record: NodeRun, response: ChatResponse) -> None:
         """Book a reply against the budget; stop starting work once it is spent."""
@@ -289,7 +308,7 @@ class Scheduler:
             self.dispatch()
         callback = self.settings.on_task_complete
         if callback is not None:
-            callback(node_id, value)
+            callback(state.index, node_id, value)
         if state.done:
             self._finished(state)
 
@@ -304,7 +323,7 @@ class Scheduler:
         state.mark_failed(node_id, error)
         callback = self.settings.on_task_failed
         if callback is not None:
-            callback(node_id, error)
+            callback(state.index, node_id, error)
         if state.done:
             self._finished(state)
 

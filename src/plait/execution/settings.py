@@ -9,6 +9,7 @@ The full order, strongest first: call-time keywords (``run``, ``batch``), then
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
@@ -22,6 +23,13 @@ from plait.errors import ConfigError
 @dataclass(frozen=True, slots=True)
 class ResolvedSettings:
     """Every setting with its effective value for one call.
+
+    Outcomes (design_docs/execution.md): a non-streaming batch with failed
+    inputs raises :class:`~plait.errors.BatchError` holding every result, or
+    with ``return_exceptions`` returns the list with each failed input's
+    exception in its place. The task hooks are called as
+    ``on_task_complete(index, node_id, value)`` and
+    ``on_task_failed(index, node_id, error)``, ``index`` being the input's.
 
     Durability and observability (design_docs/persistence.md and
     observability.md): ``checkpoint_dir`` keeps finished nodes and inputs on
@@ -51,11 +59,12 @@ class ResolvedSettings:
     max_rate_limit_wait: float = 300.0
     max_retry_after: float = 60.0
     streaming: bool = False
+    return_exceptions: bool = False
     preserve_order: bool = False
     on_progress: Callable[[int, int | None], Any] | None = None
     progress: bool = False
-    on_task_complete: Callable[[str, Any], Any] | None = None
-    on_task_failed: Callable[[str, BaseException], Any] | None = None
+    on_task_complete: Callable[[int, str, Any], Any] | None = None
+    on_task_failed: Callable[[int, str, BaseException], Any] | None = None
     checkpoint_dir: str | os.PathLike[str] | None = None
     checkpoint_mismatch: Literal["error", "reuse", "new"] = "error"
     cache: Any = None
@@ -75,10 +84,22 @@ _NON_NEGATIVE_INT = ("max_task_retries",)
 _POSITIVE_FLOAT = ("max_rate_limit_wait",)
 _POSITIVE_FLOAT_OR_NONE = ("task_timeout", "max_cost")
 _NON_NEGATIVE_FLOAT = ("task_retry_delay", "max_retry_after")
-_BOOL = ("streaming", "preserve_order", "progress", "profile", "capture_content")
+_BOOL = (
+    "streaming",
+    "return_exceptions",
+    "preserve_order",
+    "progress",
+    "profile",
+    "capture_content",
+)
 _CALLABLE = ("on_progress", "on_task_complete", "on_task_failed")
 _PATH_OR_NONE = ("checkpoint_dir", "profile_path")
 _MISMATCH_POLICIES = ("error", "reuse", "new")
+# How each task hook is called; a hook that cannot take these is refused up front.
+_HOOK_ARGUMENTS = {
+    "on_task_complete": ("index", "node_id", "value"),
+    "on_task_failed": ("index", "node_id", "error"),
+}
 
 
 def check_setting_names(settings: Mapping[str, Any], *, where: str) -> None:
@@ -116,6 +137,8 @@ def _check_value(name: str, value: Any, where: str) -> None:
         raise bad("True or False")
     if name in _CALLABLE and value is not None and not callable(value):
         raise bad("callable or None")
+    if name in _HOOK_ARGUMENTS and value is not None and not _takes(value, 3):
+        raise bad(f"callable as {name}({', '.join(_HOOK_ARGUMENTS[name])})")
     if name in _PATH_OR_NONE and value is not None and not isinstance(value, str | os.PathLike):
         raise bad("a path (str or os.PathLike) or None")
     if name == "checkpoint_mismatch" and value not in _MISMATCH_POLICIES:
@@ -133,6 +156,17 @@ def _check_cache(value: Any, bad: Callable[[str], ConfigError]) -> None:
 
     if not isinstance(value, ResponseCache):
         raise bad("True, False, None, a path or a ResponseCache")
+
+
+def _takes(function: Callable[..., Any], count: int) -> bool:
+    """Whether ``function`` accepts ``count`` positional arguments (True if unknowable)."""
+    try:
+        inspect.signature(function).bind(*range(count))
+    except TypeError:
+        return False
+    except ValueError:  # a builtin without a signature: let the call decide
+        return True
+    return True
 
 
 def _is_int(value: Any) -> bool:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -31,6 +31,7 @@ from plait.errors import (
     QuotaExceededError,
     RateLimitError,
     ResourcesInUseError,
+    TaskTimeoutError,
     TransientError,
     UnknownAliasError,
 )
@@ -48,6 +49,21 @@ if TYPE_CHECKING:
 
 # How long a member whose account is out of quota sits out of its pool.
 _QUOTA_COOLDOWN = 300.0
+
+
+async def _within(reply: Coroutine[Any, Any, ChatResponse], timeout: float, to: Endpoint) -> Any:
+    """``reply``, or TaskTimeoutError once it has been on the wire ``timeout`` seconds."""
+    scope = asyncio.timeout(timeout)
+    try:
+        async with scope:
+            return await reply
+    except TimeoutError as error:
+        if not scope.expired():
+            raise
+        raise TaskTimeoutError(
+            f"the request to {to.label} got no reply within task_timeout={timeout}s "
+            "(counted from when it was sent, not while it queued)"
+        ) from error
 
 
 class _Route:
@@ -137,6 +153,7 @@ class ResourceManager:
         attempt: int = 0,
         cache: ResponseCache | None = None,
         probe: CallProbe | None = None,
+        timeout: float | None = None,
     ) -> ChatResponse:
         """Send ``request`` to an endpoint of ``alias`` and return its reply.
 
@@ -149,6 +166,10 @@ class ResourceManager:
         call went, how long it waited and what it cost; if its ``halt`` is
         exceeded by the time a slot and a rate permit are held, the request
         is not sent and :class:`BudgetExceededError` is raised.
+
+        ``timeout`` (the run's ``task_timeout``) bounds the request from the
+        moment it is sent, never its wait for a slot or a rate permit; past
+        it the request is cut and :class:`TaskTimeoutError` raised.
 
         A call queued for an endpoint that turns unhealthy moves to another
         member of the pool; one that would wait more than a few seconds behind
@@ -223,7 +244,10 @@ class ResourceManager:
                 pool.sent(member)
                 limiter.on_sent()
                 try:
-                    response = await client.complete(request)
+                    if timeout is None:
+                        response = await client.complete(request)
+                    else:
+                        response = await _within(client.complete(request), timeout, endpoint)
                 except RateLimitError as exc:
                     usage.failures += 1
                     usage.rate_limited += 1
@@ -234,7 +258,7 @@ class ResourceManager:
                         pool.trip(member, paused)
                     limiter.evict_beyond(HAND_BACK_AFTER)
                     raise
-                except TransientError:
+                except (TransientError, TaskTimeoutError):
                     usage.failures += 1
                     pool.record_failure(member)
                     raise
