@@ -181,7 +181,8 @@ def _check_message(position: int, message: Mapping[str, Any], where: str) -> Non
 def _describe(item: Any) -> str:
     if isinstance(item, Mapping):
         return "a dict without 'role'"
-    return f"a {type(item).__name__}"
+    name = type(item).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def _span(positions: list[int]) -> str:
