@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Generator, Iterable, Sized
 from typing import Any
 
@@ -172,15 +173,58 @@ def run_blocking(call: Call) -> Any:
     runs on a fresh loop in a worker thread while this thread waits. Either
     way the loop ends with the call, so the HTTP connections opened on it are
     closed before it does.
+
+    Ctrl-C reaches the waiting thread, not the worker's loop: the wait
+    cancels the run on its loop and lets the worker finish cancelling (a
+    moment) before the KeyboardInterrupt goes on, exactly what ``asyncio.run``
+    does for a call on this thread. Without that the worker kept sending the
+    rest of the batch while the caller believed it had stopped.
     """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(_run_and_release(call))
+    handle = _Cancellable()
     with concurrent.futures.ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="plait-sync"
     ) as pool:
-        return pool.submit(asyncio.run, _run_and_release(call)).result()
+        done = pool.submit(asyncio.run, handle.run(_run_and_release(call)))
+        try:
+            return done.result()
+        except BaseException:
+            if not done.done():
+                handle.cancel()
+            raise
+
+
+class _Cancellable:
+    """A coroutine on another thread's loop that this thread can cancel at any moment."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._task: asyncio.Task[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._cancelled = False
+
+    async def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        with self._lock:
+            self._task = asyncio.current_task()
+            self._loop = asyncio.get_running_loop()
+            cancelled = self._cancelled
+        if cancelled:  # interrupted before the worker thread got going
+            coroutine.close()
+            raise asyncio.CancelledError
+        return await coroutine
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            task, loop = self._task, self._loop
+        if task is not None and loop is not None:
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # its loop already closed: nothing left to stop
+                pass
 
 
 async def _run_and_release(call: Call) -> Any:
