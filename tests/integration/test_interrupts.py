@@ -31,10 +31,11 @@ CHILD = textwrap.dedent(
     from plait import LLMInference
 
     base_url, inside_loop = sys.argv[1], sys.argv[2] == "loop"
+    slots, inputs = int(sys.argv[3]), int(sys.argv[4])
     llm = LLMInference("fast").bind(resources={
-        "fast": {"model": "m", "base_url": base_url, "api_key": None, "max_concurrent": %d},
+        "fast": {"model": "m", "base_url": base_url, "api_key": None, "max_concurrent": slots},
     })
-    batch = [f"item {i}" for i in range(%d)]
+    batch = [f"item {i}" for i in range(inputs)]
 
     async def in_a_cell():
         return llm.run_sync(batch)
@@ -50,7 +51,6 @@ CHILD = textwrap.dedent(
         sys.exit(3)
     print("finished", flush=True)
     """
-    % (SLOTS, INPUTS)
 )
 
 
@@ -66,7 +66,7 @@ def wait_for(condition: object, timeout: float) -> None:
 def test_ctrl_c_cancels_a_run_sync_batch_at_once(where: str) -> None:
     with Simulator(latency=LATENCY) as sim:
         child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, sim.base_url, where],
+            [sys.executable, "-c", CHILD, sim.base_url, where, str(SLOTS), str(INPUTS)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

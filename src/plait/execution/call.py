@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Generator, Iterable, Sized
 from typing import Any
@@ -221,10 +222,9 @@ class _Cancellable:
             self._cancelled = True
             task, loop = self._task, self._loop
         if task is not None and loop is not None:
-            try:
+            # A loop that has already closed has nothing left to stop.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(task.cancel)
-            except RuntimeError:  # its loop already closed: nothing left to stop
-                pass
 
 
 async def _run_and_release(call: Call) -> Any:

@@ -64,9 +64,10 @@ def batch_items(inputs: Any, *, where: str = "batch()") -> Iterable[Item] | Asyn
         raise TypeError(
             f"batch() needs a list or (async) iterable of inputs, got {type(inputs).__name__}"
         )
+    given: Iterable[Any] = inputs
     if isinstance(inputs, Sized):
-        return [_unpacked(index, element, where) for index, element in enumerate(inputs)]
-    return _lazily(iter(inputs), where, unpack=True)
+        return [_unpacked(index, element, where) for index, element in enumerate(given)]
+    return _lazily(iter(given), where, unpack=True)
 
 
 def is_conversation(items: list[Any], *, where: str) -> bool:
@@ -128,9 +129,7 @@ def _check_element(index: int, element: Any, where: str) -> None:
         )
 
 
-async def _async_items(
-    inputs: AsyncIterable[Any], where: str, unpack: bool
-) -> AsyncIterator[Item]:
+async def _async_items(inputs: AsyncIterable[Any], where: str, unpack: bool) -> AsyncIterator[Item]:
     index = 0
     async for element in inputs:
         yield _unpacked(index, element, where) if unpack else _one_argument(index, element, where)

@@ -222,26 +222,26 @@ class Scheduler:
         attempt = state.attempts.get(node_id, 0)
         call: Awaitable[ChatResponse]
         timeout = self.settings.task_timeout
+        on_wire = timeout if self._timed_on_the_wire else None
         if record is not None:
             call = self._call_observed(resources, module.alias, request, attempt, record)
-        elif timeout is not None and self._timed_on_the_wire:
+        elif on_wire is not None:
             manager = cast("ResourceManager", resources)
-            call = manager.complete(module.alias, request, attempt=attempt, timeout=timeout)
+            call = manager.complete(module.alias, request, attempt=attempt, reply_within=on_wire)
         else:
             call = resources.complete(module.alias, request, attempt=attempt)
         gate = self._gates.get(module.alias) if self._gates else None
         if gate is not None:
             key = state.plan.keys[node_id]
             call = gated(gate, (key[0], state.index, key[1]), call)
-        if timeout is None:
-            response = await call
-        elif self._timed_on_the_wire:
-            try:
-                response = await call
-            except TaskTimeoutError as error:
-                raise TaskTimeoutError(f"node {node_id!r}: {error}") from error
-        else:
-            response = await self._bounded(node_id, call)
+        try:
+            response = await (
+                call if on_wire is not None or timeout is None else self._bounded(node_id, call)
+            )
+        except TaskTimeoutError as error:
+            if on_wire is None:
+                raise
+            raise TaskTimeoutError(f"node {node_id!r}: {error}") from error
         if record is not None:
             record.response = response
             self._charge(record, response)
@@ -267,7 +267,7 @@ class Scheduler:
             attempt=attempt,
             cache=hooks.cache,
             probe=probe,
-            timeout=self.settings.task_timeout,
+            reply_within=self.settings.task_timeout,
         )
 
     def _charge(self, record: NodeRun, response: ChatResponse) -> None:

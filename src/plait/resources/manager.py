@@ -51,9 +51,9 @@ if TYPE_CHECKING:
 _QUOTA_COOLDOWN = 300.0
 
 
-async def _within(reply: Coroutine[Any, Any, ChatResponse], timeout: float, to: Endpoint) -> Any:
-    """``reply``, or TaskTimeoutError once it has been on the wire ``timeout`` seconds."""
-    scope = asyncio.timeout(timeout)
+async def _within(reply: Coroutine[Any, Any, ChatResponse], seconds: float, to: Endpoint) -> Any:
+    """``reply``, or TaskTimeoutError once it has been on the wire ``seconds``."""
+    scope = asyncio.timeout(seconds)
     try:
         async with scope:
             return await reply
@@ -61,7 +61,7 @@ async def _within(reply: Coroutine[Any, Any, ChatResponse], timeout: float, to: 
         if not scope.expired():
             raise
         raise TaskTimeoutError(
-            f"the request to {to.label} got no reply within task_timeout={timeout}s "
+            f"the request to {to.label} got no reply within task_timeout={seconds}s "
             "(counted from when it was sent, not while it queued)"
         ) from error
 
@@ -153,7 +153,7 @@ class ResourceManager:
         attempt: int = 0,
         cache: ResponseCache | None = None,
         probe: CallProbe | None = None,
-        timeout: float | None = None,
+        reply_within: float | None = None,
     ) -> ChatResponse:
         """Send ``request`` to an endpoint of ``alias`` and return its reply.
 
@@ -167,7 +167,7 @@ class ResourceManager:
         exceeded by the time a slot and a rate permit are held, the request
         is not sent and :class:`BudgetExceededError` is raised.
 
-        ``timeout`` (the run's ``task_timeout``) bounds the request from the
+        ``reply_within`` (the run's ``task_timeout``) bounds the request from the
         moment it is sent, never its wait for a slot or a rate permit; past
         it the request is cut and :class:`TaskTimeoutError` raised.
 
@@ -244,10 +244,10 @@ class ResourceManager:
                 pool.sent(member)
                 limiter.on_sent()
                 try:
-                    if timeout is None:
+                    if reply_within is None:
                         response = await client.complete(request)
                     else:
-                        response = await _within(client.complete(request), timeout, endpoint)
+                        response = await _within(client.complete(request), reply_within, endpoint)
                 except RateLimitError as exc:
                     usage.failures += 1
                     usage.rate_limited += 1
