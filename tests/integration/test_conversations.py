@@ -194,3 +194,27 @@ async def test_dicts_that_are_not_messages_stay_a_batch() -> None:
         )
         await manager.aclose()
     assert outputs == ["ECHO: Ada is 36", "ECHO: Alan is 41"]
+
+
+async def test_inside_a_dynamic_forward_an_ambiguous_list_or_an_iterator_is_refused() -> None:
+    class Careless(Module):
+        def __init__(self, argument: Any) -> None:
+            super().__init__()
+            self.llm = LLMInference("fast")
+            self.argument = argument
+
+        async def forward(self, text: str) -> Any:
+            return await self.llm(self.argument)
+
+    async with Simulator() as sim:
+        manager = resources(sim.base_url)
+        mixed = Careless([HISTORY[1], "and this"]).bind(resources=manager)
+        with pytest.raises(
+            ConfigError, match=r"LLMInference\(\.\.\.\) in careless.*item 1 is a str"
+        ):
+            await mixed("x")
+        lazy = Careless(m["content"] for m in HISTORY).bind(resources=manager)
+        with pytest.raises(ConfigError, match=r"got a generator.*F\.map"):
+            await lazy("x")
+        await manager.aclose()
+        assert sim.stats().requests == 0

@@ -25,6 +25,7 @@ from contextvars import Context, ContextVar
 from typing import Any, NamedTuple, Protocol
 
 from plait.errors import ExecutionError, TaskTimeoutError
+from plait.execution.inputs import check_one_input
 from plait.execution.settings import ResolvedSettings
 from plait.execution.state import ExecutionState, forward_record, plan_for
 from plait.execution.tape import build_tape
@@ -189,6 +190,7 @@ class DynamicScope:
 
     def call(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Start ``module(*args, **kwargs)`` as a sub-run; returns a future of its output."""
+        check_one_input(args, module, self.qualified_id)
         seq = self.seq
         self.seq = seq + 1
         future: asyncio.Future[Any] = self._loop.create_future()

@@ -56,6 +56,29 @@ def call_items(
     return None
 
 
+def check_one_input(args: tuple[Any, ...], module: Any, place: str) -> None:
+    """Refuse arguments that cannot be one input of a call inside a dynamic forward.
+
+    There a call is one input whatever it is given, so a list is one
+    argument; an iterator cannot be, and a list that half looks like a
+    conversation is as ambiguous as it is anywhere else. ``module`` and
+    ``place`` name the call in the error (formatted only then: this runs on
+    every call a dynamic forward makes).
+    """
+    if not args:
+        return
+    given = args[0]
+    if isinstance(given, list):
+        if given:
+            is_conversation(given, where=f"{type(module).__name__}(...) in {place}")
+    elif isinstance(given, AsyncIterable | Iterator) and not isinstance(given, str | bytes):
+        raise ConfigError(
+            f"{type(module).__name__}(...) in {place}: got a {type(given).__name__}, which "
+            "a call inside a dynamic forward cannot send as one input; run one call per "
+            "item with `await F.map(module, items)` or asyncio.gather"
+        )
+
+
 def batch_items(inputs: Any, *, where: str = "batch()") -> Iterable[Item] | AsyncIterable[Item]:
     """Normalise ``module.batch`` inputs into (args, kwargs) pairs, lazily."""
     if isinstance(inputs, AsyncIterable):
