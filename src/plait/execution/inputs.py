@@ -45,7 +45,11 @@ def call_items(
     if isinstance(given, list):
         if is_conversation(given, where=where) or kwargs:
             return None
-        return [_one_argument(index, element, where) for index, element in enumerate(given)]
+        # No element is a chat message (or it would have been one conversation).
+        for index, element in enumerate(given):
+            if isinstance(element, list):
+                is_conversation(element, where=f"{where}, input {index}")
+        return [((element,), {}) for element in given]
     if isinstance(given, AsyncIterable | Iterator) and not isinstance(given, str | bytes):
         if kwargs:
             raise ConfigError(
@@ -95,18 +99,19 @@ def batch_items(inputs: Any, *, where: str = "batch()") -> Iterable[Item] | Asyn
 
 def is_conversation(items: list[Any], *, where: str) -> bool:
     """Whether ``items`` is one conversation; ConfigError if it half looks like one."""
-    messages = [position for position, item in enumerate(items) if _message(item) is not None]
-    if not messages:
+    messages = [_message(item) for item in items]
+    others = [position for position, message in enumerate(messages) if message is None]
+    if len(others) == len(items):
         return False
-    if len(messages) < len(items):
-        others = [position for position in range(len(items)) if position not in set(messages)]
+    if others:
+        found = [position for position, message in enumerate(messages) if message is not None]
         shown = ", ".join(f"item {position} is {_describe(items[position])}" for position in others)
         raise ConfigError(
-            f"{where}: a list mixes chat messages (items {_span(messages)}) with other "
+            f"{where}: a list mixes chat messages (items {_span(found)}) with other "
             f"values ({shown[:400]}); {_SHAPES}"
         )
-    for position, item in enumerate(items):
-        _check_message(position, _message(item) or {}, where)
+    for position, message in enumerate(messages):
+        _check_message(position, message or {}, where)
     return True
 
 
