@@ -1,9 +1,10 @@
 """Durable replay beyond flat text loops: pydantic outputs and dynamic modules three deep.
 
 Each test kills a checkpointed batch (a child process) with SIGKILL mid-run,
-reads what the checkpoint file holds, and runs the same program again. Calls are sequential inside each loop
-and replies scripted, so the file alone says how many calls the rerun may
-skip: the rerun must send exactly the rest, counted by the server.
+reads what the checkpoint file holds, and runs the same program again.
+Calls are sequential inside each loop and replies scripted, so the file
+alone says how many calls the rerun may skip: the rerun must send exactly
+the rest, counted by the server.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 from _durable_dynamic import LOOP_CALLS, MAX_CONCURRENT, RULES, inputs_of, run_batch
 
 from plait.storage.checkpoint_schema import FILENAME
-from plait.testing import SpawnedSimulator, Simulator
+from plait.testing import Simulator, SpawnedSimulator
 
 SCRIPT = Path(__file__).with_name("_durable_dynamic.py")
 GUARD = 60.0
@@ -180,3 +181,52 @@ def test_nested_dynamic_calls_replay_one_by_one_three_levels_deep(
     assert first_run + sim.stats().requests <= needed + MAX_CONCURRENT
     assert any(".inner#" in row for calls in stored.calls.values() for row in calls)
     assert not any(Stored(directory).calls.values())
+
+
+class _Session:
+    """Stands in for the checkpoint session: keeps the rows forwards store."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, object] = {}
+
+    def node_done(self, key: object, node_id: str, node: object, value: object) -> None:
+        self.rows[node_id] = value
+
+
+def test_a_nested_forward_replays_unless_its_parent_differed_before_it() -> None:
+    from _durable_dynamic import Outer
+
+    from plait.execution.dynamic import MISSING
+    from plait.execution.replay import CallStore
+    from plait.execution.state import ExecutionState, plan_for
+    from plait.tracing.tracer import trace
+
+    module = Outer()
+    inner = module.middle.inner
+    session = _Session()
+    store = CallStore(session)  # type: ignore[arg-type]
+    state = ExecutionState(plan_for(trace(module, "t")), ("t",), index=0)
+    node = state.plan.nodes["outer"]
+    outer = store.replay(state, "outer")
+    deep = outer.nested(0, "outer.middle#0", node)
+    assert deep is not None
+    deepest = deep.nested(0, "outer.middle#0.inner#0", node)
+    assert deepest is not None
+    deepest.store(0, inner.write, ("Write: t a",), {}, "draft v1")
+    assert sorted(session.rows) == ["outer.middle#0.inner#0@0"]
+
+    store.adopt(0, session.rows)
+    again = store.replay(state, "outer")
+    level2 = again.nested(0, "outer.middle#0", node)
+    assert level2 is not None
+    level3 = level2.nested(0, "outer.middle#0.inner#0", node)
+    assert level3 is not None
+    assert level3.lookup(0, inner.write, ("Write: t a",), {}) == "draft v1"
+
+    # Once call 1 of a forward differs, what call 2 runs is live all the way down,
+    # while what call 0 ran may still replay.
+    store.adopt(0, {"outer@1": ["not this call", "x"], "outer.middle#0.inner#0@0": ["f", "y"]})
+    third = store.replay(state, "outer")
+    assert third.lookup(1, module.sum, ("Sum: t",), {}) is MISSING
+    assert third.nested(2, "outer.middle#2", node) is None
+    assert third.nested(0, "outer.middle#0", node) is not None
