@@ -11,7 +11,9 @@ of the calls it made, or a traced child run as a sub-run inside one) has a
 record of its own in ``ForwardRecord.subrecords``: feedback on its output is
 walked through that record, and what reaches the record's inputs comes out as
 the node's feedback on its inputs, so parameters used inside loops and
-branches get their share, once per round.
+branches get their share, once per round. For a dynamic module that walk is
+its default ``backward``: one that overrides ``backward`` decides instead,
+and may still walk the tape through ``ctx.walk_inside``.
 
 The walk lives beside the contract, below the optimizers, because
 ``loss.backward()`` must reach it from a Feedback without the user layer
@@ -48,7 +50,11 @@ class BackwardContext:
     the ids of the upstream nodes each input was built from (empty for the
     pipeline's own inputs and constants, where feedback has nowhere to go).
     ``llm`` answers prompts through the backward pass's endpoint, batched with
-    every other node's questions at the same depth.
+    every other node's questions at the same depth. ``record`` is what ran
+    inside the node, for a dynamic module that made calls (the tape of
+    them): :meth:`walk_inside` sends feedback through it, which is what the
+    default ``backward`` does, so a custom one can still reach the
+    parameters used inside loops and branches.
     """
 
     node_id: str
@@ -58,6 +64,7 @@ class BackwardContext:
     module: Any = None
     sources: dict[int | str, tuple[str, ...]] = field(default_factory=dict)
     llm: ReasoningLLM | None = None
+    record: ForwardRecord | None = None
 
     @property
     def learnable(self) -> tuple[ParameterLike, ...]:
@@ -73,6 +80,21 @@ class BackwardContext:
             raise BackwardError(f"node {self.node_id!r}: this backward pass has no LLM")
         return await self.llm(prompt, system=system)
 
+    async def walk_inside(self, feedback: str) -> BackwardResult:
+        """``feedback`` on the node's output walked through the calls it made.
+
+        Parameters inside get their share as the walk passes them; the
+        result holds what reached the node's own inputs.
+        """
+        if self.record is None:
+            raise BackwardError(
+                f"node {self.node_id!r}: nothing ran inside it to walk (only a dynamic "
+                "module that made calls has a record)"
+            )
+        if self.llm is None:
+            raise BackwardError(f"node {self.node_id!r}: this backward pass has no LLM")
+        return await _walk_inside(self.record, feedback, self.llm)
+
 
 @dataclass(slots=True)
 class BackwardResult:
@@ -80,6 +102,17 @@ class BackwardResult:
 
     inputs: dict[int | str, str] = field(default_factory=dict)
     parameters: dict[ParameterLike, str] = field(default_factory=dict)
+
+
+def default_backward(
+    feedback: str, ctx: BackwardContext
+) -> BackwardResult | Awaitable[BackwardResult]:
+    """What ``Module.backward`` does unless overridden: a dynamic module that made
+    calls walks them (:meth:`BackwardContext.walk_inside`), any other module
+    passes the feedback through."""
+    if ctx.record is not None:
+        return ctx.walk_inside(feedback)
+    return pass_through(feedback, ctx)
 
 
 def pass_through(feedback: str, ctx: BackwardContext) -> BackwardResult:
@@ -265,7 +298,9 @@ class _Walk:
         node = self.plan.graph.nodes[node_id]
         feedback = combine_feedback(self.pending.pop(node_id))
         inner = self.record.subrecords.get(node_id)
-        if inner is not None:
+        if inner is not None and node.kind is not NodeKind.DYNAMIC:
+            # A traced composite run as a sub-run: walked like the inlined
+            # composites of a traced graph, which have no backward of their own.
             return await _walk_inside(inner, feedback, llm)
         args, kwargs = self.record.node_inputs.get(node_id, ((), {}))
         inputs: dict[int | str, Any] = dict(enumerate(args))
@@ -278,6 +313,7 @@ class _Walk:
             module=node.module,
             sources=self.sources[node_id],
             llm=llm,
+            record=inner,
         )
         method = getattr(node.module, "backward", None)
         outcome: BackwardResult | Awaitable[BackwardResult] = (

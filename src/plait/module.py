@@ -24,7 +24,7 @@ from plait.execution.call import Call, run_blocking
 from plait.execution.dynamic import current_scope
 from plait.execution.inputs import batch_items, call_items
 from plait.execution.settings import ResolvedSettings, check_setting_names, resolve_settings
-from plait.feedback import BackwardContext, BackwardResult, pass_through
+from plait.feedback import BackwardContext, BackwardResult, default_backward
 from plait.graph import InferenceGraph, NodeKind
 from plait.parameter import Parameter
 from plait.resources.protocol import as_resource_manager
@@ -340,13 +340,15 @@ class Module:
         """Turn feedback on this module's output into feedback on its inputs and parameters.
 
         Called during ``await loss.backward()`` for a module that ran as one
-        node (a module without children). The default blames every input and
-        every learnable parameter with the same feedback, which suits modules
-        that reshape text without judgement of their own. Override it (plain
-        or ``async def``) to route feedback more precisely; ``ctx.ask(prompt)``
-        consults the backward pass's LLM.
+        node (a module without children, or a dynamic one). The default
+        blames every input and every learnable parameter with the same
+        feedback, which suits modules that reshape text without judgement of
+        their own; for a dynamic module that made calls it walks the tape of
+        them instead (``ctx.walk_inside``). Override it (plain or ``async
+        def``) to route feedback more precisely; ``ctx.ask(prompt)`` consults
+        the backward pass's LLM.
         """
-        return pass_through(feedback, ctx)
+        return default_backward(feedback, ctx)
 
     # -- display --------------------------------------------------------------
 

@@ -84,6 +84,10 @@ class Replay(Protocol):
         self, seq: int, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None: ...
 
+    def nested(self, seq: int, path: str, node: GraphNode) -> Replay | None:
+        """The stored calls of a dynamic node that call ``seq`` ran (at ``path``), if usable."""
+        ...
+
 
 MISSING: Any = object()
 """What :meth:`Replay.lookup` returns when a call has to run live."""
@@ -303,8 +307,15 @@ def launch(runner: Runner, state: ExecutionState, node_id: str) -> None:
         if hooks is not None and hooks.observer is not None:
             hooks.observer.node_started(record)
     replay = None
-    if hooks is not None and hooks.replay is not None and state.checkpoint is not None:
-        replay = hooks.replay(state, node_id)
+    if hooks is not None and hooks.replay is not None:
+        owner = state.owner
+        if owner is None:
+            if state.checkpoint is not None:
+                replay = hooks.replay(state, node_id)
+        elif isinstance(owner, ChildCall) and owner.scope.replay is not None:
+            # A dynamic node inside a call of a forward replays its own calls too.
+            path = owner.qualified(node_id)
+            replay = owner.scope.replay.nested(owner.seq, path, state.plan.nodes[node_id])
     try:
         node = state.plan.nodes[node_id]
         args, kwargs = state.args_for(node)

@@ -17,6 +17,13 @@ stored (it was in flight at the kill) just runs live: the calls that follow
 it may still match, which is what lets ``F.map`` resume with half its pieces
 done. Code outside plait calls must be deterministic for this to help: the
 same input must lead to the same calls in the same order.
+
+Nested dynamic modules replay at every depth: a forward run by a call of
+another forward stores its calls under its own path (``outer.middle#0@3``:
+call 3 of the forward that call 0 of ``outer`` ran), so a rerun killed deep
+in an inner loop skips the inner calls that finished, not just whole outer
+calls. When the outer call itself is stored, it returns at once and the
+rows beneath it are never read.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from plait.errors import CheckpointError, UnencodableError
 from plait.execution.dynamic import MISSING
 from plait.execution.state import ExecutionState
+from plait.graph import GraphNode
 from plait.storage.codec import content_hash, to_json
 from plait.storage.fingerprint import describe
 
@@ -55,8 +63,15 @@ class CallStore:
         self._stored.pop(index, None)
 
     def replay(self, state: ExecutionState, node_id: str) -> StoredCalls:
-        stored = self._stored.get(state.index, {}).pop(node_id, {})
-        return StoredCalls(self, state, node_id, stored)
+        """The stored calls of a dynamic node of the input's own graph."""
+        node = state.plan.nodes[node_id]
+        return StoredCalls(
+            self, state.checkpoint, state.index, node_id, node, self.take(state.index, node_id)
+        )
+
+    def take(self, index: int, path: str) -> dict[int, Any]:
+        """The stored calls of the forward at ``path`` of input ``index`` (each read once)."""
+        return self._stored.get(index, {}).pop(path, {})
 
     def fingerprint(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
         """What decides a call's reply, hashed; None if its arguments are not JSON data.
@@ -72,28 +87,53 @@ class CallStore:
 
 
 class StoredCalls:
-    """The stored calls of one dynamic node of one input, consulted in call order."""
+    """The stored calls of one dynamic forward of one input, consulted in call order.
 
-    __slots__ = ("_diverged", "_node", "_node_id", "_state", "_store", "_stored")
+    ``path`` names the forward: the dynamic node's id for a node of the
+    input's graph; for one run by a call of another forward, that forward's
+    path, the call's child name and sequence number (``outer.middle#0``),
+    as spans and profiles name it.
+    """
+
+    __slots__ = ("_diverged_at", "_index", "_key", "_node", "_path", "_store", "_stored")
 
     def __init__(
-        self, store: CallStore, state: ExecutionState, node_id: str, stored: dict[int, Any]
+        self,
+        store: CallStore,
+        key: Any,
+        index: int,
+        path: str,
+        node: GraphNode,
+        stored: dict[int, Any],
     ) -> None:
         self._store = store
-        self._state = state
-        self._node_id = node_id
-        self._node = state.plan.nodes[node_id]
+        self._key = key
+        self._index = index
+        self._path = path
+        self._node = node
         self._stored = stored
-        self._diverged = False
+        self._diverged_at: int | None = None
 
     def lookup(self, seq: int, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         entry = self._stored.get(seq)
-        if self._diverged or entry is None:
+        if self._diverged_at is not None or entry is None:
             return MISSING
         if self._store.fingerprint(module, args, kwargs) != entry[0]:
-            self._diverged = True
+            self._diverged_at = seq
             return MISSING
         return entry[1]
+
+    def nested(self, seq: int, path: str, node: GraphNode) -> StoredCalls | None:
+        """Replay for a dynamic node that call ``seq`` ran, unless an earlier call differed.
+
+        Its calls are looked up on their own, so a rerun killed deep in a
+        nested loop resumes there. A call made after this forward's first
+        differing call runs live, and so does everything inside it.
+        """
+        if self._diverged_at is not None and self._diverged_at < seq:
+            return None
+        stored = self._store.take(self._index, path)
+        return StoredCalls(self._store, self._key, self._index, path, node, stored)
 
     def store(
         self, seq: int, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
@@ -101,11 +141,9 @@ class StoredCalls:
         fingerprint = self._store.fingerprint(module, args, kwargs)
         if fingerprint is None:
             return
-        row_id = f"{self._node_id}{CALL_MARK}{seq}"
+        row_id = f"{self._path}{CALL_MARK}{seq}"
         try:
-            self._store.session.node_done(
-                self._state.checkpoint, row_id, self._node, [fingerprint, output]
-            )
+            self._store.session.node_done(self._key, row_id, self._node, [fingerprint, output])
         except CheckpointError:
             # An output that cannot be stored only means this call will run
             # live again after a crash; the node's own result says more.

@@ -10,6 +10,12 @@ Perfetto (ui.perfetto.dev) and chrome://tracing read the file directly:
 
 Slices on one thread must nest, and concurrent calls overlap, so each
 process spreads its slices over as few lanes (threads) as keep them apart.
+
+A dynamic node's calls hang off its slice. One that runs in the same
+process (a nested dynamic forward, a plain step) goes on the forward's own
+lane, drawn inside it, when it fits there (calls made at once overlap, so
+only one of them can); every other call, its LLM calls in the endpoint
+processes included, gets a flow arrow from the forward's slice to its own.
 """
 
 from __future__ import annotations
@@ -54,15 +60,19 @@ def trace_events(
         events.append(
             {"name": "process_sort_index", "ph": "M", "pid": pid, "args": {"sort_index": pid}}
         )
+    parents = _parents(nodes)
+    placed: dict[int, tuple[int, int]] = {}
     for pid, members in by_process.items():
-        lanes = _assign_lanes(members)
+        lanes = _assign_lanes(members, parents)
         for lane in sorted(set(lanes.values())):
             events.append(_meta("thread_name", pid, lane, f"lane {lane}"))
         for node in members:
+            placed[id(node)] = (pid, lanes[id(node)])
             events.extend(_slices(node, pid, lanes[id(node)]))
         if pid != _SCHEDULER_PID:
             llm = [(node.sent, node.finished) for node in members if not node.cache_hit]
             events.extend(_counter("requests in flight", pid, llm))
+    events.extend(_flows(nodes, parents, placed))
     events.extend(
         _counter("nodes running", _SCHEDULER_PID, [(n.started, n.finished) for n in nodes])
     )
@@ -85,20 +95,91 @@ def write_trace(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def _assign_lanes(nodes: list[NodeTiming]) -> dict[int, int]:
-    """Spread slices over the fewest lanes on which none overlap (by object id)."""
+def _parents(nodes: list[NodeTiming]) -> dict[int, NodeTiming]:
+    """The dynamic node's slice each call was made by (by the call's object id).
+
+    A dynamic node runs once (it is never retried as a whole), so its input
+    and id name it.
+    """
+    by_name = {(node.index, node.node_id): node for node in nodes if node.kind == "dynamic"}
+    found: dict[int, NodeTiming] = {}
+    for node in nodes:
+        if node.parent is not None:
+            parent = by_name.get((node.index, node.parent))
+            if parent is not None:
+                found[id(node)] = parent
+    return found
+
+
+def _assign_lanes(nodes: list[NodeTiming], parents: dict[int, NodeTiming]) -> dict[int, int]:
+    """Spread slices over the fewest lanes on which none overlap (by object id).
+
+    A call goes inside its dynamic node's slice, on the same lane, when
+    that slice is the innermost one open there and the call ends within
+    it; otherwise it takes the lowest free lane.
+    """
     lanes: dict[int, int] = {}
-    free: list[tuple[float, int]] = []
+    stacks: dict[int, list[NodeTiming]] = {}
+    busy: list[tuple[float, int]] = []
+    free: list[int] = []
     count = 0
-    for node in sorted(nodes, key=lambda node: (node.started, node.finished)):
-        if free and free[0][0] <= node.started:
-            _, lane = heapq.heappop(free)
-        else:
-            count += 1
-            lane = count
+    for node in sorted(nodes, key=lambda node: (node.started, -node.finished)):
+        while busy and busy[0][0] <= node.started:
+            _, done = heapq.heappop(busy)
+            stacks[done].clear()
+            heapq.heappush(free, done)
+        lane = _inside_parent(node, parents.get(id(node)), lanes, stacks)
+        if lane is None:
+            if free:
+                lane = heapq.heappop(free)
+            else:
+                count += 1
+                lane = count
+            heapq.heappush(busy, (node.finished, lane))
         lanes[id(node)] = lane
-        heapq.heappush(free, (node.finished, lane))
+        stacks.setdefault(lane, []).append(node)
     return lanes
+
+
+def _inside_parent(
+    node: NodeTiming,
+    parent: NodeTiming | None,
+    lanes: dict[int, int],
+    stacks: dict[int, list[NodeTiming]],
+) -> int | None:
+    """The parent's lane, if ``node`` can be drawn inside the parent's slice there."""
+    if parent is None or id(parent) not in lanes:
+        return None
+    lane = lanes[id(parent)]
+    stack = stacks[lane]
+    while stack and stack[-1].finished <= node.started:
+        stack.pop()
+    if stack and stack[-1] is parent and node.finished <= parent.finished:
+        return lane
+    return None
+
+
+def _flows(
+    nodes: list[NodeTiming],
+    parents: dict[int, NodeTiming],
+    placed: dict[int, tuple[int, int]],
+) -> list[dict[str, Any]]:
+    """An arrow from a dynamic node's slice to each of its calls drawn elsewhere."""
+    events: list[dict[str, Any]] = []
+    for number, node in enumerate(nodes):
+        parent = parents.get(id(node))
+        if parent is None:
+            continue
+        (pid, tid), (parent_pid, parent_tid) = placed[id(node)], placed[id(parent)]
+        if (pid, tid) == (parent_pid, parent_tid):
+            continue  # drawn inside the parent's slice already
+        made = _us(min(max(node.started, parent.started), parent.finished))
+        common = {"name": "call", "cat": "dynamic call", "id": number}
+        events.append({**common, "ph": "s", "pid": parent_pid, "tid": parent_tid, "ts": made})
+        events.append(
+            {**common, "ph": "f", "bp": "e", "pid": pid, "tid": tid, "ts": _us(node.started)}
+        )
+    return events
 
 
 def _us(seconds: float) -> float:

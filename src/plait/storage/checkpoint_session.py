@@ -395,16 +395,23 @@ def _dropped(what: str, error: StorageError) -> None:
 
 
 def _models_of(graph: InferenceGraph) -> dict[str, type[BaseModel]]:
-    """The pydantic classes the graph's modules name (response formats, parse targets),
-    and those a module says its outputs hold (``stored_models()``, e.g. a tool-using
-    call's ``AssistantMessage``): the only classes a stored row may decode into."""
+    """The pydantic classes a stored row of this graph may decode into, and no others.
+
+    Those each module names (response formats, parse targets) and those it
+    says its outputs hold (``stored_models()``, e.g. a tool-using call's
+    ``AssistantMessage``), for every module under each node, not just the
+    node's own: a dynamic node stores the calls its children make, at any
+    depth, and each of those rows holds a child's output.
+    """
     models: dict[str, type[BaseModel]] = {}
     for node in graph.nodes.values():
-        named = [v for v in getattr(node.module, "__dict__", {}).values() if isinstance(v, type)]
-        declared = getattr(node.module, "stored_models", None)
-        if callable(declared):
-            named.extend(declared())
-        for value in named:
-            if issubclass(value, BaseModel):
-                models[class_path(value)] = value
+        walk = getattr(node.module, "modules", None)
+        for module in walk() if callable(walk) else (node.module,):
+            named = [v for v in getattr(module, "__dict__", {}).values() if isinstance(v, type)]
+            declared = getattr(module, "stored_models", None)
+            if callable(declared):
+                named.extend(declared())
+            for value in named:
+                if issubclass(value, BaseModel):
+                    models[class_path(value)] = value
     return models
