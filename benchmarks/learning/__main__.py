@@ -4,8 +4,8 @@ Builds (once, cached) and starts SmolLM2-135M-Instruct on a loopback port,
 runs the baseline prompt and every optimizer on the banking-intent task with
 the same metric-call budget, and prints one table. The figures are written
 to ``benchmarks/results/learning.json``. Options: ``--budget N`` (metric calls
-per optimizer, default 160), ``--skip-dspy``, ``--dspy-rows a,b``,
-``--dspy-timeout SECONDS`` (per DSPy row, default 600).
+per optimizer, default 240), ``--skip-dspy``, ``--dspy-rows a,b``,
+``--dspy-timeout SECONDS`` (per DSPy row, default 900).
 """
 
 from __future__ import annotations
@@ -124,10 +124,10 @@ def verdicts(found: list[Row]) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.learning")
-    parser.add_argument("--budget", type=int, default=160)
+    parser.add_argument("--budget", type=int, default=240)
     parser.add_argument("--skip-dspy", action="store_true")
-    parser.add_argument("--dspy-rows", default=",".join(ROWS))
-    parser.add_argument("--dspy-timeout", type=float, default=600.0)
+    parser.add_argument("--dspy-rows", default=",".join(row for row in ROWS if row != "predict"))
+    parser.add_argument("--dspy-timeout", type=float, default=900.0)
     args = parser.parse_args()
     started = time.time()
     server = environment.server_python()

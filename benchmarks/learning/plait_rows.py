@@ -27,6 +27,11 @@ from plait.optimization import (
 )
 from plait.resources import ResourceConfig, ResourceManager
 
+DEMOS = 16
+"""Demonstrations shown: two per intent."""
+BOOTSTRAP = 48
+"""Training examples DemoOptimizer runs to bootstrap from: six per intent."""
+
 
 @dataclass(frozen=True, slots=True)
 class Row:
@@ -44,7 +49,7 @@ class Row:
 class IntentClassifier(Module):
     """One call: the instruction as system prompt, learnable demonstrations, the message."""
 
-    def __init__(self, k: int = 24) -> None:
+    def __init__(self, k: int = DEMOS) -> None:
         super().__init__()
         self.instruction = Parameter(
             INSTRUCTION,
@@ -128,9 +133,10 @@ async def rows(base_url: str, data: dict[str, list[Example]], budget: int) -> li
             return "the hand-written instruction, no demonstrations"
 
         async def demos(module: IntentClassifier, metric: Counted) -> str:
-            candidates = (budget - 2 * len(dev)) // len(dev)
+            # the starting module's dev score, the bootstrap run, then one dev score per set
+            candidates = (budget - len(dev) - BOOTSTRAP) // len(dev)
             report = await DemoOptimizer(
-                module, metric, train, dev, candidates=candidates, seed=0, max_bootstrap=len(dev)
+                module, metric, train, dev, candidates=candidates, seed=0, max_bootstrap=BOOTSTRAP
             ).fit()
             scores = ", ".join(f"{score:.2f}" for score in report.scores)
             return (

@@ -77,6 +77,35 @@ async def test_the_modules_own_passing_replies_become_demonstrations() -> None:
         assert demo.output == f"It is {CATEGORY[word]}."
 
 
+async def test_the_bootstrap_sample_holds_every_target_equally() -> None:
+    # TRAIN holds two words of each of four categories; four examples are one of each
+    for seed in range(5):
+        module = Classifier(k=4).bind(model())
+        report = await DemoOptimizer(
+            module, accuracy, TRAIN, DEV, candidates=1, seed=seed, max_bootstrap=4
+        ).fit()
+        assert report.labelled == 4
+        drawn = Demos("x", k=4)
+        drawn.value = report.candidates[1].state["demos"]
+        assert sorted(demo.output for demo in drawn.pairs) == sorted(set(CATEGORY.values()))
+
+
+async def test_drawn_sets_are_balanced_over_labels_and_interleaved() -> None:
+    module = Classifier(k=len(TRAIN)).bind(model())
+    report = await DemoOptimizer(module, accuracy, TRAIN, DEV, candidates=3).fit()
+    labels = sorted(set(CATEGORY.values()))
+    orders = set()
+    for candidate in report.candidates[1:]:
+        drawn = Demos("x", k=len(TRAIN))
+        drawn.value = candidate.state["demos"]
+        shown = [demo.output for demo in drawn.pairs]
+        # two rounds, each showing every label once: balanced, never three in a row
+        assert sorted(shown[:4]) == labels
+        assert sorted(shown[4:]) == labels
+        orders.add(tuple(shown))
+    assert len(orders) > 1  # the order within a round is drawn, not fixed
+
+
 async def test_a_better_starting_set_is_never_replaced_by_a_worse_one() -> None:
     module = Classifier(k=4).bind(model())
     start = [(f"Word: {w}", CATEGORY[w]) for w in ("apple", "oak", "cod", "red")]

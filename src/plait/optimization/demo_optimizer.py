@@ -10,9 +10,14 @@ recipe is bootstrapping few-shot examples:
    module's own passing behaviour). For examples it fails, a call whose reply
    is the module's output yields the labelled demonstration (its prompt, the
    target as the reply).
+   The training examples run are a seeded sample of ``max_bootstrap``,
+   stratified by target, so every label is as well represented in the pool
+   as the sample size allows.
 2. Draw ``candidates`` sets of ``k`` from that pool with a seeded generator,
-   each covering as many different targets as it can (for classification,
-   as many labels as fit), in a shuffled order.
+   balanced over targets: in rounds, one demonstration per target (targets
+   in a fresh shuffled order each round), so a set holds every label about
+   equally often and none more than twice in a row. A small model tends to
+   answer with whichever label dominates or closes its examples.
 3. Score the current demonstrations and every drawn set on the dev set with
    the :class:`~plait.optimization.evaluator.Evaluator`, and keep the best.
    Ties go to the earlier set, and the current demonstrations come first, so
@@ -21,11 +26,12 @@ recipe is bootstrapping few-shot examples:
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from plait.demos import Demo, Demos
 from plait.errors import ConfigError
@@ -84,6 +90,7 @@ class _Pooled:
     bootstrapped: bool
 
 
+_T = TypeVar("_T")
 _Set = dict[str, tuple[Demo, ...]]
 """Demonstrations per ``Demos`` name."""
 
@@ -158,7 +165,7 @@ class DemoOptimizer:
         calls = baseline.metric_calls
         examples = self.trainset
         if self.max_bootstrap is not None and self.max_bootstrap < len(examples):
-            examples = random.Random(self.seed).sample(examples, self.max_bootstrap)
+            examples = _stratified(examples, self.max_bootstrap, random.Random(self.seed))
         traces = await run_traced(self.module, examples, self.metric, self.settings)
         calls += sum(1 for trace in traces if trace.row.error is None)
         pools = self._pools(traces)
@@ -222,21 +229,33 @@ class DemoOptimizer:
         return {name: demos.value for name, demos in self.demos.items()}
 
 
+def _rounds(groups: list[list[_T]], rng: random.Random) -> Iterator[_T]:
+    """One item of each group per round, groups in a new shuffled order every round."""
+    for group in groups:
+        rng.shuffle(group)
+    for depth in range(max((len(group) for group in groups), default=0)):
+        order = [group for group in groups if depth < len(group)]
+        rng.shuffle(order)
+        yield from (group[depth] for group in order)
+
+
+def _by_label(items: Sequence[_T], label: Callable[[_T], str]) -> list[list[_T]]:
+    groups: dict[str, list[_T]] = {}
+    for item in items:
+        groups.setdefault(label(item), []).append(item)
+    return list(groups.values())
+
+
+def _stratified(examples: Sequence[Example], n: int, rng: random.Random) -> list[Example]:
+    """``n`` examples, the same number of each target where there are enough."""
+    groups = _by_label(examples, lambda example: to_text(example[1]))
+    return list(itertools.islice(_rounds(groups, rng), n))
+
+
 def _draw(pool: Sequence[_Pooled], k: int, rng: random.Random) -> tuple[Demo, ...]:
-    """``k`` demonstrations in a shuffled order, as many different labels first as there are."""
-    order = list(pool)
-    rng.shuffle(order)
-    chosen: list[_Pooled] = []
-    labels: set[str] = set()
-    for item in order:
-        if len(chosen) < k and item.label not in labels:
-            chosen.append(item)
-            labels.add(item.label)
-    for item in order:
-        if len(chosen) < k and item not in chosen:
-            chosen.append(item)
-    rng.shuffle(chosen)
-    return tuple(item.demo for item in chosen)
+    """``k`` demonstrations balanced over labels, interleaved in the order shown."""
+    groups = _by_label(pool, lambda item: item.label)
+    return tuple(item.demo for item in itertools.islice(_rounds(groups, rng), k))
 
 
 def _key(chosen: _Set) -> tuple[tuple[str, tuple[Demo, ...]], ...]:
