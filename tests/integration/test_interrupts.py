@@ -22,7 +22,7 @@ from plait.testing import Simulator
 
 LATENCY = 0.1
 SLOTS = 4
-INPUTS = 400  # 10 s of work at SLOTS / LATENCY
+INPUTS = 400  # 10 s of work at SLOTS / LATENCY, so a late interrupt is plain to see
 GUARD = 30.0
 
 CHILD = textwrap.dedent(
@@ -89,4 +89,4 @@ def test_ctrl_c_cancels_a_run_sync_batch_at_once(where: str) -> None:
     # Requests already on the wire at the signal are counted before it; at most
     # the sends racing the signal come after, never the rest of the batch.
     assert after_signal <= SLOTS, f"{after_signal} requests were sent after SIGINT"
-    assert took < 3.0, f"KeyboardInterrupt reached the caller {took:.1f}s after SIGINT"
+    assert took < 5.0, f"KeyboardInterrupt reached the caller {took:.1f}s after SIGINT"
