@@ -73,3 +73,24 @@ def test_plait_run_and_graph_handle_a_dynamic_pipeline(tmp_path: Path) -> None:
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(records) == 6
     assert records[0]["output"] == "ECHO: Polish: ECHO: ECHO: ECHO: item 0"
+
+
+def test_plait_run_and_graph_handle_a_dynamic_module_at_the_top(tmp_path: Path) -> None:
+    graph = run(PLAIT, "graph", "dynamic_pipelines.pipelines:build_grow", cwd=tmp_path)
+    assert '[["grow: Grow (dynamic)"]]' in graph
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(json.dumps(f"item {index}") + "\n" for index in range(4)))
+    with Simulator(latency=0.01) as sim:
+        resources = tmp_path / "resources.yaml"
+        resources.write_text(f"fast:\n  model: sim\n  base_url: {sim.base_url}\n")
+        run(
+            PLAIT, "run", "dynamic_pipelines.pipelines:build_grow", "--input", str(inputs),
+            "--output", str(tmp_path / "out.jsonl"), "--resources", str(resources),
+            "--no-progress", cwd=tmp_path,
+        )  # fmt: skip
+        # the loop follows the replies: three rounds until the text is 20 chars long
+        assert sim.stats().completed == 4 * 3
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [record["output"] for record in records] == [
+        f"ECHO: ECHO: ECHO: item {index}" for index in range(4)
+    ]

@@ -46,3 +46,20 @@ def test_a_dynamic_pipeline_on_ray_equals_a_local_run(local_ray: None) -> None:
     by_input = {row["input"]: row for row in rows}
     assert [by_input[text]["output"] for text in texts] == local
     assert all(row["error"] == "" for row in rows)
+
+
+def test_a_dynamic_module_at_the_top_on_ray_equals_a_local_run(local_ray: None) -> None:
+    from dynamic_pipelines.pipelines import build_grow
+
+    texts = [f"row {index}" for index in range(8)]
+    with Simulator.spawn(latency=0.01) as sim:
+        resources = {"fast": {"model": "sim", "base_url": sim.base_url, "max_concurrent": 8}}
+        local = build_grow().bind(resources).run_sync(texts)
+        sim.reset_stats()
+        dataset = ray.data.from_items([{"input": text} for text in texts])
+        rows = map_dataset(dataset, build_grow, resources, batch_size=4).take_all()
+        # the loop ran on the workers, three rounds per row
+        assert sim.stats().completed == len(texts) * 3
+    by_input = {row["input"]: row for row in rows}
+    assert [by_input[text]["output"] for text in texts] == local
+    assert local[0] == "ECHO: ECHO: ECHO: row 0"

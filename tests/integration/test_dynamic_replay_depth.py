@@ -223,10 +223,11 @@ def test_a_nested_forward_replays_unless_its_parent_differed_before_it() -> None
     assert level3 is not None
     assert level3.lookup(0, inner.write, ("Write: t a",), {}) == "draft v1"
 
-    # Once call 1 of a forward differs, what call 2 runs is live all the way down,
+    # Once call 1 of a forward differs, what it and later calls run is live all the way down,
     # while what call 0 ran may still replay.
     store.adopt(0, {"outer@1": ["not this call", "x"], "outer.middle#0.inner#0@0": ["f", "y"]})
     third = store.replay(state, "outer")
     assert third.lookup(1, module.sum, ("Sum: t",), {}) is MISSING
+    assert third.nested(1, "outer.middle#1", node) is None
     assert third.nested(2, "outer.middle#2", node) is None
     assert third.nested(0, "outer.middle#0", node) is not None

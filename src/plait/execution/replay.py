@@ -124,13 +124,13 @@ class StoredCalls:
         return entry[1]
 
     def nested(self, seq: int, path: str, node: GraphNode) -> StoredCalls | None:
-        """Replay for a dynamic node that call ``seq`` ran, unless an earlier call differed.
+        """Replay for a dynamic node that call ``seq`` ran, unless a call up to it differed.
 
         Its calls are looked up on their own, so a rerun killed deep in a
-        nested loop resumes there. A call made after this forward's first
-        differing call runs live, and so does everything inside it.
+        nested loop resumes there. From this forward's first differing call
+        on, calls run live, and so does everything inside them.
         """
-        if self._diverged_at is not None and self._diverged_at < seq:
+        if self._diverged_at is not None and self._diverged_at <= seq:
             return None
         stored = self._store.take(self._index, path)
         return StoredCalls(self._store, self._key, self._index, path, node, stored)

@@ -35,3 +35,8 @@ class Wrapped(Module):
 
 def build() -> Wrapped:
     return Wrapped()
+
+
+def build_grow() -> Grow:
+    """The dynamic module alone, as the whole pipeline."""
+    return Grow()
