@@ -25,7 +25,7 @@ from plait.resources.manager import ResourceManager
 from plait.resources.protocol import ResourceManagerLike
 
 if TYPE_CHECKING:
-    from plait.storage.cache import ResponseCache
+    from plait.storage.cache import RunCache
     from plait.storage.checkpoint_session import CheckpointSession
 
 
@@ -45,7 +45,7 @@ class RunHooks:
     """
 
     observer: RunObserver | None = None
-    cache: ResponseCache | None = None
+    cache: RunCache | None = None
     budget: Budget | None = None
     probes: bool = False
     on_node_done: Callable[[ExecutionState, str, Any], None] | None = None
@@ -68,7 +68,7 @@ class RunFeatures:
 
     observer: RunObserver | None = None
     profiler: Profiler | None = None
-    cache: ResponseCache | None = None
+    cache: RunCache | None = None
     budget: Budget | None = None
     checkpoint: CheckpointSession | None = None
     probes: bool = False
@@ -111,14 +111,15 @@ def run_features(
         path = settings.profile_path
         features.profiler = Profiler(path if path is not None else default_profile_path())
     features.observer = combine([_span_observer(settings), features.profiler])
-    if settings.cache is not None and settings.cache is not False:
-        from plait.storage.cache import open_cache
+    features.probes = isinstance(resources, ResourceManager)
+    endpoint_caches = isinstance(resources, ResourceManager) and resources.has_endpoint_caches
+    if (settings.cache is not None and settings.cache is not False) or endpoint_caches:
+        # Endpoints' own caches number this run's samples too (DESIGN 12).
+        from plait.storage.cache import RunCache, open_cache
 
-        cache = open_cache(settings.cache)
-        features.cache = None if cache is None else cache.for_run()
+        features.cache = RunCache(open_cache(settings.cache))
     if settings.max_tokens_total is not None or settings.max_cost is not None:
         features.budget = Budget(settings.max_tokens_total, settings.max_cost)
-    features.probes = isinstance(resources, ResourceManager)
     needs_manager = [
         name
         for name, used in (("cache", features.cache is not None), ("max_cost", settings.max_cost))

@@ -44,7 +44,7 @@ from plait.resources.tokens import estimate_tokens
 from plait.resources.usage import AliasUsage
 
 if TYPE_CHECKING:
-    from plait.storage.cache import ResponseCache
+    from plait.storage.cache import RunCache
 
 # How long a member whose account is out of quota sits out of its pool.
 _QUOTA_COOLDOWN = 300.0
@@ -104,6 +104,11 @@ class ResourceManager:
         """The alias's ``max_retries`` (largest in a pool), or None to use the scheduler's."""
         return self._route(alias).retry_limit
 
+    @property
+    def has_endpoint_caches(self) -> bool:
+        """Whether any endpoint names a cache of its own, which a run must number."""
+        return any(endpoint.config.cache for endpoint in self._endpoints)
+
     def priced(self, alias: str) -> bool:
         """Whether every endpoint of ``alias`` has prices, so its calls have a cost."""
         return all(member.item.priced for member in self._route(alias).pool.members)
@@ -135,7 +140,7 @@ class ResourceManager:
         request: ChatRequest,
         *,
         attempt: int = 0,
-        cache: ResponseCache | None = None,
+        cache: RunCache | None = None,
         probe: CallProbe | None = None,
     ) -> ChatResponse:
         """Send ``request`` to an endpoint of ``alias`` and return its reply.
@@ -143,12 +148,14 @@ class ResourceManager:
         ``request.model`` is set to the chosen endpoint's model (the request
         is the resource layer's to fill in; a retry may land elsewhere and is
         set again). ``attempt`` > 0 marks a retry in the usage counters.
-        ``cache`` is the run's response cache (an endpoint's own ``cache``
-        setting overrides it); a hit returns at once and counts as a cache
-        hit, not a request. ``probe``, when given, is filled in with where the
-        call went, how long it waited and what it cost; if its ``halt`` is
-        exceeded by the time a slot and a rate permit are held, the request
-        is not sent and :class:`BudgetExceededError` is raised.
+        ``cache`` is the run's handle on the response caches: the one its
+        ``cache=`` setting names, which an endpoint's own ``cache`` setting
+        overrides, each numbering the run's repeated samples; a hit returns
+        at once and counts as a cache hit, not a request. ``probe``, when
+        given, is filled in with where the call went, how long it waited and
+        what it cost; if its ``halt`` is exceeded by the time a slot and a
+        rate permit are held, the request is not sent and
+        :class:`BudgetExceededError` is raised.
 
         A call queued for an endpoint that turns unhealthy moves to another
         member of the pool; one that would wait more than a few seconds behind
@@ -169,7 +176,7 @@ class ResourceManager:
         member = pool.pick()
         endpoint = member.item
         request.model = endpoint.model
-        store = cache if endpoint.inherit_cache else endpoint.own_cache()
+        store = endpoint.cache_for(cache)
         key = ""
         if store is not None:
             key = store.key(request)
@@ -198,7 +205,7 @@ class ResourceManager:
             )
             endpoint = member.item
             if endpoint is not first:
-                store = cache if endpoint.inherit_cache else endpoint.own_cache()
+                store = endpoint.cache_for(cache)
                 key = store.key(request) if store is not None else ""
             slots = state.slots[endpoint.index]
             limiter = endpoint.limiter
