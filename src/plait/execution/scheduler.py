@@ -249,7 +249,14 @@ class Scheduler:
             return resources.complete(alias, request, attempt=attempt)
         probe = record.probe = CallProbe(hooks.budget)
         manager = cast("ResourceManager", resources)
-        return manager.complete(alias, request, attempt=attempt, cache=hooks.cache, probe=probe)
+        return manager.complete(
+            alias,
+            request,
+            attempt=attempt,
+            cache=hooks.cache,
+            probe=probe,
+            max_pause=hooks.max_pause,
+        )
 
     def _charge(self, record: NodeRun, response: ChatResponse) -> None:
         """Book a reply against the budget; stop starting work once it is spent."""

@@ -142,6 +142,7 @@ class ResourceManager:
         attempt: int = 0,
         cache: RunCache | None = None,
         probe: CallProbe | None = None,
+        max_pause: float | None = None,
     ) -> ChatResponse:
         """Send ``request`` to an endpoint of ``alias`` and return its reply.
 
@@ -155,7 +156,9 @@ class ResourceManager:
         given, is filled in with where the call went, how long it waited and
         what it cost; if its ``halt`` is exceeded by the time a slot and a
         rate permit are held, the request is not sent and
-        :class:`BudgetExceededError` is raised.
+        :class:`BudgetExceededError` is raised. ``max_pause`` bounds the
+        pause a burst of 429s to this call sets on its endpoint (the run's
+        ``max_retry_after``, when below the endpoint's own bound).
 
         A call queued for an endpoint that turns unhealthy moves to another
         member of the pool; one that would wait more than a few seconds behind
@@ -235,7 +238,7 @@ class ResourceManager:
                     usage.failures += 1
                     usage.rate_limited += 1
                     limiter.correct(estimate, 0)
-                    limiter.on_rate_limited(exc.retry_after, sent_at)
+                    limiter.on_rate_limited(exc.retry_after, sent_at, max_pause=max_pause)
                     paused = limiter.paused_for
                     if paused:
                         pool.trip(member, paused)
