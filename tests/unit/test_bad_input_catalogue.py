@@ -124,6 +124,8 @@ def test_one_child_shared_by_two_parents_is_not_a_cycle() -> None:
         ("http://example.com:99999/v1", "port that is not a number from 1 to 65535"),
         ("http://example.com:0/v1", "port that is not a number from 1 to 65535"),
         ("http://example.com:http/v1", "port that is not a number from 1 to 65535"),
+        ("https://example.com/v1?api-version=1", "has a query (?...) or fragment (#...)"),
+        ("https://example.com/v1#top", "has a query (?...) or fragment (#...)"),
         ("ftp://example.com", "must start with http:// or https://"),
         ("example.com/v1", "must start with http:// or https://"),
     ],

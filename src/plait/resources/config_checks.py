@@ -62,7 +62,7 @@ def _lookup(name: str, default: str | None) -> str:
 
 
 def check_base_url(url: str) -> str:
-    """Refuse a URL without an http(s) scheme or host, with spaces, or with a bad port."""
+    """Refuse a URL without an http(s) scheme or host, with spaces, a bad port or a query."""
     if not url.startswith(("http://", "https://")):
         raise ValueError("must start with http:// or https://")
     bad = _first_control_or_space(url)
@@ -79,6 +79,12 @@ def check_base_url(url: str) -> str:
         port = -1
     if port is not None and not 1 <= port <= 65535:
         raise ValueError("has a port that is not a number from 1 to 65535")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        # The client appends /chat/completions, which would land inside them.
+        raise ValueError(
+            "has a query (?...) or fragment (#...); the request path is appended to the "
+            "base_url, so it must end at the path, as in https://host/v1"
+        )
     return url
 
 
