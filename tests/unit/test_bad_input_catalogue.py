@@ -327,3 +327,20 @@ def test_a_request_option_that_is_not_json_is_refused(value: Any) -> None:
     llm = LLMInference("fast", my_server_option=1)
     with pytest.raises(ConfigError, match="request option 'my_server_option' must be JSON"):
         llm.forward("x", my_server_option=value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field"),
+    [
+        ("OPENAI_API_KEY", SECRET + "\n", "api_key"),
+        ("PLAIT_BASE_URL", "http://", "base_url"),
+        ("OPENAI_BASE_URL", "http://exa mple.com/v1", "base_url"),
+    ],
+)
+def test_defaults_from_the_environment_are_checked_like_written_values(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, field: str
+) -> None:
+    monkeypatch.delenv("PLAIT_BASE_URL", raising=False)
+    monkeypatch.setenv(variable, value)
+    message = config_error(lambda: EndpointConfig(model="m"))
+    assert f"field '{field}'" in message

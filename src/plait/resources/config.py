@@ -85,8 +85,9 @@ class EndpointConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     model: str = Field(min_length=1)
-    base_url: str = Field(default_factory=_default_base_url)
-    api_key: SecretStr | None = Field(default_factory=_default_api_key)
+    # Defaults come from the environment, so they are checked like written values.
+    base_url: str = Field(default_factory=_default_base_url, validate_default=True)
+    api_key: SecretStr | None = Field(default_factory=_default_api_key, validate_default=True)
     max_concurrent: int = Field(default=16, ge=1)
     rate_limit: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     token_rate_limit: float | None = Field(default=None, gt=0, allow_inf_nan=False)
