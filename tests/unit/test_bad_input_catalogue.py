@@ -299,6 +299,11 @@ def test_an_unterminated_env_reference_names_the_field(field: str, text: Any) ->
     assert "is not closed or not a valid name; write ${NAME} or ${NAME:-default}" in message
 
 
+def test_an_unterminated_env_reference_in_a_header_names_the_header() -> None:
+    message = config_error(lambda: endpoint(headers={"X-Ok": "1", "X-Key": "${" + SECRET}))
+    assert "field 'headers': header 'X-Key': the environment reference starting at" in message
+
+
 def test_an_unterminated_env_reference_in_a_file_names_file_and_field(tmp_path: Path) -> None:
     path = tmp_path / "resources.yaml"
     path.write_text("fast:\n  model: m\n  base_url: http://${HOST/v1\n")

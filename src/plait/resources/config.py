@@ -38,6 +38,7 @@ from plait.resources.config_checks import (
     check_base_url,
     check_headers,
     expand_env,
+    expand_header_values,
     refuse_bool,
 )
 from plait.resources.config_file import read_config_file
@@ -129,9 +130,7 @@ class EndpointConfig(BaseModel):
     @field_validator("headers", mode="before")
     @classmethod
     def _expand_headers(cls, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {k: expand_env(v) if isinstance(v, str) else v for k, v in value.items()}
-        return value
+        return expand_header_values(value) if isinstance(value, Mapping) else value
 
     @field_validator("base_url")
     @classmethod

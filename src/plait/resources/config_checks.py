@@ -13,9 +13,18 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["check_api_key", "check_base_url", "check_headers", "expand_env", "refuse_bool"]
+__all__ = [
+    "check_api_key",
+    "check_base_url",
+    "check_headers",
+    "expand_env",
+    "expand_header_values",
+    "refuse_bool",
+]
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -59,6 +68,18 @@ def _lookup(name: str, default: str | None) -> str:
     if value is None:
         raise ValueError(f"environment variable {name} is not set (referenced as ${{{name}}})")
     return value
+
+
+def expand_header_values(headers: Mapping[Any, Any]) -> dict[Any, Any]:
+    """``expand_env`` on each text value, with a failure naming its header."""
+    expanded = {}
+    for number, (name, value) in enumerate(headers.items(), start=1):
+        try:
+            expanded[name] = expand_env(value) if isinstance(value, str) else value
+        except ValueError as exc:
+            shown = repr(name) if isinstance(name, str) and _TOKEN.fullmatch(name) else number
+            raise ValueError(f"header {shown}: {exc}") from None
+    return expanded
 
 
 def check_base_url(url: str) -> str:
