@@ -246,6 +246,11 @@ def test_a_bool_request_option_where_a_number_is_meant_is_refused(option: str) -
             "the key 'X-A' appears twice (lines 4 and 4)",
         ),
         ("field.json", '{"fast": {"model": "a", "model": "b"}}', "the key 'model' appears twice"),
+        (
+            "anchor.yaml",
+            "a: &x {model: one}\nb: &x {model: two}\nfast: *x\n",
+            "line 2: invalid YAML: found duplicate anchor 'x'; first occurrence (line 1), second",
+        ),
     ],
 )
 def test_a_key_written_twice_in_a_config_file_is_refused(

@@ -61,10 +61,21 @@ def read_config_file(file: Path) -> Any:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: invalid TOML: {exc}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f", line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "cannot parse"
-        raise ConfigError(f"{file}{where}: invalid YAML: {problem}") from None
+        raise ConfigError(_yaml_problem(file, exc)) from None
+
+
+def _yaml_problem(file: Path, exc: yaml.YAMLError) -> str:
+    """PyYAML's problem with its line, and its context where it has one (a
+    duplicate anchor is "found duplicate anchor 'x'; first occurrence (line 1),
+    second occurrence")."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f", line {mark.line + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or "cannot parse"
+    context = getattr(exc, "context", None)
+    context_mark = getattr(exc, "context_mark", None)
+    if context and context_mark is not None:
+        problem = f"{context} (line {context_mark.line + 1}), {problem}"
+    return f"{file}{where}: invalid YAML: {problem}"
 
 
 def _unique_keys(file: Path, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -93,8 +104,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 continue  # the base class reports an unhashable key
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    "while reading a mapping",
-                    node.start_mark,
+                    None,
+                    None,
                     f"the key {key!r} appears twice (lines {seen[key]} and {line}); "
                     "the second would silently replace the first",
                     key_node.start_mark,
