@@ -285,7 +285,7 @@ def test_checkpointed_run_killed_halfway_resumes_from_its_steps(tmp_path: Path) 
     ("extra", "expected"),
     [
         ("  model: other\n", "line 4: invalid YAML: the key 'model' appears twice (lines 2 and 4)"),
-        ("  headers:\n    X-Key: \"a\\r\\nX-Evil: 1\"\n", "field 'headers': header 'X-Key'"),
+        ('  headers:\n    X-Key: "a\\r\\nX-Evil: 1"\n', "field 'headers': header 'X-Key'"),
         ("  max_concurrent: yes\n", "field 'max_concurrent': must be a number, not the bool"),
     ],
 )
