@@ -117,13 +117,15 @@ def check_headers(headers: dict[str, str]) -> dict[str, str]:
     could add headers, or a second request, to every call.
     """
     for number, (name, value) in enumerate(headers.items(), start=1):
+        if not name:
+            raise ValueError(f"header {number} has an empty name")
         if not _TOKEN.fullmatch(name):
             valid = _TOKEN.match(name)
             shown = valid.group() if valid else ""
             where = len(shown)
-            found = _describe(name[where]) if where < len(name) else "nothing"
             raise ValueError(
-                f"header {number} has an invalid name (starting {shown!r}, then {found} at "
+                f"header {number} has an invalid name (starting {shown!r}, then "
+                f"{_describe(name[where])} at "
                 f"character {where + 1}); names may hold only letters, digits and "
                 "!#$%&'*+-.^_`|~"
             )
