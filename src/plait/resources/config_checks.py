@@ -125,16 +125,15 @@ def check_headers(headers: dict[str, str]) -> dict[str, str]:
             where = len(shown)
             raise ValueError(
                 f"header {number} has an invalid name (starting {shown!r}, then "
-                f"{_describe(name[where])} at "
-                f"character {where + 1}); names may hold only letters, digits and "
-                "!#$%&'*+-.^_`|~"
+                f"{_describe(name[where])} at character {where + 1}); names may hold "
+                "only letters, digits and !#$%&'*+-.^_`|~"
             )
         for index, char in enumerate(value):
             if char != "\t" and _is_control(char):
                 raise ValueError(
                     f"header {name!r}: its value holds {_describe(char)} at character "
-                    f"{index + 1}, which would start another header on the wire (value not "
-                    "shown)"
+                    f"{index + 1}; header values may not hold control characters (a CR or "
+                    "LF would start another header on the wire); the value is not shown"
                 )
     return headers
 
