@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, overload
 
-from plait.module import Module, _StructureVersion
+from plait.module import Module, _StructureVersion, refuse_cycle
 from plait.parameter import Parameter
 
 
@@ -80,8 +80,9 @@ class ModuleList(Module):
         return self
 
     def insert(self, index: int, module: Module) -> None:
+        refuse_cycle(self, str(index), _check_module(module, "ModuleList"))
         modules = list(self._modules.values())
-        modules.insert(index, _check_module(module, "ModuleList"))
+        modules.insert(index, module)
         self._reindex(modules)
 
     @overload

@@ -8,6 +8,7 @@ catch the library's failures in one place::
     │   ├── EndpointConfigError             one endpoint's fields, line by line
     │   ├── UnknownAliasError (KeyError)    a module names an alias the config lacks
     │   ├── UsageError                      a command-line argument cannot be used
+    │   ├── ModuleCycleError                a module would contain itself
     │   ├── LossCheckError (TypeError)      a VerifierLoss check returned neither None nor text
     │   ├── UnknownOptionError (TypeError)  a call passed a keyword that is no request option
     │   └── MetricError (TypeError)         a metric returned neither a bool nor a score in [0, 1]
@@ -107,6 +108,11 @@ class UnknownAliasError(ConfigError, KeyError):
 
 class UsageError(ConfigError):
     """A command-line argument names a target, file or factory that cannot be used."""
+
+
+class ModuleCycleError(ConfigError):
+    """Registering a child would make a module contain itself (directly or through
+    its children), which no traversal, repr or trace of the tree could finish."""
 
 
 class LossCheckError(ConfigError, TypeError):

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from plait.errors import ConfigError
+from plait.errors import ConfigError, ModuleCycleError
 from plait.execution.call import Call, run_blocking
 from plait.execution.dynamic import current_scope
 from plait.execution.inputs import batch_items, call_items
@@ -95,6 +95,7 @@ class Module:
             )
         parameters: dict[str, Parameter] = self.__dict__["_parameters"]
         if isinstance(value, Module):
+            refuse_cycle(self, name, value)
             parameters.pop(name, None)
             modules[name] = value
             _StructureVersion.value += 1
@@ -122,6 +123,7 @@ class Module:
             raise TypeError(
                 f"register_module({name!r}, ...) needs a Module, got {type(module).__name__}"
             )
+        refuse_cycle(self, name, module)
         self._modules[name] = module
         _StructureVersion.value += 1
 
@@ -363,6 +365,26 @@ class Module:
             return f"{type(self).__name__}({extra})"
         body = "\n  ".join(([extra] if extra else []) + lines)
         return f"{type(self).__name__}(\n  {body}\n)"
+
+
+def refuse_cycle(parent: Module, name: str, child: Module) -> None:
+    """Refuse to register ``child`` under ``parent`` if ``parent`` is inside it.
+
+    Checked when the child is attached, the one moment the mistake has a
+    name: found later, a cycle is an endless repr or trace. Sharing one
+    child between two parents is fine; only a loop back to ``parent`` is not.
+    The walk covers the child's subtree once, which building a tree costs anyway.
+    """
+    for path, module in child.named_modules():
+        if module is parent:
+            owner = type(parent).__name__
+            where = f"cannot register {type(child).__name__} as {owner}.{name}"
+            if not path:
+                raise ModuleCycleError(f"{where}: a module cannot be its own child")
+            raise ModuleCycleError(
+                f"{where}: {owner}.{name}.{path} would be that {owner} itself, so it would "
+                "contain itself"
+            )
 
 
 def _indent(text: str) -> str:

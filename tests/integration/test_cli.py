@@ -279,3 +279,29 @@ def test_checkpointed_run_killed_halfway_resumes_from_its_steps(tmp_path: Path) 
     (run,) = CheckpointManager(checkpoints).runs()
     assert run.status == "finished"
     assert run.finished == 100
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("  model: other\n", "line 4: invalid YAML: the key 'model' appears twice (lines 2 and 4)"),
+        ('  headers:\n    X-Key: "a\\r\\nX-Evil: 1"\n', "field 'headers': header 'X-Key'"),
+        ("  max_concurrent: yes\n", "field 'max_concurrent': must be a number, not the bool"),
+    ],
+)
+def test_a_bad_resources_file_stops_plait_run_before_any_request(
+    tmp_path: Path, sim: Simulator, extra: str, expected: str
+) -> None:
+    resources = tmp_path / "resources.yaml"
+    resources.write_text(f"fast:\n  model: sim\n  base_url: {sim.base_url}\n{extra}")
+    output = tmp_path / "out.jsonl"
+    done = plait(
+        "run", "sample_pipelines.pipelines:build", "--input", str(_inputs(tmp_path, 3)),
+        "--output", str(output), "--resources", str(resources), "--no-progress", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert str(resources) in done.stderr
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sim.stats().requests == 0
+    assert not output.exists() or output.read_text() == ""

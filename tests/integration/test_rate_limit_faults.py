@@ -311,3 +311,28 @@ async def test_resource_manager_is_an_async_context_manager() -> None:
 
 
 pytestmark = pytest.mark.filterwarnings("error::ResourceWarning")
+
+
+async def test_the_pause_after_a_burst_of_429s_is_capped_by_max_retry_after_too() -> None:
+    """A burst pauses the endpoint for the server's delay, but never longer than the
+    run's ``max_retry_after``: a run that says it waits at most 0.3 s per 429 does.
+
+    Before: the endpoint-wide pause was min(Retry-After, 5 s) whatever the run
+    said, so 8 inputs refused in a burst with ``Retry-After: 30`` finished after
+    more than 5 s; after, in about 1.3 s.
+    """
+    burst = 6
+
+    def refuse_first(seq: int, body: dict[str, Any]) -> str | None:
+        return "429" if seq < burst else None
+
+    async with Simulator(fault=refuse_first, retry_after=30) as sim:
+        async with ResourceManager({"fast": endpoint(sim.base_url, max_concurrent=8)}) as manager:
+            module = Echo().bind(resources=manager, max_retry_after=0.3)
+            started = time.monotonic()
+            outputs = await asyncio.wait_for(module(prompts(8)), timeout=30)
+            elapsed = time.monotonic() - started
+        stats = sim.stats()
+    assert outputs == echoes(8)
+    assert stats.rate_limited == burst
+    assert elapsed < 4  # about 1.3 s here; over 5 s before

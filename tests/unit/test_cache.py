@@ -315,3 +315,34 @@ async def test_concurrent_twins_are_stored_as_separate_samples(tmp_path: Path) -
     assert sorted(second) == sorted(first)
     assert len(set(first)) == 3
     assert sampler.count == 3
+
+
+@pytest.mark.parametrize("where", ["run", "endpoint", "endpoint, with a run cache elsewhere"])
+@pytest.mark.parametrize(("temperature", "samples"), [(0.7, 3), (0.0, 1)])
+async def test_an_endpoint_cache_numbers_repeated_samples_like_a_run_cache(
+    tmp_path: Path, where: str, temperature: float, samples: int
+) -> None:
+    """The sample numbering of DESIGN 12 is one mechanism, whichever setting names
+    the cache: an endpoint's own ``cache`` keeps three samples at temperature 0.7
+    apart and serves the same three to a rerun, as a run's ``cache=`` does."""
+    sampler = Sampler()
+    cache_dir = tmp_path / "replies"
+    if where == "run":
+        resources = manager(MockClient(sampler))
+        settings: dict[str, Any] = {"cache": cache_dir}
+    else:
+        resources = manager(MockClient(sampler), cache=str(cache_dir))
+        settings = {"cache": tmp_path / "elsewhere"} if "elsewhere" in where else {}
+    module = LLMInference("fast", temperature=temperature).bind(
+        resources=resources, max_concurrent=1, **settings
+    )
+    first = await bounded(module(["same"] * 3))
+    second = await bounded(module(["same"] * 3))
+    stored = ResponseCache(cache_dir)
+    try:
+        assert len(stored) == samples
+    finally:
+        stored.close()
+    assert sampler.count == samples
+    assert len(set(first)) == samples
+    assert sorted(second) == sorted(first)

@@ -359,3 +359,19 @@ def test_an_unpaced_endpoint_does_not_start_pacing_on_a_stray_429(clock: FakeClo
     assert limiter.requests_per_minute is None
     assert limiter.paused_for == 0.0
     assert all(limiter.try_acquire() for _ in range(100))
+
+
+@pytest.mark.parametrize(("retry_after", "cap", "pause"), [(30.0, 0.5, 0.5), (0.2, 0.5, 0.2)])
+def test_a_burst_pause_is_bounded_by_the_callers_cap(
+    clock: FakeClock, retry_after: float, cap: float, pause: float
+) -> None:
+    """The refused call's ``max_pause`` (its run's max_retry_after) bounds the pause
+    a burst sets, below the limiter's own ``max_backoff``; a shorter server delay
+    is kept as it is."""
+    limiter = RateLimiter(None, None, max_backoff=5.0)
+    for _ in range(6):
+        clock.now += 0.01
+        limiter.on_rate_limited(retry_after, max_pause=cap)
+    assert limiter.paused_for == pytest.approx(pause)
+    limiter.on_rate_limited(30.0)
+    assert limiter.paused_for == pytest.approx(5.0)  # without a cap, max_backoff

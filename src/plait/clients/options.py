@@ -44,6 +44,20 @@ KNOWN_OPTIONS = frozenset(
 )
 """OpenAI's sampling options and the ones common OpenAI-compatible servers add."""
 
+_NUMBERS = frozenset(
+    {
+        "temperature",
+        "seed",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "top_logprobs",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+    }
+)
+
 _FIXED = {
     "model": "the model comes from the endpoint that the alias names",
     "messages": "the messages are the prompt",
@@ -86,6 +100,9 @@ def check_option(name: str, value: Any, where: str) -> None:
         )
     if name == "temperature" and value is not None and not (_is_number(value) and value >= 0):
         raise ConfigError(f"{where}: 'temperature' must be a number >= 0 or None, got {value!r}")
+    if name in _NUMBERS and isinstance(value, bool):
+        # json.dumps sends True as true, which a server refuses (or reads as 1).
+        raise ConfigError(f"{where}: {name!r} must be a number, not the bool {value}")
     if name in ("max_tokens", "max_completion_tokens") and not _is_count_or_none(value):
         raise ConfigError(f"{where}: {name!r} must be a positive int or None, got {value!r}")
     try:

@@ -21,11 +21,12 @@ from plait.execution.settings import ResolvedSettings
 from plait.execution.state import ExecutionState
 from plait.profiling.observer import RunObserver, combine
 from plait.profiling.profile import Profiler, default_profile_path
+from plait.resources.endpoint import MAX_ENDPOINT_PAUSE
 from plait.resources.manager import ResourceManager
 from plait.resources.protocol import ResourceManagerLike
 
 if TYPE_CHECKING:
-    from plait.storage.cache import ResponseCache
+    from plait.storage.cache import RunCache
     from plait.storage.checkpoint_session import CheckpointSession
 
 
@@ -37,17 +38,20 @@ class RunHooks:
     pays nothing for it: with no observer, cache or budget, nodes take the
     plain path, and ``on_node_done`` costs one ``is None`` test per node.
 
-    ``probes`` says the resource manager accepts ``cache=`` and ``probe=``
-    (a real :class:`~plait.resources.ResourceManager` does; test doubles
-    need not). ``on_node_done(state, node_id, value)`` runs after a node's
-    result is recorded (checkpointing); ``on_budget_exceeded()`` runs once,
-    after the scheduler has stopped starting work.
+    ``probes`` says the resource manager accepts ``cache=``, ``probe=`` and
+    ``max_pause=`` (a real :class:`~plait.resources.ResourceManager` does;
+    test doubles need not). ``max_pause`` is the run's ``max_retry_after``
+    when it is below the pause an endpoint sets on a burst of 429s.
+    ``on_node_done(state, node_id, value)`` runs after a node's result is
+    recorded (checkpointing); ``on_budget_exceeded()`` runs once, after the
+    scheduler has stopped starting work.
     """
 
     observer: RunObserver | None = None
-    cache: ResponseCache | None = None
+    cache: RunCache | None = None
     budget: Budget | None = None
     probes: bool = False
+    max_pause: float | None = None
     on_node_done: Callable[[ExecutionState, str, Any], None] | None = None
     on_budget_exceeded: Callable[[], None] | None = None
     replay: Callable[[ExecutionState, str], Replay | None] | None = None
@@ -55,7 +59,12 @@ class RunHooks:
     @property
     def observing(self) -> bool:
         """Whether nodes must take the path that records what they do."""
-        return self.observer is not None or self.cache is not None or self.budget is not None
+        return (
+            self.observer is not None
+            or self.cache is not None
+            or self.budget is not None
+            or self.max_pause is not None
+        )
 
 
 @dataclass(slots=True)
@@ -68,10 +77,11 @@ class RunFeatures:
 
     observer: RunObserver | None = None
     profiler: Profiler | None = None
-    cache: ResponseCache | None = None
+    cache: RunCache | None = None
     budget: Budget | None = None
     checkpoint: CheckpointSession | None = None
     probes: bool = False
+    max_pause: float | None = None
 
     def hooks(
         self,
@@ -84,13 +94,15 @@ class RunFeatures:
         The callbacks are handed on only when their feature is on, so the
         scheduler tests a None, not a flag, on its hot path.
         """
-        if (self.observer, self.cache, self.budget, self.checkpoint) == (None, None, None, None):
+        features = (self.observer, self.cache, self.budget, self.checkpoint, self.max_pause)
+        if features == (None, None, None, None, None):
             return None
         return RunHooks(
             observer=self.observer,
             cache=self.cache,
             budget=self.budget,
             probes=self.probes,
+            max_pause=self.max_pause,
             on_node_done=on_node_done if self.checkpoint is not None else None,
             on_budget_exceeded=on_budget_exceeded if self.budget is not None else None,
             replay=replay if self.checkpoint is not None else None,
@@ -111,14 +123,17 @@ def run_features(
         path = settings.profile_path
         features.profiler = Profiler(path if path is not None else default_profile_path())
     features.observer = combine([_span_observer(settings), features.profiler])
-    if settings.cache is not None and settings.cache is not False:
-        from plait.storage.cache import open_cache
+    features.probes = isinstance(resources, ResourceManager)
+    if features.probes and settings.max_retry_after < MAX_ENDPOINT_PAUSE:
+        features.max_pause = settings.max_retry_after
+    endpoint_caches = isinstance(resources, ResourceManager) and resources.has_endpoint_caches
+    if (settings.cache is not None and settings.cache is not False) or endpoint_caches:
+        # Endpoints' own caches number this run's samples too (DESIGN 12).
+        from plait.storage.cache import RunCache, open_cache
 
-        cache = open_cache(settings.cache)
-        features.cache = None if cache is None else cache.for_run()
+        features.cache = RunCache(open_cache(settings.cache))
     if settings.max_tokens_total is not None or settings.max_cost is not None:
         features.budget = Budget(settings.max_tokens_total, settings.max_cost)
-    features.probes = isinstance(resources, ResourceManager)
     needs_manager = [
         name
         for name, used in (("cache", features.cache is not None), ("max_cost", settings.max_cost))

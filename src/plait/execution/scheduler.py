@@ -268,6 +268,7 @@ class Scheduler:
             cache=hooks.cache,
             probe=probe,
             reply_within=self.settings.task_timeout,
+            max_pause=hooks.max_pause,
         )
 
     def _charge(self, record: NodeRun, response: ChatResponse) -> None:

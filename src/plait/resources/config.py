@@ -14,16 +14,12 @@ API keys are :class:`pydantic.SecretStr`: they never appear in ``repr``,
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import os
-import re
-import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -37,34 +33,17 @@ from pydantic import (
 
 from plait.clients.base import DEFAULT_MAX_RESPONSE_BYTES
 from plait.errors import ConfigError, EndpointConfigError
+from plait.resources.config_checks import (
+    check_api_key,
+    check_base_url,
+    check_headers,
+    expand_env,
+    expand_header_values,
+    refuse_bool,
+)
+from plait.resources.config_file import read_config_file
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def expand_env(text: str) -> str:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` with values from the environment.
-
-    Follows the shell: the default applies when the variable is unset or empty.
-    A reference with no default to an unset variable is an error, because
-    silently sending an empty key or URL fails much later and less clearly.
-    """
-    if "${" not in text:
-        return text
-
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        value = os.environ.get(name)
-        if value:
-            return value
-        if default is not None:
-            return default
-        if value is None:
-            raise ValueError(f"environment variable {name} is not set (referenced as ${{{name}}})")
-        return value
-
-    return _ENV_REFERENCE.sub(substitute, text)
 
 
 def _default_base_url() -> str:
@@ -74,6 +53,19 @@ def _default_base_url() -> str:
 def _default_api_key() -> SecretStr | None:
     key = os.environ.get("OPENAI_API_KEY")
     return SecretStr(key) if key else None
+
+
+_NUMBER_FIELDS = (
+    "max_concurrent",
+    "rate_limit",
+    "token_rate_limit",
+    "timeout",
+    "max_response_bytes",
+    "max_retries",
+    "weight",
+    "input_price",
+    "output_price",
+)
 
 
 class EndpointConfig(BaseModel):
@@ -94,8 +86,9 @@ class EndpointConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     model: str = Field(min_length=1)
-    base_url: str = Field(default_factory=_default_base_url)
-    api_key: SecretStr | None = Field(default_factory=_default_api_key)
+    # Defaults come from the environment, so they are checked like written values.
+    base_url: str = Field(default_factory=_default_base_url, validate_default=True)
+    api_key: SecretStr | None = Field(default_factory=_default_api_key, validate_default=True)
     max_concurrent: int = Field(default=16, ge=1)
     rate_limit: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     token_rate_limit: float | None = Field(default=None, gt=0, allow_inf_nan=False)
@@ -137,16 +130,30 @@ class EndpointConfig(BaseModel):
     @field_validator("headers", mode="before")
     @classmethod
     def _expand_headers(cls, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {k: expand_env(v) if isinstance(v, str) else v for k, v in value.items()}
-        return value
+        return expand_header_values(value) if isinstance(value, Mapping) else value
 
     @field_validator("base_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
+        return check_base_url(value)
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_headers(value)
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_api_key(value.get_secret_value())
         return value
+
+    @field_validator(*_NUMBER_FIELDS, mode="before")
+    @classmethod
+    def _no_bools(cls, value: Any) -> Any:
+        # Pydantic's lax mode takes True as 1; refused before it gets the chance.
+        return refuse_bool(value)
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # Header values often carry credentials (Azure's api-key, bearer
@@ -232,7 +239,7 @@ class ResourceConfig(RootModel[dict[str, list[EndpointConfig]]]):
         ``endpoints`` key holding it (so the file can say what it is).
         """
         file = Path(path)
-        data = _read_file(file)
+        data = read_config_file(file)
         if not isinstance(data, Mapping):
             raise ConfigError(f"{file}: the top level must be a mapping of alias to endpoint")
         endpoints = data.get("endpoints")
@@ -318,33 +325,6 @@ def _price_pair(model: str, entry: Any) -> tuple[float, float]:
             )
         checked.append(float(value))
     return checked[0], checked[1]
-
-
-def _read_file(file: Path) -> Any:
-    suffix = file.suffix.lower()
-    if suffix not in (".yaml", ".yml", ".json", ".toml"):
-        raise ConfigError(f"{file}: unsupported config file type; use .yaml, .yml, .json or .toml")
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{file}: config file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{file}: cannot read config file: {exc.strerror}") from None
-    try:
-        if suffix == ".json":
-            return json.loads(text)
-        if suffix == ".toml":
-            return tomllib.loads(text)
-        return yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{file}, line {exc.lineno}: invalid JSON: {exc.msg}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{file}: invalid TOML: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f", line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "cannot parse"
-        raise ConfigError(f"{file}{where}: invalid YAML: {problem}") from None
 
 
 _FIELDS = tuple(EndpointConfig.model_fields)

@@ -18,7 +18,7 @@ from plait.resources.rate_limit import RateLimiter
 from plait.resources.slots import Slots
 
 if TYPE_CHECKING:
-    from plait.storage.cache import ResponseCache
+    from plait.storage.cache import ResponseCache, RunCache
 
 ClientFactory = Callable[[EndpointConfig], LLMClient]
 
@@ -88,9 +88,22 @@ class Endpoint:
         self.inherit_cache = config.cache is None
         self._cache: ResponseCache | None = None
 
+    def cache_for(self, run: RunCache | None) -> ResponseCache | None:
+        """The cache a call to this endpoint uses, as seen by ``run``.
+
+        The run's own cache unless the config names another (or ``False``,
+        none). Inside a run the handle is the run's, which numbers repeated
+        samples; a call made outside any run (``run`` None) reads and writes
+        an endpoint's cache through its shared, unnumbered handle.
+        """
+        if self.inherit_cache:
+            return None if run is None else run.default
+        own = self.own_cache()
+        return own if own is None or run is None else run.handle(own)
+
     def own_cache(self) -> ResponseCache | None:
         """The cache this endpoint's config names (opened on first use), or None."""
-        if self._cache is None and self.config.cache:
+        if (self._cache is None or self._cache.closed) and self.config.cache:
             from plait.storage.cache import open_cache
 
             self._cache = open_cache(self.config.cache)

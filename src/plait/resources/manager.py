@@ -45,7 +45,7 @@ from plait.resources.tokens import estimate_tokens
 from plait.resources.usage import AliasUsage
 
 if TYPE_CHECKING:
-    from plait.storage.cache import ResponseCache
+    from plait.storage.cache import RunCache
 
 # How long a member whose account is out of quota sits out of its pool.
 _QUOTA_COOLDOWN = 300.0
@@ -120,6 +120,11 @@ class ResourceManager:
         """The alias's ``max_retries`` (largest in a pool), or None to use the scheduler's."""
         return self._route(alias).retry_limit
 
+    @property
+    def has_endpoint_caches(self) -> bool:
+        """Whether any endpoint names a cache of its own, which a run must number."""
+        return any(endpoint.config.cache for endpoint in self._endpoints)
+
     def priced(self, alias: str) -> bool:
         """Whether every endpoint of ``alias`` has prices, so its calls have a cost."""
         return all(member.item.priced for member in self._route(alias).pool.members)
@@ -151,21 +156,26 @@ class ResourceManager:
         request: ChatRequest,
         *,
         attempt: int = 0,
-        cache: ResponseCache | None = None,
+        cache: RunCache | None = None,
         probe: CallProbe | None = None,
         reply_within: float | None = None,
+        max_pause: float | None = None,
     ) -> ChatResponse:
         """Send ``request`` to an endpoint of ``alias`` and return its reply.
 
         ``request.model`` is set to the chosen endpoint's model (the request
         is the resource layer's to fill in; a retry may land elsewhere and is
         set again). ``attempt`` > 0 marks a retry in the usage counters.
-        ``cache`` is the run's response cache (an endpoint's own ``cache``
-        setting overrides it); a hit returns at once and counts as a cache
-        hit, not a request. ``probe``, when given, is filled in with where the
-        call went, how long it waited and what it cost; if its ``halt`` is
-        exceeded by the time a slot and a rate permit are held, the request
-        is not sent and :class:`BudgetExceededError` is raised.
+        ``cache`` is the run's handle on the response caches: the one its
+        ``cache=`` setting names, which an endpoint's own ``cache`` setting
+        overrides, each numbering the run's repeated samples; a hit returns
+        at once and counts as a cache hit, not a request. ``probe``, when
+        given, is filled in with where the call went, how long it waited and
+        what it cost; if its ``halt`` is exceeded by the time a slot and a
+        rate permit are held, the request is not sent and
+        :class:`BudgetExceededError` is raised. ``max_pause`` bounds the
+        pause a burst of 429s to this call sets on its endpoint (the run's
+        ``max_retry_after``, when below the endpoint's own bound).
 
         ``reply_within`` (the run's ``task_timeout``) bounds the request from the
         moment it is sent, never its wait for a slot or a rate permit; past
@@ -190,7 +200,7 @@ class ResourceManager:
         member = pool.pick()
         endpoint = member.item
         request.model = endpoint.model
-        store = cache if endpoint.inherit_cache else endpoint.own_cache()
+        store = endpoint.cache_for(cache)
         key = ""
         if store is not None:
             key = store.key(request)
@@ -219,7 +229,7 @@ class ResourceManager:
             )
             endpoint = member.item
             if endpoint is not first:
-                store = cache if endpoint.inherit_cache else endpoint.own_cache()
+                store = endpoint.cache_for(cache)
                 key = store.key(request) if store is not None else ""
             slots = state.slots[endpoint.index]
             limiter = endpoint.limiter
@@ -252,7 +262,7 @@ class ResourceManager:
                     usage.failures += 1
                     usage.rate_limited += 1
                     limiter.correct(estimate, 0)
-                    limiter.on_rate_limited(exc.retry_after, sent_at)
+                    limiter.on_rate_limited(exc.retry_after, sent_at, max_pause=max_pause)
                     paused = limiter.paused_for
                     if paused:
                         pool.trip(member, paused)

@@ -255,7 +255,11 @@ class RateLimiter:
     # -- backpressure ----------------------------------------------------
 
     def on_rate_limited(
-        self, retry_after: float | None = None, sent_at: float | None = None
+        self,
+        retry_after: float | None = None,
+        sent_at: float | None = None,
+        *,
+        max_pause: float | None = None,
     ) -> None:
         """Cut the request rate after a 429, and pause every caller if it is a burst.
 
@@ -268,6 +272,9 @@ class RateLimiter:
         cut, so it only extends the pause; one for a call sent since says the
         cut rate is still too high and cuts again. Without ``sent_at``, 429s
         within a second of a cut are taken as the same burst.
+
+        ``max_pause`` (the refused call's run's ``max_retry_after``) bounds
+        the pause too: a run must not be held longer than it said it waits.
         """
         now = time.monotonic()
         self._refill(now)
@@ -279,6 +286,8 @@ class RateLimiter:
                 delay = min(self._max_backoff, self._base_backoff * 2.0**self._strikes)
             else:
                 delay = min(retry_after, self._max_backoff)
+            if max_pause is not None:
+                delay = min(delay, max_pause)
             self._strikes += 1
             self._paused_until = max(self._paused_until, now + delay)
         if (now < self._cut_guard_until) if sent_at is None else (sent_at < self._cut_at):

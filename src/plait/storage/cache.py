@@ -13,7 +13,9 @@ without a seed, asking the same thing three times in one run means wanting
 three samples, not one answer thrice. So a run's handle (:meth:`for_run`)
 numbers the samples of each request it serves or stores, and keys the second
 and later apart; a rerun asks in the same way and gets the same samples
-back. A deterministic request (temperature 0, or a seed) has one key.
+back. A deterministic request (temperature 0, or a seed) has one key. A
+run's handles on every file it uses, its ``cache=`` setting's and those
+endpoints name themselves, are one :class:`RunCache`, so both number alike.
 
 The file and its writer are :mod:`plait.storage.cache_store`. Handles on one
 file are shared per process (:func:`open_cache`), so every run sees replies
@@ -212,6 +214,31 @@ class ResponseCache:
             with _registry_lock:
                 if _open_caches.get(self.path) is self:
                     del _open_caches[self.path]
+
+
+class RunCache:
+    """One run's handles on every cache file it uses, each numbering its samples.
+
+    A run reaches replies through the file its ``cache=`` setting names
+    (:attr:`default`) and through the files endpoints name in their own
+    ``cache`` setting. Repeated samples must be kept apart in all of them
+    alike, so the resource manager asks this object for the handle of
+    whichever file an endpoint uses, instead of using the shared handle that
+    numbers nothing.
+    """
+
+    __slots__ = ("_handles", "default")
+
+    def __init__(self, default: ResponseCache | None = None) -> None:
+        self._handles: dict[Path, ResponseCache] = {}
+        self.default = None if default is None else self.handle(default)
+
+    def handle(self, cache: ResponseCache) -> ResponseCache:
+        """This run's handle on ``cache``'s file (made once per file)."""
+        found = self._handles.get(cache.path)
+        if found is None or found.closed:
+            found = self._handles[cache.path] = cache.for_run()
+        return found
 
 
 def _lowest_free(taken: int) -> int:
