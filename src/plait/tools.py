@@ -44,7 +44,7 @@ from pydantic.errors import PydanticInvalidForJsonSchema, PydanticSchemaGenerati
 from plait.clients.base import RawToolCall
 from plait.errors import ConfigError, ToolArgumentsError
 
-__all__ = ["AssistantMessage", "Tool", "ToolCall", "as_tools", "run_tool_calls"]
+__all__ = ["AssistantMessage", "Tool", "ToolCall", "as_tools", "run_tool_calls", "tool_answer"]
 
 ToolLike = Callable[..., Any]
 """What ``LLMInference(tools=[...])`` takes: a :class:`Tool` or a plain function."""
@@ -240,12 +240,23 @@ async def _answer(call: ToolCall, tools: Mapping[str, Tool], executor: Executor 
     tool = tools.get(call.name)
     if tool is None:
         return f"Error: {_unknown_tool(call.name, tools)}"
+    return await tool_answer(tool, call.arguments, executor=executor)
+
+
+async def tool_answer(
+    tool: Tool, arguments: Mapping[str, Any], *, executor: Executor | None = None
+) -> str:
+    """What the model is told for one call: the tool's result as text, or ``"Error: ..."``.
+
+    Only a tool's ``Exception`` becomes text; cancellation and interrupts
+    still stop the run.
+    """
     try:
-        result = await tool.run(call.arguments, executor=executor)
+        result = await tool.run(arguments, executor=executor)
     except ToolArgumentsError as exc:
         return f"Error: {exc}"
     except Exception as exc:
-        return f"Error: the tool {call.name!r} raised {type(exc).__name__}: {exc}"
+        return f"Error: the tool {tool.name!r} raised {type(exc).__name__}: {exc}"
     return _as_text(result)
 
 
