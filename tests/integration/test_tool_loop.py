@@ -170,9 +170,13 @@ async def test_bad_tool_calls_are_answered_with_their_error_and_the_loop_goes_on
     answers = [m["content"] for m in tool_messages(script.bodies[1])]
     assert len(answers) == 5
     broken, wrong_type, unknown, raised, good = answers
-    assert broken.startswith("Error: ") and "not valid JSON" in broken
-    assert wrong_type.startswith("Error: ") and "days" in wrong_type and "integer" in wrong_type
-    assert unknown.startswith("Error: ") and "'launch_rockets'" in unknown
+    assert broken.startswith("Error: ")
+    assert "not valid JSON" in broken
+    assert wrong_type.startswith("Error: ")
+    assert "days" in wrong_type
+    assert "integer" in wrong_type
+    assert unknown.startswith("Error: ")
+    assert "'launch_rockets'" in unknown
     assert "'get_weather', 'explode'" in unknown
     assert raised == "Error: the tool 'explode' raised RuntimeError: boom: test"
     assert good == "sunny in Oslo for 1 day(s)"
@@ -271,7 +275,8 @@ async def test_tool_runs_have_execute_tool_spans_under_the_loop_without_argument
     assert len(chats) == 2
     (loop,) = [span for span in spans if span.name.startswith("plait.node")]
     for span in [*tools, *chats]:
-        assert span.parent is not None and span.parent.span_id == loop.context.span_id
+        assert span.parent is not None
+        assert span.parent.span_id == loop.context.span_id
     for span in tools:
         attributes = dict(span.attributes or {})
         assert attributes["gen_ai.operation.name"] == "execute_tool"

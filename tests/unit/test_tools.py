@@ -430,10 +430,12 @@ def test_an_assistant_message_can_continue_a_conversation() -> None:
 def test_tools_to_run_make_a_dynamic_loop_whose_turn_has_the_same_settings() -> None:
     prompt = Parameter("Use the tools.", description="system prompt of the agent")
     llm = LLMInference("llm", prompt, 0.3, 40, tools=[forecast], tool_choice="auto", seed=5)
-    assert isinstance(llm, LLMInference) and isinstance(llm, ToolLoop)
+    assert isinstance(llm, LLMInference)
+    assert isinstance(llm, ToolLoop)
     assert llm._plait_node_kind is NodeKind.DYNAMIC
     turn = llm.turn
-    assert type(turn) is LLMInference and turn._plait_node_kind is NodeKind.LLM
+    assert type(turn) is LLMInference
+    assert turn._plait_node_kind is NodeKind.LLM
     request = turn.forward("hi")
     assert request.tools == [Tool(forecast).schema()]
     assert (request.temperature, request.max_tokens, request.options) == (0.3, 40, {"seed": 5})
