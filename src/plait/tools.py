@@ -46,9 +46,6 @@ from plait.errors import ConfigError, ToolArgumentsError
 
 __all__ = ["AssistantMessage", "Tool", "ToolCall", "as_tools", "run_tool_calls", "tool_answer"]
 
-ToolLike = Callable[..., Any]
-"""What ``LLMInference(tools=[...])`` takes: a :class:`Tool` or a plain function."""
-
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ARGS_HEADERS = frozenset({"args:", "arguments:", "parameters:", "params:"})
 _ARG_LINE = re.compile(r"^(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
@@ -179,6 +176,10 @@ class Tool:
         call = functools.partial(self.fn, *args, **values)
         context = contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(executor, context.run, call)
+
+
+ToolLike = Callable[..., Any] | Tool
+"""What ``LLMInference(tools=[...])`` takes: a :class:`Tool` or a plain function."""
 
 
 def as_tools(tools: Iterable[ToolLike]) -> dict[str, Tool]:

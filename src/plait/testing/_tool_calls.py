@@ -55,18 +55,17 @@ class ToolCallReply:
         """
         calls = data.get("tool_calls") if isinstance(data, dict) else None
         content = data.get("content") if isinstance(data, dict) else None
-        valid = (
-            isinstance(calls, list)
-            and all(
+        if (
+            not isinstance(calls, list)
+            or not all(
                 isinstance(call, list)
                 and len(call) == 2
                 and isinstance(call[0], str)
                 and isinstance(call[1], str | dict)
                 for call in calls
             )
-            and (content is None or isinstance(content, str))
-        )
-        if not valid:
+            or not (content is None or isinstance(content, str))
+        ):
             raise ValueError(
                 'a tool-call reply must be {"tool_calls": [[name, arguments], ...], '
                 f'"content": text or null}}, got {data!r}'
