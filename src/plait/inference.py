@@ -338,7 +338,7 @@ def _prompt(
         _render_messages(request.messages),
         "</REQUEST>",
         "<REPLY>",
-        to_text(ctx.output),
+        _render_reply(ctx.output),
         "</REPLY>",
         "<CRITIQUE>",
         feedback,
@@ -367,9 +367,25 @@ def _chat_message(position: int, message: Any) -> dict[str, Any]:
 
 def _render_messages(messages: list[dict[str, Any]]) -> str:
     return "\n".join(
-        f"[{message.get('role', 'user')}] {to_text(message.get('content', ''))}"
+        f"[{message.get('role', 'user')}] {_with_calls(message.get('content'), message)}"
         for message in messages
     )
+
+
+def _render_reply(output: Any) -> str:
+    """A reply as the backward LLM reads it: a tool-calling turn shows its calls."""
+    if isinstance(output, AssistantMessage):
+        return _with_calls(output.content, output.to_message())
+    return to_text(output)
+
+
+def _with_calls(content: Any, message: Mapping[str, Any]) -> str:
+    parts = [to_text(content)] if content else []
+    parts += [
+        f"(calls {call['function']['name']}({call['function']['arguments']}))"
+        for call in message.get("tool_calls") or ()
+    ]
+    return " ".join(parts)
 
 
 def _describe(param: ParameterLike, module: LLMInference) -> str:

@@ -92,7 +92,7 @@ async def test_two_calls_of_one_turn_run_concurrently_and_are_answered_in_call_o
         """Waits for its twin, then takes a while: it finishes last."""
         both_running.wait()
         time.sleep(0.2)
-        finished.append("slow")
+        finished.append(threading.current_thread().name.split("_")[0])
         return f"slow:{x}"
 
     async def quick(x: str) -> str:
@@ -108,7 +108,7 @@ async def test_two_calls_of_one_turn_run_concurrently_and_are_answered_in_call_o
 
     # Neither could pass the barrier alone, so they ran at the same time;
     # the slow one finished last but is answered first, as it was called first.
-    assert finished == ["quick", "slow"]
+    assert finished == ["quick", "plait-tool"]  # the sync tool ran on plait's pool
     calls = script.bodies[1]["messages"][1]["tool_calls"]
     assert [(m["tool_call_id"], m["content"]) for m in tool_messages(script.bodies[1])] == [
         (calls[0]["id"], "slow:a"),
@@ -305,3 +305,56 @@ async def test_tool_runs_are_slices_of_the_profile(tmp_path: Path) -> None:
     assert tool.kind == "dynamic"
     assert tool.parent == "toolloop"
     assert {"toolloop.turn#0", "toolloop.turn#2"} <= set(labels)
+
+
+async def test_feedback_on_a_tool_loop_reaches_its_system_prompt_with_the_calls_shown() -> None:
+    from plait import Parameter
+    from plait.inference import HEADER
+    from plait.optimization import VerifierLoss
+
+    backward_prompts: list[str] = []
+
+    def model(body: dict[str, Any]) -> str | ToolCallReply:
+        messages = body["messages"]
+        last = str(messages[-1]["content"])
+        if last.startswith(HEADER):
+            backward_prompts.append(last)
+            items = re.findall(r'<FEEDBACK item="([^"]+)">\.\.\.</FEEDBACK>', last)
+            return "".join(f'<FEEDBACK item="{i}">say more about {i}</FEEDBACK>' for i in items)
+        if not any(m["role"] == "tool" for m in messages):
+            return ToolCallReply([("get_weather", {"city": "Paris"})])
+        return "It is sunny."
+
+    async with Simulator(reply=model) as sim:
+        endpoint = {"model": "sim", "base_url": sim.base_url}
+        style = Parameter("Use the tools.", description="how the agent works")
+        llm = LLMInference("llm", system_prompt=style, tools=[get_weather])
+        llm.bind(resources={"llm": endpoint, "optimizer": endpoint}).train()
+        output = await llm("weather in Paris")
+        loss = await VerifierLoss(lambda out, target: "too short")(output)
+        await loss.backward()
+
+    assert output.payload == "It is sunny."
+    assert style.feedback == ("say more about p1",)
+    (prompt,) = backward_prompts
+    assert '[assistant] (calls get_weather({"city": "Paris"}))' in prompt
+    assert "[tool] sunny in Paris for 1 day(s)" in prompt
+    assert "<REPLY>\nIt is sunny.\n</REPLY>" in prompt
+
+
+async def test_a_tool_cut_short_by_task_timeout_is_answered_with_the_timeout() -> None:
+    async def stuck(x: str) -> str:
+        """Never answers in time."""
+        await asyncio.sleep(GUARD)
+        return x
+
+    script = Script(ToolCallReply([("stuck", {"x": "a"}), ("get_weather", {"city": "Rome"})]), "ok")
+    async with Simulator(reply=script) as sim:
+        llm = LLMInference("llm", tools=[stuck, get_weather])
+        llm.bind(resources=resources(sim), task_timeout=0.5)
+        assert await llm("go") == "ok"
+
+    timed_out, weather = (m["content"] for m in tool_messages(script.bodies[1]))
+    assert timed_out.startswith("Error: the tool 'stuck' did not finish in time")
+    assert "task_timeout=0.5" in timed_out
+    assert weather == "sunny in Rome for 1 day(s)"
