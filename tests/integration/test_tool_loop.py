@@ -13,6 +13,7 @@ import json
 import re
 import threading
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -358,3 +359,37 @@ async def test_a_tool_cut_short_by_task_timeout_is_answered_with_the_timeout() -
     assert timed_out.startswith("Error: the tool 'stuck' did not finish in time")
     assert "task_timeout=0.5" in timed_out
     assert weather == "sunny in Rome for 1 day(s)"
+
+
+class Place(BaseModel):
+    city: str
+    country: str = "FR"
+
+
+async def test_a_tool_gets_its_arguments_in_its_own_types() -> None:
+    received: list[tuple[Any, Any]] = []
+
+    def plan(place: Place, when: date) -> str:
+        """Plan a trip."""
+        received.append((place, when))
+        return f"{place.city} on {when:%d %B}"
+
+    script = Script(
+        ToolCallReply([("plan", {"place": {"city": "Nice"}, "when": "2026-07-14"})]), "ok"
+    )
+    async with Simulator(reply=script) as sim:
+        llm = LLMInference("llm", tools=[plan]).bind(resources=resources(sim))
+        assert await llm("plan it") == "ok"
+
+    assert received == [(Place(city="Nice"), date(2026, 7, 14))]
+    assert tool_messages(script.bodies[1])[0]["content"] == "Nice on 14 July"
+
+
+async def test_an_unknown_alias_in_a_tool_loop_fails_before_any_request() -> None:
+    from plait.errors import UnknownAliasError
+
+    async with Simulator() as sim:
+        llm = LLMInference("nope", tools=[get_weather]).bind(resources=resources(sim))
+        with pytest.raises(UnknownAliasError, match="nope"):
+            await llm("hi")
+        assert sim.stats().requests == 0
