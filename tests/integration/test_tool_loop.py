@@ -393,3 +393,30 @@ async def test_an_unknown_alias_in_a_tool_loop_fails_before_any_request() -> Non
         with pytest.raises(UnknownAliasError, match="nope"):
             await llm("hi")
         assert sim.stats().requests == 0
+
+
+async def test_sync_tools_share_a_bounded_pool_of_threads() -> None:
+    from plait.tool_loop import TOOL_THREADS
+
+    lock = threading.Lock()
+    running, peak = 0, 0
+
+    def busy(n: int) -> str:
+        """Hold a thread for a moment."""
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return str(n)
+
+    calls = TOOL_THREADS + 8
+    script = Script(ToolCallReply([("busy", {"n": n}) for n in range(calls)]), "ok")
+    async with Simulator(reply=script) as sim:
+        llm = LLMInference("llm", tools=[busy]).bind(resources=resources(sim))
+        assert await llm("go") == "ok"
+
+    assert [m["content"] for m in tool_messages(script.bodies[1])] == [str(n) for n in range(calls)]
+    assert 1 < peak <= TOOL_THREADS
