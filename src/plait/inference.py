@@ -247,6 +247,9 @@ class ToolLoop(LLMInference):
 
     def __init__(self, alias: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(alias, *args, **kwargs)
+        if not self.tools:
+            # Only an empty iterator gets here: it looked like tools to __new__.
+            raise ConfigError(f"{self._where()}: tools=... held no tools; pass a list")
         demos = self._parameters.get("demos")
         self.turn = LLMInference(
             alias,

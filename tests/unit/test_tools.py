@@ -454,3 +454,5 @@ def test_run_tools_and_max_tool_rounds_are_checked() -> None:
         LLMInference("llm", tools=[forecast], run_tools="yes")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"max_tool_rounds must be a positive int, got True"):
         LLMInference("llm", tools=[forecast], max_tool_rounds=True)
+    with pytest.raises(ConfigError, match=r"held no tools; pass a list"):
+        LLMInference("llm", tools=iter([]))  # type: ignore[arg-type]
