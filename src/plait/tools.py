@@ -133,6 +133,11 @@ class Tool:
     def __repr__(self) -> str:
         return f"Tool({self.name!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The arguments model is made at run time and cannot be pickled by
+        # reference; rebuilding from the function gives the same tool.
+        return (_rebuilt, (self.fn, self.name, self.description))
+
     def schema(self) -> dict[str, Any]:
         """This tool's entry in the request's ``tools`` array."""
         function = {
@@ -176,6 +181,10 @@ class Tool:
         call = functools.partial(self.fn, *args, **values)
         context = contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(executor, context.run, call)
+
+
+def _rebuilt(fn: Callable[..., Any], name: str, description: str) -> Tool:
+    return Tool(fn, name=name, description=description)
 
 
 ToolLike = Callable[..., Any] | Tool

@@ -456,3 +456,16 @@ def test_run_tools_and_max_tool_rounds_are_checked() -> None:
         LLMInference("llm", tools=[forecast], max_tool_rounds=True)
     with pytest.raises(ConfigError, match=r"held no tools; pass a list"):
         LLMInference("llm", tools=iter([]))  # type: ignore[arg-type]
+
+
+def test_a_tool_loop_survives_pickling() -> None:
+    import pickle
+
+    llm = LLMInference("llm", tools=[forecast, Tool(forecast, name="other", description="x")])
+    clone = pickle.loads(pickle.dumps(llm))
+    assert type(clone) is ToolLoop
+    assert clone.tool_schemas == llm.tool_schemas
+    assert clone.tools["other"].description == "x"
+    assert clone.turn.forward("hi").tools == llm.turn.forward("hi").tools
+    arguments = {"place": {"city": "Oslo"}, "when": "2024-05-01"}
+    assert clone.tools["forecast"].validate(arguments)["when"] == date(2024, 5, 1)
