@@ -23,6 +23,7 @@ catch the library's failures in one place::
     │   ├── CancelledNodeError              an upstream node failed
     │   ├── BatchError                      some inputs of a batch failed
     │   ├── CallReusedError                 a Call was awaited or iterated a second time
+    │   ├── ToolRoundsError                 a tool loop passed max_tool_rounds
     │   └── TemplateError                   a format template asks for more than text
     ├── LLMError                            an endpoint call failed
     │   ├── TransientError                  worth retrying
@@ -349,4 +350,13 @@ class ToolArgumentsError(PlaitError, ValueError):
 
     It is read by the model rather than raised to the caller: running a turn's
     tool calls answers with this text so the model can correct its call.
+    """
+
+
+class ToolRoundsError(ExecutionError):
+    """A tool loop ran ``max_tool_rounds`` rounds of tool calls and the model asked for more.
+
+    Raised rather than answered with a made-up text: the input fails with
+    the last calls named, and a checkpointed rerun with a higher limit
+    replays the rounds already paid for.
     """

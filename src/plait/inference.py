@@ -9,7 +9,7 @@ of its prompt that earlier nodes wrote (that feedback travels on to them).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -22,6 +22,7 @@ from plait.graph import NodeKind, ParameterLike
 from plait.markup import means_no_change, quoted, tagged_items
 from plait.module import Module
 from plait.parameter import Parameter
+from plait.tool_loop import ToolRun, run_loop, run_name
 from plait.tools import AssistantMessage, ToolLike, as_tools, tool_call
 from plait.values import to_text
 
@@ -41,6 +42,15 @@ class LLMInference(Module):
 
     _plait_node_kind = NodeKind.LLM
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> LLMInference:
+        # With tools to run, the call is a loop of turns: a dynamic module
+        # (ToolLoop) rather than one request. Chosen here so that user code
+        # writes LLMInference either way.
+        chosen: type[LLMInference] = cls
+        if cls is LLMInference and kwargs.get("tools") and kwargs.get("run_tools", True):
+            chosen = ToolLoop
+        return super().__new__(chosen)
+
     def __init__(
         self,
         alias: str,
@@ -52,17 +62,18 @@ class LLMInference(Module):
         demos: Demos | None = None,
         tools: Sequence[ToolLike] | None = None,
         tool_choice: str | dict[str, Any] | None = None,
-        run_tools: bool = False,
+        run_tools: bool = True,
         max_tool_rounds: int = 8,
         **request_options: Any,
     ) -> None:
         """``tools`` are typed functions (or :class:`~plait.tools.Tool`) the model may
-        call; with ``run_tools=False`` the output is the
+        call. With ``run_tools=True`` (the default) the call runs them and
+        answers the model until it replies without calls, at most
+        ``max_tool_rounds`` rounds, and its output is that reply (see
+        :mod:`plait.tool_loop`); with ``run_tools=False`` the output is the
         :class:`~plait.tools.AssistantMessage` with the calls, their arguments
-        validated into the functions' types. The loop that runs the tools and
-        answers the model (``run_tools=True``, with ``max_tool_rounds``) comes
-        with dynamic modules. ``request_options`` go into every request as
-        they are, so a server-specific option belongs here.
+        validated into the functions' types. ``request_options`` go into
+        every request as they are, so a server-specific option belongs here.
         """
         super().__init__()
         if not isinstance(alias, str) or not alias:
@@ -88,16 +99,16 @@ class LLMInference(Module):
         if tool_choice is not None and not self.tools:
             raise ConfigError(f"{where}: tool_choice={tool_choice!r} needs tools=[...]")
         check_option("tool_choice", tool_choice, where)
-        if not isinstance(max_tool_rounds, int) or max_tool_rounds < 1:
-            raise ConfigError(f"{where}: max_tool_rounds must be a positive int")
-        if run_tools:
-            # Refused rather than ignored: silently returning the model's turn
-            # where the caller asked for the loop's final answer would be wrong.
+        if (
+            not isinstance(max_tool_rounds, int)
+            or isinstance(max_tool_rounds, bool)
+            or max_tool_rounds < 1
+        ):
             raise ConfigError(
-                f"{where}: run_tools=True (plait running the tools and answering the model) "
-                "is not available yet; pass run_tools=False and run the turn's calls with "
-                "plait.tools.run_tool_calls"
+                f"{where}: max_tool_rounds must be a positive int, got {max_tool_rounds!r}"
             )
+        if not isinstance(run_tools, bool):
+            raise ConfigError(f"{where}: run_tools must be True or False, got {run_tools!r}")
         if demos is not None and not isinstance(demos, Demos):
             raise ConfigError(
                 f"LLMInference demos must be a Demos, got {type(demos).__name__}; "
@@ -115,7 +126,7 @@ class LLMInference(Module):
         # checkpoint's fingerprint compares when a tool's signature changes.
         self.tool_schemas = [tool.schema() for tool in self.tools.values()] or None
         self.tool_choice = tool_choice
-        self.run_tools = False
+        self.run_tools = run_tools
         self.max_tool_rounds = max_tool_rounds
 
     def _plait_is_leaf(self) -> bool:
@@ -211,6 +222,69 @@ class LLMInference(Module):
         return ", ".join(parts)
 
 
+class ToolLoop(LLMInference):
+    """An ``LLMInference`` with tools to run: a dynamic module whose forward is the loop.
+
+    ``LLMInference(alias, tools=[...])`` builds one (``run_tools=True`` is the
+    default). Its ``turn`` child is a plain ``LLMInference`` with the same
+    settings and ``run_tools=False``, called once per model turn; each tool
+    is a :class:`~plait.tool_loop.ToolRun` child, called once per run.
+    Settings assigned later (``llm.temperature = 0``) reach the turn too;
+    the tools are fixed at construction.
+    """
+
+    _TURN_SETTINGS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "system_prompt",
+            "temperature",
+            "max_tokens",
+            "response_format",
+            "request_options",
+            "tool_choice",
+            "demos",
+        }
+    )
+
+    def __init__(self, alias: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(alias, *args, **kwargs)
+        if not self.tools:
+            # Only an empty iterator gets here: it looked like tools to __new__.
+            raise ConfigError(f"{self._where()}: tools=... held no tools; pass a list")
+        demos = self._parameters.get("demos")
+        self.turn = LLMInference(
+            alias,
+            self.system_prompt,
+            self.temperature,
+            self.max_tokens,
+            self.response_format,
+            demos=demos if isinstance(demos, Demos) else None,
+            tools=list(self.tools.values()),
+            tool_choice=self.tool_choice,
+            run_tools=False,
+            **self.request_options,
+        )
+        for name, tool in self.tools.items():
+            self.register_module(run_name(name), ToolRun(tool))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        turn = self._modules.get("turn")
+        if turn is not None and name in self._TURN_SETTINGS:
+            setattr(turn, name, value)
+
+    async def forward(self, prompt: Any, **overrides: Any) -> Any:  # type: ignore[override]
+        """The model's last reply (text, or the ``response_format`` model) once it
+        stops calling tools; ``overrides`` go into every turn's request."""
+        return await run_loop(
+            self,
+            prompt,
+            overrides,
+            max_rounds=self.max_tool_rounds,
+            response_format=self.response_format,
+            where=self._where(),
+        )
+
+
 SYSTEM = (
     "You help improve a pipeline of language-model calls. You see one call: the request it "
     "sent, the reply it got, and a critique of that reply. For each item you are asked "
@@ -267,7 +341,7 @@ def _prompt(
         _render_messages(request.messages),
         "</REQUEST>",
         "<REPLY>",
-        to_text(ctx.output),
+        _render_reply(ctx.output),
         "</REPLY>",
         "<CRITIQUE>",
         feedback,
@@ -296,9 +370,25 @@ def _chat_message(position: int, message: Any) -> dict[str, Any]:
 
 def _render_messages(messages: list[dict[str, Any]]) -> str:
     return "\n".join(
-        f"[{message.get('role', 'user')}] {to_text(message.get('content', ''))}"
+        f"[{message.get('role', 'user')}] {_with_calls(message.get('content'), message)}"
         for message in messages
     )
+
+
+def _render_reply(output: Any) -> str:
+    """A reply as the backward LLM reads it: a tool-calling turn shows its calls."""
+    if isinstance(output, AssistantMessage):
+        return _with_calls(output.content, output.to_message())
+    return to_text(output)
+
+
+def _with_calls(content: Any, message: Mapping[str, Any]) -> str:
+    parts = [to_text(content)] if content else []
+    parts += [
+        f"(calls {call['function']['name']}({call['function']['arguments']}))"
+        for call in message.get("tool_calls") or ()
+    ]
+    return " ".join(parts)
 
 
 def _describe(param: ParameterLike, module: LLMInference) -> str:

@@ -44,10 +44,7 @@ from pydantic.errors import PydanticInvalidForJsonSchema, PydanticSchemaGenerati
 from plait.clients.base import RawToolCall
 from plait.errors import ConfigError, ToolArgumentsError
 
-__all__ = ["AssistantMessage", "Tool", "ToolCall", "as_tools", "run_tool_calls"]
-
-ToolLike = Callable[..., Any]
-"""What ``LLMInference(tools=[...])`` takes: a :class:`Tool` or a plain function."""
+__all__ = ["AssistantMessage", "Tool", "ToolCall", "as_tools", "run_tool_calls", "tool_answer"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ARGS_HEADERS = frozenset({"args:", "arguments:", "parameters:", "params:"})
@@ -136,6 +133,11 @@ class Tool:
     def __repr__(self) -> str:
         return f"Tool({self.name!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The arguments model is made at run time and cannot be pickled by
+        # reference; rebuilding from the function gives the same tool.
+        return (_rebuilt, (self.fn, self.name, self.description))
+
     def schema(self) -> dict[str, Any]:
         """This tool's entry in the request's ``tools`` array."""
         function = {
@@ -179,6 +181,14 @@ class Tool:
         call = functools.partial(self.fn, *args, **values)
         context = contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(executor, context.run, call)
+
+
+def _rebuilt(fn: Callable[..., Any], name: str, description: str) -> Tool:
+    return Tool(fn, name=name, description=description)
+
+
+ToolLike = Callable[..., Any] | Tool
+"""What ``LLMInference(tools=[...])`` takes: a :class:`Tool` or a plain function."""
 
 
 def as_tools(tools: Iterable[ToolLike]) -> dict[str, Tool]:
@@ -240,12 +250,23 @@ async def _answer(call: ToolCall, tools: Mapping[str, Tool], executor: Executor 
     tool = tools.get(call.name)
     if tool is None:
         return f"Error: {_unknown_tool(call.name, tools)}"
+    return await tool_answer(tool, call.arguments, executor=executor)
+
+
+async def tool_answer(
+    tool: Tool, arguments: Mapping[str, Any], *, executor: Executor | None = None
+) -> str:
+    """What the model is told for one call: the tool's result as text, or ``"Error: ..."``.
+
+    Only a tool's ``Exception`` becomes text; cancellation and interrupts
+    still stop the run.
+    """
     try:
-        result = await tool.run(call.arguments, executor=executor)
+        result = await tool.run(arguments, executor=executor)
     except ToolArgumentsError as exc:
         return f"Error: {exc}"
     except Exception as exc:
-        return f"Error: the tool {call.name!r} raised {type(exc).__name__}: {exc}"
+        return f"Error: the tool {tool.name!r} raised {type(exc).__name__}: {exc}"
     return _as_text(result)
 
 

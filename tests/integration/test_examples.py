@@ -69,6 +69,7 @@ def test_every_example_is_covered(example: str) -> None:
         "prompt_tuning.py", "batch_job.py", "ray_data.py",
         # run by tests/integration/test_dynamic_examples.py
         "self_refine.py", "router.py", "map_reduce.py", "fallback.py",
+        "agent.py",  # run by tests/integration/test_agent_example.py
     }  # fmt: skip
     assert example in covered, f"examples/{example} has no test that runs it"
 

@@ -93,7 +93,9 @@ async def test_two_parallel_tool_calls_are_parsed_in_order(client: Client) -> No
     )
     recorder = Recorder(calls)
     async with Simulator(reply=recorder) as sim:
-        llm = LLMInference("llm", tools=[get_weather, local_time], tool_choice="required")
+        llm = LLMInference(
+            "llm", tools=[get_weather, local_time], tool_choice="required", run_tools=False
+        )
         llm.bind(resources=resources(sim, client))
         message = await llm("time in Oslo, weather in Lima")
 
@@ -149,7 +151,7 @@ async def test_a_conversation_with_tool_results_gets_a_plain_answer(client: Clie
         ("weather", ToolCallReply([("get_weather", {"city": "Paris"})])),
     ]
     async with Simulator(rules=rules) as sim:
-        llm = LLMInference("llm", tools=[get_weather])
+        llm = LLMInference("llm", tools=[get_weather], run_tools=False)
         llm.bind(resources=resources(sim, client))
         question = [{"role": "user", "content": "What is the weather in Paris?"}]
         # Passed by keyword: a bare list is still read as a batch by Module.__call__.

@@ -16,7 +16,9 @@ from pydantic import BaseModel
 
 from plait.clients.base import ChatResponse, RawToolCall
 from plait.errors import ConfigError
-from plait.inference import LLMInference
+from plait.graph import NodeKind
+from plait.inference import LLMInference, ToolLoop
+from plait.parameter import Parameter
 from plait.storage.checkpoint_session import _models_of
 from plait.storage.codec import decode, encode
 from plait.storage.fingerprint import describe, differences
@@ -173,7 +175,7 @@ def test_duplicate_tool_names_are_refused() -> None:
 
 
 def test_llm_inference_takes_plain_functions() -> None:
-    llm = LLMInference("llm", tools=[forecast], tool_choice="auto")
+    llm = LLMInference("llm", tools=[forecast], tool_choice="auto", run_tools=False)
     request = llm.forward("hi")
     assert request.tools == [Tool(forecast).schema()]
     assert request.tool_choice == "auto"
@@ -410,7 +412,7 @@ def test_a_changed_tool_changes_the_fingerprint() -> None:
 def test_an_assistant_message_can_continue_a_conversation() -> None:
     call = ToolCall(id="c1", name="forecast", arguments={}, raw_arguments="{}")
     turn = AssistantMessage(content="Checking.", tool_calls=[call])
-    request = LLMInference("llm", tools=[forecast]).forward(
+    request = LLMInference("llm", tools=[forecast], run_tools=False).forward(
         [
             {"role": "user", "content": "hi"},
             turn,
@@ -425,9 +427,45 @@ def test_an_assistant_message_can_continue_a_conversation() -> None:
     }
 
 
-def test_run_tools_true_is_refused_until_the_loop_exists() -> None:
-    def lookup(city: str) -> str:
-        return city
+def test_tools_to_run_make_a_dynamic_loop_whose_turn_has_the_same_settings() -> None:
+    prompt = Parameter("Use the tools.", description="system prompt of the agent")
+    llm = LLMInference("llm", prompt, 0.3, 40, tools=[forecast], tool_choice="auto", seed=5)
+    assert isinstance(llm, LLMInference)
+    assert isinstance(llm, ToolLoop)
+    assert llm._plait_node_kind is NodeKind.DYNAMIC
+    turn = llm.turn
+    assert type(turn) is LLMInference
+    assert turn._plait_node_kind is NodeKind.LLM
+    request = turn.forward("hi")
+    assert request.tools == [Tool(forecast).schema()]
+    assert (request.temperature, request.max_tokens, request.options) == (0.3, 40, {"seed": 5})
+    assert request.tool_choice == "auto"
+    assert request.messages[0] == {"role": "system", "content": "Use the tools."}
+    # One parameter, named from the loop, so state_dict is the same as without tools.
+    assert dict(llm.named_parameters()) == {"system_prompt": prompt}
+    llm.temperature = 0
+    assert turn.forward("hi").temperature == 0
+    assert type(LLMInference("llm", tools=[forecast], run_tools=False)) is LLMInference
+    assert type(LLMInference("llm", tools=[], run_tools=True)) is LLMInference
 
-    with pytest.raises(ConfigError, match=r"run_tools=True .* is not available yet"):
-        LLMInference("llm", tools=[lookup], run_tools=True)
+
+def test_run_tools_and_max_tool_rounds_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"run_tools must be True or False, got 'yes'"):
+        LLMInference("llm", tools=[forecast], run_tools="yes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"max_tool_rounds must be a positive int, got True"):
+        LLMInference("llm", tools=[forecast], max_tool_rounds=True)
+    with pytest.raises(ConfigError, match=r"held no tools; pass a list"):
+        LLMInference("llm", tools=iter([]))  # type: ignore[arg-type]
+
+
+def test_a_tool_loop_survives_pickling() -> None:
+    import pickle
+
+    llm = LLMInference("llm", tools=[forecast, Tool(forecast, name="other", description="x")])
+    clone = pickle.loads(pickle.dumps(llm))
+    assert type(clone) is ToolLoop
+    assert clone.tool_schemas == llm.tool_schemas
+    assert clone.tools["other"].description == "x"
+    assert clone.turn.forward("hi").tools == llm.turn.forward("hi").tools
+    arguments = {"place": {"city": "Oslo"}, "when": "2024-05-01"}
+    assert clone.tools["forecast"].validate(arguments)["when"] == date(2024, 5, 1)

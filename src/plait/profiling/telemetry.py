@@ -18,7 +18,7 @@ headers) is ever put on a span.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -39,6 +39,15 @@ def tracer_for(provider: Any = None) -> trace.Tracer | None:
             return None
     tracer: trace.Tracer = provider.get_tracer("plait")
     return tracer
+
+
+@runtime_checkable
+class SpanDescribed(Protocol):
+    """A module that names its own node span, e.g. a tool run's GenAI ``execute_tool``."""
+
+    def span_description(self) -> tuple[str, dict[str, Any]]:
+        """The span's name and the attributes to add to plait's own."""
+        ...
 
 
 class SpanObserver(RunObserver):
@@ -108,6 +117,9 @@ class SpanObserver(RunObserver):
             attributes["gen_ai.system"] = GEN_AI_SYSTEM
             attributes["plait.alias"] = module.alias
             name = "chat"
+        elif isinstance(node.module, SpanDescribed):
+            name, extra = node.module.span_description()
+            attributes.update(extra)
         else:
             name = f"plait.node {node.module_path or run.node_id}"
         run.span = self.tracer.start_span(

@@ -11,7 +11,8 @@ import argparse
 import json
 from typing import Any
 
-from plait.testing._config import FAULT_KINDS, OPT_IN_FAULT_KINDS, SimulatorConfig
+from plait.testing._config import FAULT_KINDS, OPT_IN_FAULT_KINDS, RuleReply, SimulatorConfig
+from plait.testing._tool_calls import ToolCallReply
 
 
 def build_parser(prog: str = "python -m plait.testing") -> argparse.ArgumentParser:
@@ -58,7 +59,10 @@ def build_parser(prog: str = "python -m plait.testing") -> argparse.ArgumentPars
         "--rules-json",
         type=_rules_json,
         default=[],
-        help="rules as a JSON list of [pattern, reply] pairs, applied after --rule",
+        help=(
+            "rules as a JSON list of [pattern, reply] pairs, applied after --rule; a reply "
+            'may be {"tool_calls": [[name, arguments], ...], "content": null} to call tools'
+        ),
     )
     return parser
 
@@ -104,7 +108,11 @@ def config_to_argv(config: SimulatorConfig) -> list[str]:
     if config.seed is not None:
         argv.append(f"--seed={config.seed}")
     if config.rules:
-        argv.append(f"--rules-json={json.dumps([list(rule) for rule in config.rules])}")
+        rules = [
+            [pattern, reply.to_json() if isinstance(reply, ToolCallReply) else reply]
+            for pattern, reply in config.rules
+        ]
+        argv.append(f"--rules-json={json.dumps(rules)}")
     return argv
 
 
@@ -119,15 +127,27 @@ def _fault_list(text: str) -> tuple[str, ...]:
     return kinds
 
 
-def _rules_json(text: str) -> list[tuple[str, str]]:
+def _rules_json(text: str) -> list[tuple[str, RuleReply]]:
     try:
         data = json.loads(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
     valid = isinstance(data, list) and all(
-        isinstance(pair, list) and len(pair) == 2 and all(isinstance(s, str) for s in pair)
+        isinstance(pair, list)
+        and len(pair) == 2
+        and isinstance(pair[0], str)
+        and isinstance(pair[1], str | dict)
         for pair in data
     )
     if not valid:
-        raise argparse.ArgumentTypeError("expected a JSON list of [pattern, reply] string pairs")
-    return [(pattern, reply) for pattern, reply in data]
+        raise argparse.ArgumentTypeError(
+            "expected a JSON list of [pattern, reply] pairs, each reply a string or a "
+            "tool-call reply object"
+        )
+    try:
+        return [
+            (pattern, reply if isinstance(reply, str) else ToolCallReply.from_json(reply))
+            for pattern, reply in data
+        ]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc

@@ -13,7 +13,7 @@ import random
 import time
 from typing import Any
 
-from plait.resources.tokens import message_tokens, text_tokens
+from plait.resources.tokens import prompt_tokens, text_tokens
 from plait.testing._config import SimulatorConfig, check_fault_kind
 from plait.testing._http import Connection
 from plait.testing._limiter import TokenBucket
@@ -210,13 +210,13 @@ class Engine:
             conn.send(500, error_body(500, f"reply callable raised {type(exc).__name__}: {exc}"))
             return
         # A server never reports an empty prompt or reply as zero tokens.
-        prompt_tokens = max(1, message_tokens(messages))
+        prompt_used = max(1, prompt_tokens(messages, body.get("tools")))
         completion_tokens = max(1, text_tokens(reply_text(message)))
         stats = self.stats
         stats.completed += 1
-        stats.prompt_tokens += prompt_tokens
+        stats.prompt_tokens += prompt_used
         stats.completion_tokens += completion_tokens
-        reply = _completion(seq, model, message, finish_reason, prompt_tokens, completion_tokens)
+        reply = _completion(seq, model, message, finish_reason, prompt_used, completion_tokens)
         conn.send(200, reply)
 
     def _models_body(self) -> bytes:

@@ -41,6 +41,37 @@ class ToolCallReply:
         object.__setattr__(self, "calls", tuple(encoded))
         object.__setattr__(self, "content", content)
 
+    def to_json(self) -> dict[str, Any]:
+        """This reply as JSON data, the form a spawned simulator's rules travel in."""
+        return {"tool_calls": [list(call) for call in self.calls], "content": self.content}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ToolCallReply:
+        """The reply :meth:`to_json` wrote.
+
+        Raises:
+            ValueError: ``data`` is not ``{"tool_calls": [[name, arguments], ...],
+                "content": text or null}``.
+        """
+        calls = data.get("tool_calls") if isinstance(data, dict) else None
+        content = data.get("content") if isinstance(data, dict) else None
+        if (
+            not isinstance(calls, list)
+            or not all(
+                isinstance(call, list)
+                and len(call) == 2
+                and isinstance(call[0], str)
+                and isinstance(call[1], str | dict)
+                for call in calls
+            )
+            or not (content is None or isinstance(content, str))
+        ):
+            raise ValueError(
+                'a tool-call reply must be {"tool_calls": [[name, arguments], ...], '
+                f'"content": text or null}}, got {data!r}'
+            )
+        return cls([(name, arguments) for name, arguments in calls], content)
+
     def message(self, first_id: int) -> dict[str, Any]:
         """The assistant message, its calls numbered from ``first_id``."""
         return {

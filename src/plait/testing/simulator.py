@@ -112,7 +112,8 @@ class Simulator:
         """A simulator to run in a separate process; start it with ``with`` or ``start()``.
 
         Takes the same keywords as the constructor except the callables,
-        which cannot cross a process boundary; use ``rules`` instead.
+        which cannot cross a process boundary; use ``rules`` instead (their
+        replies may be :class:`ToolCallReply`, so a child process can script tool calls).
         """
         passed = [name for name in ("reply", "fault") if options.get(name) is not None]
         if passed:

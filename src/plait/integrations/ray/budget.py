@@ -25,7 +25,7 @@ import ray
 from plait.clients.base import ChatRequest, ChatResponse
 from plait.errors import ConfigError
 from plait.resources.protocol import ResourceManagerLike
-from plait.resources.tokens import message_tokens
+from plait.resources.tokens import prompt_tokens
 
 LIMIT_KEYS = ("rate_limit", "token_rate_limit", "max_concurrent")
 """What a budget can hold per alias: requests/min, tokens/min, requests at once."""
@@ -179,7 +179,7 @@ class SharedBudgetResources:
         self.budget = budget
 
     async def complete(self, alias: str, request: ChatRequest, *, attempt: int = 0) -> ChatResponse:
-        tokens = message_tokens(request.messages)
+        tokens = prompt_tokens(request.messages, request.tools)
         send_at, held = await self.budget.reserve.remote(alias, tokens + (request.max_tokens or 0))
         try:
             wait = send_at - time.time()
