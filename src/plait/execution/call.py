@@ -14,6 +14,7 @@ import concurrent.futures
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Generator, Iterable, Sized
 from typing import Any
 
+from plait.clients.sse import DeltaSink
 from plait.errors import BatchError
 from plait.execution.driver import RunDriver, Runnable
 from plait.execution.inputs import Item
@@ -51,6 +52,8 @@ class Call(Coroutine[Any, Any, Any]):
         self.total = total
         self.profile: Profile | None = None
         """With ``profile=True``: the run's :class:`~plait.profiling.Profile`, once it ended."""
+        self.deltas: DeltaSink | None = None
+        """Set by a token stream: the sink for the output node's text deltas."""
         self._used = False
         self._coroutine: Coroutine[Any, Any, Any] | None = None
 

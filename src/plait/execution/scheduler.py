@@ -22,12 +22,14 @@ from itertools import count
 from typing import TYPE_CHECKING, Any, cast
 
 from plait.clients.base import ChatRequest, ChatResponse
+from plait.clients.sse import DeltaSink
 from plait.errors import (
     BudgetExceededError,
     ExecutionError,
     ResourcesNotBoundError,
     TaskTimeoutError,
 )
+from plait.execution.delivery import Delivery, streams_node
 from plait.execution.dynamic import launch
 from plait.execution.gate import Gate, gated, gates_for
 from plait.execution.hooks import RunHooks
@@ -61,8 +63,10 @@ class Scheduler:
         *,
         record_inputs: bool = False,
         hooks: RunHooks | None = None,
+        deltas: DeltaSink | None = None,
     ) -> None:
         self.settings = settings
+        self.deltas = deltas
         self.record_inputs = record_inputs
         self.hooks = hooks
         self._node_done = hooks.on_node_done if hooks is not None else None
@@ -218,18 +222,26 @@ class Scheduler:
                 "plait.run(module, ..., resources=...)"
             )
         attempt = state.attempts.get(node_id, 0)
+        on_delta = None
+        if self.deltas is not None and streams_node(resources, state, node_id):
+            on_delta = Delivery(self.deltas)
         call: Awaitable[ChatResponse]
-        if record is None:
-            call = resources.complete(module.alias, request, attempt=attempt)
+        if record is not None:
+            call = self._call_observed(resources, module.alias, request, attempt, record, on_delta)
+        elif on_delta is not None:
+            manager = cast("ResourceManager", resources)
+            call = manager.complete(module.alias, request, attempt=attempt, on_delta=on_delta)
         else:
-            call = self._call_observed(resources, module.alias, request, attempt, record)
+            call = resources.complete(module.alias, request, attempt=attempt)
         gate = self._gates.get(module.alias) if self._gates else None
         if gate is not None:
             key = state.plan.keys[node_id]
             call = gated(gate, (key[0], state.index, key[1]), call)
-        response = await (
-            call if self.settings.task_timeout is None else self._bounded(node_id, call)
-        )
+        if self.settings.task_timeout is not None:
+            call = self._bounded(node_id, call)
+        if on_delta is not None:
+            call = on_delta.guard(call)
+        response = await call
         if record is not None:
             record.response = response
             self._charge(record, response)
@@ -242,14 +254,17 @@ class Scheduler:
         request: ChatRequest,
         attempt: int,
         record: NodeRun,
+        on_delta: DeltaSink | None,
     ) -> Awaitable[ChatResponse]:
         hooks = cast(RunHooks, self.hooks)
         record.request = request
-        if not hooks.probes:
+        if not hooks.probes and on_delta is None:
             return resources.complete(alias, request, attempt=attempt)
         probe = record.probe = CallProbe(hooks.budget)
         manager = cast("ResourceManager", resources)
-        return manager.complete(alias, request, attempt=attempt, cache=hooks.cache, probe=probe)
+        return manager.complete(
+            alias, request, attempt=attempt, cache=hooks.cache, probe=probe, on_delta=on_delta
+        )
 
     def _charge(self, record: NodeRun, response: ChatResponse) -> None:
         """Book a reply against the budget; stop starting work once it is spent."""

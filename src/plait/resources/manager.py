@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from plait.clients.base import ChatRequest, ChatResponse, LLMClient
+from plait.clients.sse import DeltaSink
 from plait.errors import (
     BudgetExceededError,
     QuotaExceededError,
@@ -40,6 +41,7 @@ from plait.resources.endpoint import ClientFactory, Endpoint, LoopState, default
 from plait.resources.pool import EndpointPool, PoolMember
 from plait.resources.queueing import HAND_BACK_AFTER, hold
 from plait.resources.rate_limit import RateLimiter
+from plait.resources.streaming import FirstToken, stream_call
 from plait.resources.tokens import estimate_tokens
 from plait.resources.usage import AliasUsage
 
@@ -137,6 +139,7 @@ class ResourceManager:
         attempt: int = 0,
         cache: ResponseCache | None = None,
         probe: CallProbe | None = None,
+        on_delta: DeltaSink | None = None,
     ) -> ChatResponse:
         """Send ``request`` to an endpoint of ``alias`` and return its reply.
 
@@ -154,6 +157,12 @@ class ResourceManager:
         member of the pool; one that would wait more than a few seconds behind
         an endpoint backing off from 429s, with nowhere else to go, is not
         sent and raises :class:`EndpointBackoffError` for the retry policy.
+
+        With ``on_delta`` the reply is streamed: each text delta goes to it as
+        it arrives, the slot and rate permit are held until the stream ends,
+        and the time to the first delta is booked in ``usage().ttft``. A
+        cached reply goes to ``on_delta`` whole. The reply returned (and
+        cached) is the whole streamed one.
         """
         route = self._routes.get(alias)
         if route is None:
@@ -182,6 +191,8 @@ class ResourceManager:
                     probe.model = endpoint.model
                     probe.cache_hit = True
                     probe.sent = probe.done = time.perf_counter()
+                if on_delta is not None and hit.content:
+                    on_delta(hit.content)
                 return hit
         slots = state.slots[endpoint.index]
         limiter = endpoint.limiter
@@ -222,8 +233,12 @@ class ResourceManager:
                     probe.sent = started
                 pool.sent(member)
                 limiter.on_sent()
+                ttft = None if on_delta is None else FirstToken(on_delta)
                 try:
-                    response = await client.complete(request)
+                    if ttft is None:
+                        response = await client.complete(request)
+                    else:
+                        response = await stream_call(client, request, ttft)
                 except RateLimitError as exc:
                     usage.failures += 1
                     usage.rate_limited += 1
@@ -251,6 +266,12 @@ class ResourceManager:
                         probe.done = time.perf_counter()
                 latency = time.perf_counter() - started
                 usage.latency.record(latency)
+                if ttft is not None:
+                    usage.streams += 1
+                    if ttft.at:
+                        usage.ttft.record(ttft.at - started)
+                        if probe is not None:
+                            probe.first_token = ttft.at
             finally:
                 slots.release()
         finally:
