@@ -373,3 +373,23 @@ async def test_a_server_that_ignores_stream_gives_its_whole_reply_as_one_delta(
     assert seen[0]["stream"] is True
     assert seen[0]["stream_options"] == {"include_usage": True}
     assert resources.usage()["llm"].output_tokens == 9
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_task_timeout_mid_stream_is_final_not_retried(client: Client) -> None:
+    long_reply = "word " * 200
+    async with Simulator(reply=lambda body: long_reply, stream_pace=0.02) as sim:
+        llm = LLMInference("llm").bind(resources=manager(sim, client), task_timeout=0.3)
+        deltas: list[str] = []
+
+        async def consume() -> None:
+            async for delta in llm.stream("go"):
+                deltas.append(delta)
+
+        with pytest.raises(StreamInterruptedError, match="TaskTimeoutError"):
+            await asyncio.wait_for(consume(), GUARD)
+        await until(lambda: sim.stats().streams_aborted == 1)
+        stats = sim.stats()
+    assert deltas
+    assert long_reply.startswith("".join(deltas))
+    assert stats.requests == 1
