@@ -393,3 +393,16 @@ async def test_a_task_timeout_mid_stream_is_final_not_retried(client: Client) ->
     assert deltas
     assert long_reply.startswith("".join(deltas))
     assert stats.requests == 1
+
+
+def test_a_spawned_simulator_streams_at_its_pace() -> None:
+    async def main(base_url: str) -> list[tuple[float, str]]:
+        llm = LLMInference("llm").bind(resources={"llm": {"model": "m", "base_url": base_url}})
+        return [(time.perf_counter(), delta) async for delta in llm.stream("tell me")]
+
+    with Simulator.spawn(rules=[("tell", REPLY)], stream_pace=0.02) as sim:
+        timed = asyncio.run(main(sim.base_url))
+    assert "".join(delta for _, delta in timed) == REPLY
+    assert len(timed) == -(-len(REPLY) // 4)
+    # The pace travelled to the child process: the deltas are spread out.
+    assert timed[-1][0] - timed[0][0] >= 0.02 * (len(timed) - 1) * 0.9
