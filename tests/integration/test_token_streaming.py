@@ -321,6 +321,8 @@ async def test_stream_as_a_request_option_is_refused_pointing_at_stream(client: 
             await llm("hi", stream=True)
         with pytest.raises(ConfigError, match=r"module\.stream\(prompt\)"):
             LLMInference("llm", stream=True)
+        with pytest.raises(ConfigError, match="temprature"):
+            await asyncio.wait_for(collect(llm.stream("hi", temprature=0)), GUARD)
         stats = sim.stats()
     assert stats.requests == 0
 
@@ -406,3 +408,21 @@ def test_a_spawned_simulator_streams_at_its_pace() -> None:
     assert len(timed) == -(-len(REPLY) // 4)
     # The pace travelled to the child process: the deltas are spread out.
     assert timed[-1][0] - timed[0][0] >= 0.02 * (len(timed) - 1) * 0.9
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_per_call_options_travel_with_the_streamed_request(client: Client) -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def record(body: dict[str, Any]) -> str:
+        bodies.append(body)
+        return REPLY
+
+    async with Simulator(reply=record) as sim:
+        llm = LLMInference("llm", temperature=0.7).bind(resources=manager(sim, client))
+        deltas = await asyncio.wait_for(collect(llm.stream("hi", temperature=0, seed=3)), GUARD)
+    assert "".join(deltas) == REPLY
+    (body,) = bodies
+    assert (body["temperature"], body["seed"], body["model"]) == (0, 3, "sim-model")
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
