@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic import BaseModel
 
 from plait import ExecutionSettings, LLMInference, Module
-from plait.errors import ConfigError, StreamInterruptedError
+from plait.errors import ConfigError, ResponseTooLargeError, StreamInterruptedError
 from plait.resources import ResourceManager
 from plait.resources.usage import format_usage
 from plait.testing import Simulator, ToolCallReply
@@ -240,17 +240,24 @@ async def test_a_finished_stream_is_checkpointed_and_replayed_without_a_request(
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-async def test_a_stream_failing_before_its_first_delta_is_retried(client: Client) -> None:
+@pytest.mark.parametrize("fault", ["503", "reset", "429"])
+async def test_a_stream_failing_before_its_first_delta_is_retried(
+    client: Client, fault: str
+) -> None:
     async with Simulator(
         reply=lambda body: REPLY,
         stream_pace=0.002,
-        fault=lambda seq, body: "503" if seq == 0 else None,
+        retry_after=0.01,
+        fault=lambda seq, body: fault if seq == 0 else None,
     ) as sim:
-        llm = LLMInference("llm").bind(resources=manager(sim, client))
+        resources = manager(sim, client)
+        llm = LLMInference("llm").bind(resources=resources)
         deltas = await asyncio.wait_for(collect(llm.stream("tell me")), GUARD)
         stats = sim.stats()
     assert "".join(deltas) == REPLY
     assert stats.requests == 2
+    assert stats.faults == {fault: 1}
+    assert resources.usage()["llm"].failures == 1
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -426,3 +433,32 @@ async def test_per_call_options_travel_with_the_streamed_request(client: Client)
     assert (body["temperature"], body["seed"], body["model"]) == (0, 3, "sim-model")
     assert body["stream"] is True
     assert body["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_huge_error_body_to_a_stream_request_is_capped(client: Client) -> None:
+    async def huge_error(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=500)
+        response.content_type = "application/json"
+        await response.prepare(request)
+        for _ in range(64):  # 4 MiB, chunked: no Content-Length to refuse up front
+            await response.write(b" " * 65536)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", huge_error)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        endpoint = {
+            "model": "m",
+            "base_url": str(server.make_url("/v1")),
+            "client": client,
+            "max_response_bytes": 100_000,
+        }
+        llm = LLMInference("llm").bind(resources=ResourceManager({"llm": endpoint}))
+        with pytest.raises(ResponseTooLargeError, match="max_response_bytes"):
+            await asyncio.wait_for(collect(llm.stream("hi")), GUARD)
+    finally:
+        await server.close()

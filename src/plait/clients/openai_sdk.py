@@ -169,7 +169,7 @@ class OpenAIClient:
             ) as reply:
                 http = reply.http_response
                 if not is_event_stream(http.headers.get("Content-Type")):
-                    whole = await http.aread()
+                    whole = await read_capped(http.aiter_bytes(), self._max_response_bytes, url)
                     parsed = decode_reply(
                         whole, request.response_format, http.headers, self._api_key
                     )
@@ -217,7 +217,9 @@ class _CappedHttpClient(openai.DefaultAioHttpClient):
         self, request: httpx.Request, *, stream: bool = False, **options: Any
     ) -> httpx.Response:
         response = await super().send(request, stream=True, **options)
-        if stream:
+        if stream and response.status_code < 300:
+            # A token stream is read, and capped, as it arrives; an error
+            # body is read whole here, under the cap, like any other.
             return response
         try:
             declared = response.headers.get("Content-Length")

@@ -135,5 +135,9 @@ class TokenStream:
         # A ``break`` drops the stream without awaiting anything: cancelling is
         # synchronous, and the run's own cleanup closes the connection.
         task = self._task
-        if task is not None and not task.done():
+        if task is None:
+            return
+        if not task.done():
             task.cancel()
+        elif not task.cancelled():
+            task.exception()  # seen here, so the loop does not report it as lost
