@@ -32,7 +32,8 @@ catch the library's failures in one place::
     │   └── PermanentError                  retrying cannot help
     │       ├── QuotaExceededError          429 insufficient_quota: the account is out
     │       ├── ResponseValidationError     a reply did not fit response_format
-    │       └── ResponseTooLargeError       a reply passed max_response_bytes
+    │       ├── ResponseTooLargeError       a reply passed max_response_bytes
+    │       └── StreamInterruptedError      a token stream broke after text was delivered
     ├── BackwardError (RuntimeError)
     ├── StorageError                        checkpoints and the cache
     │   ├── CheckpointError
@@ -287,6 +288,15 @@ class ResponseValidationError(PermanentError):
 
 class ResponseTooLargeError(PermanentError):
     """A reply body passed the endpoint's ``max_response_bytes``; reading stopped there."""
+
+
+class StreamInterruptedError(PermanentError):
+    """A streamed reply broke off after some of its text had reached the consumer.
+
+    Permanent for the engine: a retry would start the text again under deltas
+    the consumer has already shown, so the caller decides. The partial text
+    is never cached or checkpointed.
+    """
 
 
 class BackwardError(PlaitError, RuntimeError):

@@ -24,6 +24,7 @@ from plait.execution.call import Call, run_blocking
 from plait.execution.dynamic import current_scope
 from plait.execution.inputs import batch_items, call_items
 from plait.execution.settings import ResolvedSettings, check_setting_names, resolve_settings
+from plait.execution.token_stream import TokenStream
 from plait.feedback import BackwardContext, BackwardResult, default_backward
 from plait.graph import InferenceGraph, NodeKind
 from plait.parameter import Parameter
@@ -293,6 +294,16 @@ class Module:
         return Call.for_batch(
             self, batch_items(inputs, where=f"{type(self).__name__}.batch()"), settings
         )
+
+    def stream(self, *args: Any, **kwargs: Any) -> TokenStream:
+        """Run one call and yield its output's text as it arrives: ``async for delta in ...``.
+
+        The output node's reply is streamed from the endpoint; when the output
+        is not an LLM call (or comes from the cache or a checkpoint) its text
+        is yielded once. ``.output`` holds the result after the loop. Not
+        ``streaming=True``, which yields whole results of a batch.
+        """
+        return TokenStream.start(self, args, kwargs)
 
     def run_sync(self, *args: Any, **kwargs: Any) -> Any:
         """The blocking form of ``await module(...)``; works inside Jupyter too."""

@@ -425,14 +425,14 @@ async def test_bad_requests_get_openai_error_bodies() -> None:
         async with session.post(url, data=b"{not json") as response:
             bad_json = response.status, await response.json()
         async with session.post(url, json={"model": "m", "messages": [], "stream": True}) as r:
-            streaming = r.status
+            streaming = r.status, r.content_type, (await r.read()).endswith(b"data: [DONE]\n\n")
         async with session.get(url) as response:
             wrong_method = response.status
         async with session.get(sim.base_url + "/nowhere") as response:
             missing = response.status, await response.json()
     assert bad_json[0] == 400
     assert bad_json[1]["error"]["type"] == "invalid_request_error"
-    assert streaming == 400
+    assert streaming == (200, "text/event-stream", True)
     assert wrong_method == 405
     assert missing[0] == 404
     assert "/v1/nowhere" in missing[1]["error"]["message"]
@@ -541,6 +541,8 @@ def test_cli_flags_round_trip_every_setting() -> None:
         retry_after=1.5,
         seed=11,
         rules=[("-x", "y"), ("a=b", "--c")],
+        stream_pace=0.125,
+        stream_chunk_chars=9,
     )
     options = options_from_args(build_parser().parse_args(config_to_argv(config)))
     assert SimulatorConfig(**options) == config

@@ -10,13 +10,27 @@ should not pay.
 
 from typing import TYPE_CHECKING, Any
 
-from plait.clients.base import ChatRequest, ChatResponse, LLMClient, RawToolCall
+from plait.clients.base import (
+    ChatRequest,
+    ChatResponse,
+    LLMClient,
+    RawToolCall,
+    StreamingClient,
+)
 
 if TYPE_CHECKING:
     from plait.clients.lean import LeanClient
     from plait.clients.openai_sdk import OpenAIClient
 
-__all__ = ["ChatRequest", "ChatResponse", "LLMClient", "LeanClient", "OpenAIClient", "RawToolCall"]
+__all__ = [
+    "ChatRequest",
+    "ChatResponse",
+    "LLMClient",
+    "LeanClient",
+    "OpenAIClient",
+    "RawToolCall",
+    "StreamingClient",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -37,6 +37,7 @@ __all__ = [
     "encode_body",
     "error_for_status",
     "read_capped",
+    "read_reply",
     "redact",
     "retry_after_seconds",
     "transport_error",
@@ -105,10 +106,10 @@ def decode_reply(
         raise TransientError(
             f"malformed reply: the body is not JSON ({kind}): {excerpt or '(empty)'}"
         ) from None
-    return _read_reply(data, response_format)
+    return read_reply(data, response_format)
 
 
-def _read_reply(data: Any, response_format: type[BaseModel] | None) -> ChatResponse:
+def read_reply(data: Any, response_format: type[BaseModel] | None) -> ChatResponse:
     """Turn a decoded chat-completions reply into a :class:`ChatResponse`.
 
     A reply must carry what was asked: a first choice whose message has text

@@ -8,6 +8,7 @@ built per LLM call and the hot path cannot afford pydantic here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -85,3 +86,20 @@ class LLMClient(Protocol):
     async def complete(self, request: ChatRequest) -> ChatResponse: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class StreamingClient(LLMClient, Protocol):
+    """A client that can also read a reply as a token stream (SSE).
+
+    ``stream`` sends ``request`` with ``stream: true``, calls ``on_delta`` with
+    each text delta as it arrives, and returns the whole reply once the stream
+    has ended, with usage from its last chunk. It raises what ``complete``
+    raises, except that a failure after the first delta is a
+    :class:`plait.errors.StreamInterruptedError`. Cancelling it closes the
+    HTTP stream. A client without it still streams, as one delta at the end.
+    """
+
+    async def stream(
+        self, request: ChatRequest, on_delta: Callable[[str], None]
+    ) -> ChatResponse: ...

@@ -10,7 +10,8 @@ POST of ready bytes to a pre-parsed URL with headers fixed on the session, one
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
 
 import aiohttp
 from aiohttp import hdrs
@@ -25,12 +26,15 @@ from plait.clients._wire import (
     transport_error,
 )
 from plait.clients.base import DEFAULT_MAX_RESPONSE_BYTES, ChatRequest, ChatResponse
+from plait.clients.sse import StreamAssembler, is_event_stream, stream_body
+from plait.errors import TransientError
 
 __all__ = ["LeanClient"]
 
 # Failures below HTTP. aiohttp wraps most socket errors in ClientError, but a
 # reset can still surface as a bare ConnectionError while the body is read.
 _TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError)
+_STREAM_ACCEPT = {"Accept": "text/event-stream"}
 
 
 class LeanClient:
@@ -110,6 +114,58 @@ class LeanClient:
         except _TRANSPORT_ERRORS as exc:
             raise transport_error(exc, self._url_text) from exc
         return decode_reply(raw, request.response_format, response.headers, self._api_key)
+
+    async def stream(self, request: ChatRequest, on_delta: Callable[[str], None]) -> ChatResponse:
+        """Send ``request`` with ``stream: true``; ``on_delta`` gets each text delta.
+
+        Returns the whole reply once the stream ends. Leaving early (a cancel)
+        closes the connection rather than returning it to the pool, since the
+        rest of the stream would still be on it. Raises what :meth:`complete`
+        raises, and :class:`~plait.errors.StreamInterruptedError` for a
+        failure after the first delta.
+        """
+        data = json.dumps(stream_body(request), separators=(",", ":")).encode()
+        session = self._session
+        if session is None:
+            session = self._open()
+        assembler = StreamAssembler(on_delta, self._max_response_bytes, self._url_text)
+        try:
+            async with session.post(
+                self._url,
+                data=data,
+                allow_redirects=False,
+                headers=_STREAM_ACCEPT,
+                # A stream may rightly outlast ``timeout``; what must not is
+                # the silence before a connection or between two chunks.
+                timeout=aiohttp.ClientTimeout(sock_connect=self._timeout, sock_read=self._timeout),
+            ) as response:
+                try:
+                    if response.status >= 300 or not is_event_stream(response.content_type):
+                        raw = await self._read(response)
+                        if response.status >= 300:
+                            raise error_for_status(
+                                response.status, response.headers, raw, self._api_key
+                            )
+                        reply = decode_reply(
+                            raw, request.response_format, response.headers, self._api_key
+                        )
+                        if reply.content:
+                            on_delta(reply.content)
+                        return reply
+                    async for chunk in response.content.iter_any():
+                        assembler.feed(chunk)
+                    return assembler.reply(request.response_format)
+                except BaseException:
+                    response.close()
+                    raise
+        except _TRANSPORT_ERRORS as exc:
+            failure = transport_error(exc, self._url_text)
+            raise (assembler.interrupted(failure) or failure) from exc
+        except TransientError as exc:
+            interrupted = assembler.interrupted(exc)
+            if interrupted is None:
+                raise
+            raise interrupted from exc
 
     async def aclose(self) -> None:
         """Close the session and its pooled connections; safe to call twice."""

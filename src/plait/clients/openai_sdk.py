@@ -10,7 +10,7 @@ retries are off: plait's scheduler owns retrying.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 import httpx
@@ -26,7 +26,8 @@ from plait.clients._wire import (
     transport_error,
 )
 from plait.clients.base import DEFAULT_MAX_RESPONSE_BYTES, ChatRequest, ChatResponse
-from plait.errors import ConfigError, LLMError
+from plait.clients.sse import StreamAssembler, is_event_stream, stream_body
+from plait.errors import ConfigError, LLMError, TransientError
 
 __all__ = ["OpenAIClient"]
 
@@ -46,7 +47,15 @@ class OpenAIClient:
     bounds only the replies of the client built here.
     """
 
-    __slots__ = ("_api_key", "_base_url", "_extra_headers", "_owns_http", "_sdk", "_timeout")
+    __slots__ = (
+        "_api_key",
+        "_base_url",
+        "_extra_headers",
+        "_max_response_bytes",
+        "_owns_http",
+        "_sdk",
+        "_timeout",
+    )
 
     def __init__(
         self,
@@ -62,6 +71,7 @@ class OpenAIClient:
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._timeout = timeout
+        self._max_response_bytes = max_response_bytes
         self._owns_http = http_client is None
         if http_client is None:
             limits = httpx.Limits(
@@ -135,6 +145,54 @@ class OpenAIClient:
             return decode_reply(http.content, request.response_format, http.headers, self._api_key)
         raise failure
 
+    async def stream(self, request: ChatRequest, on_delta: Callable[[str], None]) -> ChatResponse:
+        """Stream ``request`` through the SDK; the same contract as the lean client's.
+
+        The SDK sends the request and maps its failures, but the event bytes
+        go through the shared :class:`~plait.clients.sse.StreamAssembler`
+        rather than the SDK's chunk models, so both clients agree on every
+        delta, on usage and on what a broken stream is. Leaving early closes
+        the SDK's response, and with it the connection.
+        """
+        body = stream_body(request)
+        model = body.pop("model")
+        messages = cast(Iterable[ChatCompletionMessageParam], body.pop("messages"))
+        url = f"{self._base_url}/chat/completions"
+        assembler = StreamAssembler(on_delta, self._max_response_bytes, url)
+        failure: LLMError
+        try:
+            async with self._sdk.chat.completions.with_streaming_response.create(
+                model=model,
+                messages=messages,
+                extra_body=body,
+                extra_headers=self._extra_headers,
+            ) as reply:
+                http = reply.http_response
+                if not is_event_stream(http.headers.get("Content-Type")):
+                    whole = await read_capped(http.aiter_bytes(), self._max_response_bytes, url)
+                    parsed = decode_reply(
+                        whole, request.response_format, http.headers, self._api_key
+                    )
+                    if parsed.content:
+                        on_delta(parsed.content)
+                    return parsed
+                async for chunk in http.aiter_bytes():
+                    assembler.feed(chunk)
+                return assembler.reply(request.response_format)
+        except openai.APIStatusError as exc:
+            failure = error_for_status(
+                exc.status_code, exc.response.headers, _body_of(exc), self._api_key
+            )
+        except openai.APIConnectionError as exc:
+            cause = exc.__cause__ or exc
+            failure = cause if isinstance(cause, LLMError) else transport_error(cause, url)
+        except (httpx.TransportError, TimeoutError, ConnectionError) as exc:
+            # Past the SDK's send, a broken body surfaces from httpx itself.
+            failure = transport_error(exc, url)
+        except TransientError as exc:
+            failure = exc
+        raise assembler.interrupted(failure) or failure
+
     async def aclose(self) -> None:
         """Close the SDK's HTTP client, unless the caller supplied it."""
         if self._owns_http:
@@ -159,7 +217,9 @@ class _CappedHttpClient(openai.DefaultAioHttpClient):
         self, request: httpx.Request, *, stream: bool = False, **options: Any
     ) -> httpx.Response:
         response = await super().send(request, stream=True, **options)
-        if stream:
+        if stream and response.status_code < 300:
+            # A token stream is read, and capped, as it arrives; an error
+            # body is read whole here, under the cap, like any other.
             return response
         try:
             declared = response.headers.get("Content-Length")

@@ -63,8 +63,8 @@ _FIXED = {
     "messages": "the messages are the prompt",
     "tools": "set tools=[...] on the LLMInference",
     "response_format": "set response_format= on the LLMInference",
-    "stream": "plait reads whole replies",
-    "stream_options": "plait reads whole replies",
+    "stream": "to stream the reply, iterate it: async for delta in module.stream(prompt)",
+    "stream_options": "module.stream(prompt) asks for usage in the last chunk itself",
 }
 
 

@@ -16,6 +16,7 @@ import threading
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Generator, Iterable, Sized
 from typing import Any
 
+from plait.clients.sse import DeltaSink
 from plait.errors import BatchError, CallReusedError
 from plait.execution.driver import RunDriver, Runnable
 from plait.execution.inputs import Item, call_items
@@ -53,6 +54,8 @@ class Call(Coroutine[Any, Any, Any]):
         self.total = total
         self.profile: Profile | None = None
         """With ``profile=True``: the run's :class:`~plait.profiling.Profile`, once it ended."""
+        self.deltas: DeltaSink | None = None
+        """Set by a token stream: the sink for the output node's text deltas."""
         self._used = False
         self._coroutine: Coroutine[Any, Any, Any] | None = None
         self._driver: asyncio.Task[Any] | None = None

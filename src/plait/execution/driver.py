@@ -14,6 +14,7 @@ from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from plait.clients.sse import DeltaSink
 from plait.errors import CheckpointError, ConfigError, UnstorableError, WriterError
 from plait.execution.budget import Budget
 from plait.execution.hooks import RunFeatures, flush_caches, run_features
@@ -50,6 +51,8 @@ class Job(Protocol):
     settings: ResolvedSettings
     total: int | None
     profile: Profile | None
+    deltas: DeltaSink | None
+    """Where the output node's text deltas go, for a token stream (else None)."""
 
 
 class RunDriver:
@@ -128,6 +131,7 @@ class RunDriver:
             self._state_done,
             record_inputs=self.training,
             hooks=features.hooks(self._node_done, self._budget_exceeded, replay),
+            deltas=self.call.deltas,
         )
         if self.fatal is not None:
             return

@@ -22,12 +22,14 @@ from itertools import count
 from typing import Any, cast
 
 from plait.clients.base import ChatRequest, ChatResponse
+from plait.clients.sse import DeltaSink
 from plait.errors import (
     BudgetExceededError,
     ExecutionError,
     ResourcesNotBoundError,
     TaskTimeoutError,
 )
+from plait.execution.delivery import Delivery, streams_node
 from plait.execution.dynamic import launch
 from plait.execution.gate import Gate, gated, gates_for
 from plait.execution.hooks import RunHooks
@@ -59,8 +61,10 @@ class Scheduler:
         *,
         record_inputs: bool = False,
         hooks: RunHooks | None = None,
+        deltas: DeltaSink | None = None,
     ) -> None:
         self.settings = settings
+        self.deltas = deltas
         self.record_inputs = record_inputs
         self.hooks = hooks
         self._node_done = hooks.on_node_done if hooks is not None else None
@@ -220,28 +224,32 @@ class Scheduler:
                 "plait.run(module, ..., resources=...)"
             )
         attempt = state.attempts.get(node_id, 0)
+        on_delta = None
+        if self.deltas is not None and streams_node(resources, state, node_id):
+            on_delta = Delivery(self.deltas)
         call: Awaitable[ChatResponse]
         timeout = self.settings.task_timeout
         on_wire = timeout if self._timed_on_the_wire else None
         if record is not None:
-            call = self._call_observed(resources, module.alias, request, attempt, record)
-        elif on_wire is not None:
+            call = self._call_observed(resources, module.alias, request, attempt, record, on_delta)
+        elif on_wire is not None or on_delta is not None:
             manager = cast("ResourceManager", resources)
-            call = manager.complete(module.alias, request, attempt=attempt, reply_within=on_wire)
+            call = manager.complete(
+                module.alias, request, attempt=attempt, reply_within=on_wire, on_delta=on_delta
+            )
         else:
             call = resources.complete(module.alias, request, attempt=attempt)
         gate = self._gates.get(module.alias) if self._gates else None
         if gate is not None:
             key = state.plan.keys[node_id]
             call = gated(gate, (key[0], state.index, key[1]), call)
-        try:
-            response = await (
-                call if on_wire is not None or timeout is None else self._bounded(node_id, call)
-            )
-        except TaskTimeoutError as error:
-            if on_wire is None:
-                raise
-            raise TaskTimeoutError(f"node {node_id!r}: {error}") from error
+        if on_wire is not None:
+            call = self._named(node_id, call)
+        elif timeout is not None:
+            call = self._bounded(node_id, call)
+        if on_delta is not None:
+            call = on_delta.guard(call)
+        response = await call
         if record is not None:
             record.response = response
             self._charge(record, response)
@@ -254,10 +262,11 @@ class Scheduler:
         request: ChatRequest,
         attempt: int,
         record: NodeRun,
+        on_delta: DeltaSink | None,
     ) -> Awaitable[ChatResponse]:
         hooks = cast(RunHooks, self.hooks)
         record.request = request
-        if not hooks.probes:
+        if not hooks.probes:  # a test double: on_delta is None, nothing streams
             return resources.complete(alias, request, attempt=attempt)
         probe = record.probe = CallProbe(hooks.budget)
         manager = cast("ResourceManager", resources)
@@ -269,6 +278,7 @@ class Scheduler:
             probe=probe,
             reply_within=self.settings.task_timeout,
             max_pause=hooks.max_pause,
+            on_delta=on_delta,
         )
 
     def _charge(self, record: NodeRun, response: ChatResponse) -> None:
@@ -283,6 +293,13 @@ class Scheduler:
             self.stop_starting()
             if hooks.on_budget_exceeded is not None:
                 hooks.on_budget_exceeded()
+
+    async def _named(self, node_id: str, call: Awaitable[ChatResponse]) -> ChatResponse:
+        """``call``, whose wire timeout (the manager's) is told which node it cut."""
+        try:
+            return await call
+        except TaskTimeoutError as error:
+            raise TaskTimeoutError(f"node {node_id!r}: {error}") from error
 
     async def _bounded(self, node_id: str, awaitable: Awaitable[Any]) -> Any:
         timeout = self.settings.task_timeout

@@ -33,8 +33,8 @@ class ResultStream:
         self._preserve = call.settings.preserve_order
         self._reorder: dict[int, BatchResult] = {}
         self._next_index = 0
-        self._run = RunDriver(call, _weakly(self._put), streaming=True)
-        self._wake_weakly = _weakly(self._wake)
+        self._run = RunDriver(call, weakly(self._put), streaming=True)
+        self._wake_weakly = weakly(self._wake)
 
     def _put(self, result: BatchResult) -> None:
         if self._preserve:
@@ -86,7 +86,7 @@ class ResultStream:
         self._run.cancel()
 
 
-def _weakly(method: Callable[..., None]) -> Callable[..., None]:
+def weakly(method: Callable[..., None]) -> Callable[..., None]:
     """Call ``method`` while its object is alive, without keeping it alive."""
     ref = weakref.WeakMethod(method)
 

@@ -28,7 +28,8 @@ class CallProbe:
     ``rate_wait`` split ``sent - started`` into waiting for the endpoint's
     concurrency limit and for its rate limiter. ``cost`` is None when the
     endpoint has no prices. ``halt``, when set and exceeded, stops the call
-    before it is sent.
+    before it is sent. ``first_token`` is when a streamed reply's first text
+    delta arrived (0 for a whole reply).
     """
 
     __slots__ = (
@@ -36,6 +37,7 @@ class CallProbe:
         "cost",
         "done",
         "endpoint",
+        "first_token",
         "halt",
         "model",
         "rate_wait",
@@ -55,6 +57,7 @@ class CallProbe:
         self.rate_wait = 0.0
         self.cost: float | None = None
         self.cache_hit = False
+        self.first_token = 0.0
 
 
 class NodeRun:

@@ -155,6 +155,11 @@ class SpanObserver(RunObserver):
             span.set_attribute("plait.cache_hit", probe.cache_hit)
             if probe.cost is not None:
                 span.set_attribute("plait.cost", probe.cost)
+            if probe.first_token:
+                span.set_attribute("plait.streamed", True)
+                span.set_attribute(
+                    "gen_ai.server.time_to_first_token", probe.first_token - probe.sent
+                )
         if self.capture_content:
             span.set_attribute(
                 "gen_ai.input.messages", json.dumps(request.messages, ensure_ascii=False)

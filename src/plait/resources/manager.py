@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from plait.clients.base import ChatRequest, ChatResponse, LLMClient
+from plait.clients.sse import DeltaSink
 from plait.errors import (
     BudgetExceededError,
     QuotaExceededError,
@@ -41,6 +42,7 @@ from plait.resources.endpoint import ClientFactory, Endpoint, LoopState, default
 from plait.resources.pool import EndpointPool, PoolMember
 from plait.resources.queueing import HAND_BACK_AFTER, hold
 from plait.resources.rate_limit import RateLimiter
+from plait.resources.streaming import FirstToken, stream_call
 from plait.resources.tokens import estimate_tokens
 from plait.resources.usage import AliasUsage
 
@@ -160,6 +162,7 @@ class ResourceManager:
         probe: CallProbe | None = None,
         reply_within: float | None = None,
         max_pause: float | None = None,
+        on_delta: DeltaSink | None = None,
     ) -> ChatResponse:
         """Send ``request`` to an endpoint of ``alias`` and return its reply.
 
@@ -185,6 +188,12 @@ class ResourceManager:
         member of the pool; one that would wait more than a few seconds behind
         an endpoint backing off from 429s, with nowhere else to go, is not
         sent and raises :class:`EndpointBackoffError` for the retry policy.
+
+        With ``on_delta`` the reply is streamed: each text delta goes to it as
+        it arrives, the slot and rate permit are held until the stream ends,
+        and the time to the first delta is booked in ``usage().ttft``. A
+        cached reply goes to ``on_delta`` whole. The reply returned (and
+        cached) is the whole streamed one.
         """
         route = self._routes.get(alias)
         if route is None:
@@ -213,6 +222,8 @@ class ResourceManager:
                     probe.model = endpoint.model
                     probe.cache_hit = True
                     probe.sent = probe.done = time.perf_counter()
+                if on_delta is not None and hit.content:
+                    on_delta(hit.content)
                 return hit
         slots = state.slots[endpoint.index]
         limiter = endpoint.limiter
@@ -253,11 +264,17 @@ class ResourceManager:
                     probe.sent = started
                 pool.sent(member)
                 limiter.on_sent()
+                ttft = None if on_delta is None else FirstToken(on_delta)
                 try:
+                    reply = (
+                        client.complete(request)
+                        if ttft is None
+                        else stream_call(client, request, ttft)
+                    )
                     if reply_within is None:
-                        response = await client.complete(request)
+                        response = await reply
                     else:
-                        response = await _within(client.complete(request), reply_within, endpoint)
+                        response = await _within(reply, reply_within, endpoint)
                 except RateLimitError as exc:
                     usage.failures += 1
                     usage.rate_limited += 1
@@ -285,6 +302,12 @@ class ResourceManager:
                         probe.done = time.perf_counter()
                 latency = time.perf_counter() - started
                 usage.latency.record(latency)
+                if ttft is not None:
+                    usage.streams += 1
+                    if ttft.at:
+                        usage.ttft.record(ttft.at - started)
+                        if probe is not None:
+                            probe.first_token = ttft.at
             finally:
                 slots.release()
         finally:

@@ -109,6 +109,8 @@ class AliasUsage:
     cost: float = 0.0
     rate_limit_wait: float = 0.0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram, repr=False)
+    streams: int = 0
+    ttft: LatencyHistogram = field(default_factory=LatencyHistogram, repr=False)
 
     @property
     def total_tokens(self) -> int:
@@ -134,6 +136,14 @@ class AliasUsage:
     def latency_mean(self) -> float:
         return self.latency.mean
 
+    @property
+    def ttft_p50(self) -> float:
+        return self.ttft.percentile(0.5)
+
+    @property
+    def ttft_p95(self) -> float:
+        return self.ttft.percentile(0.95)
+
     def copy(self) -> AliasUsage:
         """A snapshot that later calls do not change."""
         return AliasUsage(
@@ -148,6 +158,8 @@ class AliasUsage:
             cost=self.cost,
             rate_limit_wait=self.rate_limit_wait,
             latency=self.latency.copy(),
+            streams=self.streams,
+            ttft=self.ttft.copy(),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -168,6 +180,9 @@ class AliasUsage:
             "latency_p99": self.latency_p99,
             "latency_max": self.latency_max,
             "latency_mean": self.latency_mean,
+            "streams": self.streams,
+            "ttft_p50": self.ttft_p50,
+            "ttft_p95": self.ttft_p95,
         }
 
 
@@ -187,6 +202,8 @@ _COLUMNS = (
     "p99",
     "max",
     "mean",
+    "ttft p50",
+    "ttft p95",
 )
 
 
@@ -211,6 +228,8 @@ def format_usage(usage: Mapping[str, AliasUsage]) -> str:
                 _seconds(u.latency_p99),
                 _seconds(u.latency_max),
                 _seconds(u.latency_mean),
+                _seconds(u.ttft_p50),
+                _seconds(u.ttft_p95),
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]

@@ -47,6 +47,8 @@ def build_parser(prog: str = "python -m plait.testing") -> argparse.ArgumentPars
         help="seconds an injected 429 asks the client to wait (Retry-After and retry-after-ms)",
     )
     add("--seed", type=int, default=None, help="seed for latency jitter and fault draws")
+    add("--stream-pace", type=float, default=0.0, help="seconds between streamed chunks")
+    add("--stream-chunk-chars", type=int, default=4, help="characters per streamed chunk")
     add(
         "--rule",
         nargs=2,
@@ -81,6 +83,8 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "stall_seconds": args.stall_seconds,
         "retry_after": args.retry_after,
         "seed": args.seed,
+        "stream_pace": args.stream_pace,
+        "stream_chunk_chars": args.stream_chunk_chars,
         "rules": [tuple(rule) for rule in args.rule] + list(args.rules_json),
     }
 
@@ -100,6 +104,8 @@ def config_to_argv(config: SimulatorConfig) -> list[str]:
         f"--faults={','.join(config.faults)}",
         f"--stall-seconds={config.stall_seconds!r}",
         f"--retry-after={config.retry_after!r}",
+        f"--stream-pace={config.stream_pace!r}",
+        f"--stream-chunk-chars={config.stream_chunk_chars}",
     ]
     if config.rate_limit is not None:
         argv.append(f"--rate-limit={config.rate_limit!r}")

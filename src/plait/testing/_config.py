@@ -14,9 +14,10 @@ from plait.testing._tool_calls import ToolCallReply
 
 FAULT_KINDS: tuple[str, ...] = ("503", "reset", "malformed", "stall", "429")
 """The kinds ``fault_rate`` draws from by default."""
-OPT_IN_FAULT_KINDS: tuple[str, ...] = ("quota",)
+OPT_IN_FAULT_KINDS: tuple[str, ...] = ("quota", "cut")
 """Kinds that are only acted out when named: a ``quota`` 429 fails a call for good,
-so drawing it by default would turn every fault test's retries into failures."""
+so drawing it by default would turn every fault test's retries into failures; a
+``cut`` (a stream dropped after its first delta) fails a streamed call for good too."""
 
 ReplyFn = Callable[[dict[str, Any]], str | dict[str, Any] | BaseModel | ToolCallReply]
 RuleReply = str | ToolCallReply
@@ -45,6 +46,8 @@ class SimulatorConfig:
     fault: FaultFn | None = None
     reply: ReplyFn | None = None
     rules: Sequence[tuple[str, RuleReply]] = ()
+    stream_pace: float = 0.0
+    stream_chunk_chars: int = 4
 
     def __post_init__(self) -> None:
         if isinstance(self.faults, str):
@@ -71,6 +74,11 @@ class SimulatorConfig:
             _finite(self.stall_seconds) and self.stall_seconds >= 0, "stall_seconds must be >= 0"
         )
         _require(_finite(self.retry_after) and self.retry_after >= 0, "retry_after must be >= 0")
+        _require(_finite(self.stream_pace) and self.stream_pace >= 0, "stream_pace must be >= 0")
+        _require(
+            isinstance(self.stream_chunk_chars, int) and self.stream_chunk_chars >= 1,
+            "stream_chunk_chars must be an int >= 1",
+        )
         for pattern, _ in self.rules:
             try:
                 re.compile(pattern)

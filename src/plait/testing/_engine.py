@@ -18,6 +18,7 @@ from plait.testing._config import SimulatorConfig, check_fault_kind
 from plait.testing._http import Connection
 from plait.testing._limiter import TokenBucket
 from plait.testing._replies import Replier, reply_text
+from plait.testing._stream import SseReply
 from plait.testing.stats import SimulatorStats
 
 DEFAULT_MODEL = "plait-simulator"
@@ -193,7 +194,9 @@ class Engine:
     def _finish(
         self, conn: Connection, body: dict[str, Any], model: str, kind: str | None, seq: int
     ) -> None:
-        self.release()
+        streamed = bool(body.get("stream")) and kind not in ("reset", "503", "malformed")
+        if not streamed:
+            self.release()
         if kind == "reset":
             conn.abort()
             return
@@ -207,15 +210,30 @@ class Engine:
         try:
             message, finish_reason = self._replier.message(body, messages)
         except Exception as exc:
+            if streamed:
+                self.release()
             conn.send(500, error_body(500, f"reply callable raised {type(exc).__name__}: {exc}"))
             return
         # A server never reports an empty prompt or reply as zero tokens.
         prompt_used = max(1, prompt_tokens(messages, body.get("tools")))
         completion_tokens = max(1, text_tokens(reply_text(message)))
         stats = self.stats
-        stats.completed += 1
+        if kind != "cut":
+            stats.completed += 1
         stats.prompt_tokens += prompt_used
         stats.completion_tokens += completion_tokens
+        if streamed:
+            # In flight until the last chunk (or until the client leaves).
+            options = body.get("stream_options")
+            wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+            usage = _usage(prompt_used, completion_tokens) if wants_usage else None
+            config = self.config
+            sse = SseReply(conn, stats, self.release, config.stream_pace, cut=kind == "cut")
+            sse.send(seq, model, message, finish_reason, usage, config.stream_chunk_chars)
+            return
+        if kind == "cut":
+            conn.abort()
+            return
         reply = _completion(seq, model, message, finish_reason, prompt_used, completion_tokens)
         conn.send(200, reply)
 
@@ -233,8 +251,6 @@ def _validate(body: Any) -> str | None:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         return "'model' must be a string"
-    if body.get("stream"):
-        return "the simulator does not support stream=true"
     return None
 
 
@@ -259,10 +275,14 @@ def _completion(
                 "logprobs": None,
             }
         ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+        "usage": _usage(prompt_tokens, completion_tokens),
     }
     return json.dumps(payload).encode()
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

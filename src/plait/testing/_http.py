@@ -95,6 +95,40 @@ class Connection(asyncio.Protocol):
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%b\r\n%b"
             % (status, REASONS.get(status, b"Unknown"), len(body), headers, body)
         )
+        self._next()
+
+    def start_stream(self) -> bool:
+        """Write the head of a 200 event stream (chunked); False if the client is gone."""
+        transport = self._transport
+        if transport is None:
+            return False
+        transport.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        return True
+
+    def write_chunk(self, data: bytes) -> None:
+        """Send ``data`` as one HTTP chunk of a stream begun with :meth:`start_stream`."""
+        self._timer = None
+        self._on_cancel = None
+        if self._transport is not None and data:
+            self._transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+
+    def end_stream(self) -> None:
+        """Close the chunked body and go on to the next buffered request."""
+        transport = self._transport
+        if transport is None:
+            return
+        self._timer = None
+        self._on_cancel = None
+        transport.write(b"0\r\n\r\n")
+        self._next()
+
+    def _next(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
         if not self._keep_alive:
             transport.close()
             self._transport = None

@@ -62,7 +62,13 @@ class Simulator:
             holds no tool message yet). Without a match, a ``json_schema`` request gets
             a minimal object satisfying its schema, and any other gets
             ``"ECHO: " + <last user message>``.
+        stream_pace: seconds between the chunks of a ``stream: true`` reply
+            (0: all at once, still as separate SSE events).
+        stream_chunk_chars: characters of content per streamed chunk.
 
+    A ``stream: true`` request is answered as server-sent events (see
+    ``plait.testing._stream``); the fault ``"cut"`` (opt-in) drops such a
+    stream after its first content chunk (a whole reply is dropped as by ``reset``).
     Latency and stalls apply after the rate limiter; 429s are answered at once.
     """
 
@@ -83,6 +89,8 @@ class Simulator:
         fault: FaultFn | None = None,
         reply: ReplyFn | None = None,
         rules: Sequence[tuple[str, RuleReply]] = (),
+        stream_pace: float = 0.0,
+        stream_chunk_chars: int = 4,
     ) -> None:
         self._config = SimulatorConfig(
             port=port,
@@ -99,6 +107,8 @@ class Simulator:
             fault=fault,
             reply=reply,
             rules=rules,
+            stream_pace=stream_pace,
+            stream_chunk_chars=stream_chunk_chars,
         )
         self._engine = Engine(self._config)
         self._server: asyncio.Server | None = None

@@ -24,7 +24,10 @@ class SimulatorStats:
     counted under ``faults["429"]``). ``in_flight`` and ``peak_concurrency``
     count chat requests between being read and being answered (or dropped).
     ``first_request_at``/``last_request_at`` are ``time.monotonic()`` readings,
-    comparable across processes on the same machine.
+    comparable across processes on the same machine. ``streams`` counts
+    ``stream: true`` replies begun, ``streams_completed`` those sent to the
+    end and ``streams_aborted`` those whose client left before the end; a
+    streamed request is in flight until its last chunk.
     """
 
     requests: int = 0
@@ -38,6 +41,9 @@ class SimulatorStats:
     first_request_at: float | None = None
     last_request_at: float | None = None
     models: dict[str, int] = field(default_factory=dict)
+    streams: int = 0
+    streams_completed: int = 0
+    streams_aborted: int = 0
 
     def snapshot(self) -> SimulatorStats:
         """Return an independent copy, so callers never see later updates."""
