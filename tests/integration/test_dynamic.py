@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -319,13 +320,20 @@ async def _patterns(resources: ResourceManager) -> None:
         await resources.aclose()
 
 
-async def test_child_calls_nest_under_the_dynamic_span_and_are_counted(sim: Simulator) -> None:
+async def test_child_calls_nest_under_the_dynamic_span_and_are_counted(
+    sim: Simulator, tmp_path: Path
+) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     resources = manager(sim.base_url)
     try:
-        module = Refine().bind(resources=resources, tracer_provider=provider, profile=True)
+        module = Refine().bind(
+            resources=resources,
+            tracer_provider=provider,
+            profile=True,
+            profile_path=tmp_path / "profile.json",
+        )
         call = module("needs v2")
         assert await call == "draft v2"
         usage = resources.usage()
