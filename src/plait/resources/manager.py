@@ -36,6 +36,7 @@ from plait.errors import (
 )
 from plait.profiling.observer import CallProbe
 from plait.resources.config import ResourceConfig
+from plait.resources.dialects import send_structured
 from plait.resources.endpoint import ClientFactory, Endpoint, LoopState, default_client_factory
 from plait.resources.pool import EndpointPool, PoolMember
 from plait.resources.queueing import HAND_BACK_AFTER, hold
@@ -223,7 +224,10 @@ class ResourceManager:
                 pool.sent(member)
                 limiter.on_sent()
                 try:
-                    response = await client.complete(request)
+                    if request.response_format is None:
+                        response = await client.complete(request)
+                    else:
+                        response = await send_structured(client, request, endpoint.dialect)
                 except RateLimitError as exc:
                     usage.failures += 1
                     usage.rate_limited += 1

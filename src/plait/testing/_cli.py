@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from plait.testing._config import FAULT_KINDS, OPT_IN_FAULT_KINDS, SimulatorConfig
+from plait.testing._dialects import STRUCTURED_DIALECTS
 
 
 def build_parser(prog: str = "python -m plait.testing") -> argparse.ArgumentParser:
@@ -47,6 +48,12 @@ def build_parser(prog: str = "python -m plait.testing") -> argparse.ArgumentPars
     )
     add("--seed", type=int, default=None, help="seed for latency jitter and fault draws")
     add(
+        "--structured-dialect",
+        choices=STRUCTURED_DIALECTS,
+        default="any",
+        help="which response_format forms to admit, imitating a real server (default: any)",
+    )
+    add(
         "--rule",
         nargs=2,
         action="append",
@@ -77,6 +84,7 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "stall_seconds": args.stall_seconds,
         "retry_after": args.retry_after,
         "seed": args.seed,
+        "structured_dialect": args.structured_dialect,
         "rules": [tuple(rule) for rule in args.rule] + list(args.rules_json),
     }
 
@@ -96,6 +104,7 @@ def config_to_argv(config: SimulatorConfig) -> list[str]:
         f"--faults={','.join(config.faults)}",
         f"--stall-seconds={config.stall_seconds!r}",
         f"--retry-after={config.retry_after!r}",
+        f"--structured-dialect={config.structured_dialect}",
     ]
     if config.rate_limit is not None:
         argv.append(f"--rate-limit={config.rate_limit!r}")

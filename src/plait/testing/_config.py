@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from plait.testing._dialects import STRUCTURED_DIALECTS, StructuredDialectName
 from plait.testing._tool_calls import ToolCallReply
 
 FAULT_KINDS: tuple[str, ...] = ("503", "reset", "malformed", "stall", "429")
@@ -45,6 +46,7 @@ class SimulatorConfig:
     fault: FaultFn | None = None
     reply: ReplyFn | None = None
     rules: Sequence[tuple[str, RuleReply]] = ()
+    structured_dialect: StructuredDialectName = "any"
 
     def __post_init__(self) -> None:
         if isinstance(self.faults, str):
@@ -71,6 +73,11 @@ class SimulatorConfig:
             _finite(self.stall_seconds) and self.stall_seconds >= 0, "stall_seconds must be >= 0"
         )
         _require(_finite(self.retry_after) and self.retry_after >= 0, "retry_after must be >= 0")
+        _require(
+            self.structured_dialect in STRUCTURED_DIALECTS,
+            f"structured_dialect must be one of {', '.join(STRUCTURED_DIALECTS)}, "
+            f"got {self.structured_dialect!r}",
+        )
         for pattern, _ in self.rules:
             try:
                 re.compile(pattern)

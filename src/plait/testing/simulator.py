@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from plait.testing._config import FAULT_KINDS, FaultFn, ReplyFn, RuleReply, SimulatorConfig
+from plait.testing._dialects import StructuredDialectName
 from plait.testing._engine import Engine
 from plait.testing._http import Connection
 from plait.testing._spawn import SpawnedSimulator
@@ -62,6 +63,11 @@ class Simulator:
             holds no tool message yet). Without a match, a ``json_schema`` request gets
             a minimal object satisfying its schema, and any other gets
             ``"ECHO: " + <last user message>``.
+        structured_dialect: which ``response_format`` forms the server admits, to
+            imitate a real server: ``"any"``, ``"llama_cpp"`` (llama-cpp-python:
+            ``json_object`` with a ``schema``; ``json_schema`` gets that server's
+            500) or ``"text_only"`` (no constrained decoding: a 400). A schema
+            written into a system message is answered as a fenced JSON block.
 
     Latency and stalls apply after the rate limiter; 429s are answered at once.
     """
@@ -83,6 +89,7 @@ class Simulator:
         fault: FaultFn | None = None,
         reply: ReplyFn | None = None,
         rules: Sequence[tuple[str, RuleReply]] = (),
+        structured_dialect: StructuredDialectName = "any",
     ) -> None:
         self._config = SimulatorConfig(
             port=port,
@@ -99,6 +106,7 @@ class Simulator:
             fault=fault,
             reply=reply,
             rules=rules,
+            structured_dialect=structured_dialect,
         )
         self._engine = Engine(self._config)
         self._server: asyncio.Server | None = None
