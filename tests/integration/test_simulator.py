@@ -541,6 +541,7 @@ def test_cli_flags_round_trip_every_setting() -> None:
         retry_after=1.5,
         seed=11,
         rules=[("-x", "y"), ("a=b", "--c")],
+        structured_dialect="llama_cpp",
     )
     options = options_from_args(build_parser().parse_args(config_to_argv(config)))
     assert SimulatorConfig(**options) == config
