@@ -179,6 +179,31 @@ async def test_concurrent_first_calls_learn_the_dialect_with_one_refusal_per_for
     assert stats.peak_concurrency > 1  # once learnt, the calls ran side by side again
 
 
+async def test_a_trial_that_fails_transiently_hands_the_trial_on_without_another_refusal() -> None:
+    bodies = Bodies()
+    failed: list[int] = []
+
+    def fail_first_json_object(seq: int, body: dict[str, Any]) -> str | None:
+        bodies(seq, body)
+        if not failed and body.get("response_format", {}).get("type") == "json_object":
+            failed.append(seq)
+            return "503"
+        return None
+
+    async with Simulator(
+        structured_dialect="llama_cpp", latency=0.01, fault=fail_first_json_object
+    ) as sim:
+        async with managed(endpoint(sim, max_concurrent=4)) as manager:
+            answers = await classify(manager, [f"review {i}" for i in range(4)])
+            usage = manager.usage()["fast"]
+        stats = sim.stats()
+    assert answers == [Sentiment(sentiment="positive")] * 4
+    assert failed  # the first json_object request did fail
+    assert stats.refused_formats == 1
+    assert stats.requests == 1 + 1 + 4  # the refusal, the 503, four answers
+    assert usage.retries == 1  # the 503 was retried; the refusal was not a retry
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 async def test_a_fixed_dialect_the_server_refuses_fails_at_once_naming_the_setting(
     client: str,
