@@ -48,6 +48,10 @@ class DialectChoice:
         self.label = label
         self._probe: asyncio.Future[None] | None = None
 
+    def learns(self) -> bool:
+        """Whether the dialect is ``auto``'s to find, rather than fixed by the config."""
+        return self._fixed is None
+
     def settled(self) -> bool:
         """Whether the dialect is known to work: fixed, or one that brought a reply."""
         return self._fixed is not None or self._key in _CONFIRMED
@@ -105,6 +109,7 @@ class DialectChoice:
         return None
 
     def end_turn(self, probe: asyncio.Future[None]) -> None:
+        """The trial is over, however it went: wake the calls waiting for it."""
         if not probe.done():
             probe.set_result(None)
         if self._probe is probe:
@@ -129,11 +134,16 @@ async def send_structured(
         except StructuredOutputRejectedError as exc:
             following = choice.after_refusal(dialect)
             if following is None:
-                raise StructuredOutputRejectedError(
-                    f"{choice.label} refused structured output sent as {dialect!r}: {exc}. "
-                    "Set the endpoint's structured_output to the form it accepts: "
+                advice = (
+                    "no structured-output form is left to try"
+                    if choice.learns()
+                    else "set the endpoint's structured_output to the form it accepts: "
                     "'json_object' (llama-cpp-python), 'prompt' (any server), or 'auto' "
-                    "to find out",
+                    "to find out"
+                )
+                raise StructuredOutputRejectedError(
+                    f"{choice.label} refused structured output sent as {dialect!r}: {exc}; "
+                    + advice,
                     status_code=exc.status_code,
                 ) from exc
         except ResponseValidationError:
