@@ -32,6 +32,7 @@ catch the library's failures in one place::
     │   └── PermanentError                  retrying cannot help
     │       ├── QuotaExceededError          429 insufficient_quota: the account is out
     │       ├── ResponseValidationError     a reply did not fit response_format
+    │       ├── StructuredOutputRejectedError  the endpoint refused the response_format form
     │       ├── ResponseTooLargeError       a reply passed max_response_bytes
     │       └── StreamInterruptedError      a token stream broke after text was delivered
     ├── BackwardError (RuntimeError)
@@ -284,6 +285,15 @@ class QuotaExceededError(PermanentError):
 
 class ResponseValidationError(PermanentError):
     """A reply did not validate against the requested ``response_format`` model."""
+
+
+class StructuredOutputRejectedError(PermanentError):
+    """The endpoint refused the form structured output was requested in (its dialect).
+
+    Under ``structured_output="auto"`` the resource layer answers this by
+    falling back to the next dialect; with a dialect set explicitly it is
+    final, and the message says which setting the endpoint needs.
+    """
 
 
 class ResponseTooLargeError(PermanentError):

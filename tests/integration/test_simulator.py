@@ -543,6 +543,7 @@ def test_cli_flags_round_trip_every_setting() -> None:
         rules=[("-x", "y"), ("a=b", "--c")],
         stream_pace=0.125,
         stream_chunk_chars=9,
+        structured_dialect="llama_cpp",
     )
     options = options_from_args(build_parser().parse_args(config_to_argv(config)))
     assert SimulatorConfig(**options) == config

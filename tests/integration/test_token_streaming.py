@@ -343,7 +343,9 @@ def get_weather(city: str) -> str:
 async def test_a_streamed_turn_with_tool_calls_is_assembled(client: Client) -> None:
     script = ToolCallReply([("get_weather", {"city": "Paris"})], content="Let me look.")
     async with Simulator(reply=lambda body: script, stream_pace=0.001) as sim:
-        llm = LLMInference("llm", tools=[get_weather]).bind(resources=manager(sim, client))
+        llm = LLMInference("llm", tools=[get_weather], run_tools=False).bind(
+            resources=manager(sim, client)
+        )
         stream = llm.stream("weather in Paris?")
         deltas = await asyncio.wait_for(collect(stream), GUARD)
         stats = sim.stats()

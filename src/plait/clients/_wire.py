@@ -19,7 +19,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from plait.clients.base import ChatRequest, ChatResponse, RawToolCall
-from plait.clients.structured import cached_response_format_payload, validate_reply
+from plait.clients.dialects import apply_structured_output, rejects_structured_output
+from plait.clients.structured import validate_reply
 from plait.errors import (
     LLMError,
     PermanentError,
@@ -27,6 +28,7 @@ from plait.errors import (
     RateLimitError,
     ResponseTooLargeError,
     ResponseValidationError,
+    StructuredOutputRejectedError,
     TransientError,
 )
 
@@ -66,7 +68,7 @@ def build_body(request: ChatRequest) -> dict[str, Any]:
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
     if request.response_format is not None:
-        body["response_format"] = cached_response_format_payload(request.response_format)
+        apply_structured_output(body, request, request.response_format)
     if request.tools:
         body["tools"] = request.tools
     if request.tool_choice is not None:
@@ -269,7 +271,9 @@ def error_for_status(
     unless its body says ``insufficient_quota``: that account is out of
     credit, no delay will change it, so it is :class:`QuotaExceededError`
     (permanent) and the call fails at once instead of waiting out its
-    ``max_rate_limit_wait``. 408, 409 and 5xx are worth retrying; any other status is final. The
+    ``max_rate_limit_wait``. A refusal of the structured-output form is
+    :class:`StructuredOutputRejectedError`, which the resource layer may answer
+    in another dialect. 408, 409 and 5xx are worth retrying; any other status is final. The
     message carries the status and the server's own explanation, with
     ``secret`` blanked out in case the server echoed the key back.
 
@@ -297,6 +301,8 @@ def error_for_status(
                 status_code=429,
             )
         return RateLimitError(message, retry_after=retry_after_seconds(headers), status_code=429)
+    if rejects_structured_output(status, detail):
+        return StructuredOutputRejectedError(message, status_code=status)
     if status >= 500 or status in _TRANSIENT_4XX:
         return TransientError(message, status_code=status)
     return PermanentError(message, status_code=status)

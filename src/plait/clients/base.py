@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -20,6 +20,9 @@ DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 A chat completion is kilobytes; 16 MiB leaves room for long structured
 replies while a broken or hostile server cannot make a client hold gigabytes.
 """
+
+StructuredDialect = Literal["json_schema", "json_object", "prompt"]
+"""How a request asks for structured output (see ``plait.clients.dialects``)."""
 
 
 @dataclass(slots=True)
@@ -39,6 +42,8 @@ class ChatRequest:
     tools: list[dict[str, Any]] | None = None
     """The OpenAI ``tools`` array: one ``{"type": "function", "function": ...}`` per tool."""
     tool_choice: str | dict[str, Any] | None = None
+    structured_output: StructuredDialect = "json_schema"
+    """The dialect ``response_format`` is sent in; the resource layer sets it per endpoint."""
 
 
 @dataclass(slots=True, frozen=True)

@@ -25,6 +25,7 @@ sibling keywords, is sent with
 from __future__ import annotations
 
 import copy
+import json
 import re
 from functools import lru_cache
 from typing import Any
@@ -42,6 +43,7 @@ _SUBSCHEMA_MAP_KEYS = ("properties", "$defs", "definitions")
 
 _FENCED_BLOCK = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\r?\n(.*?)```", re.DOTALL)
 _SNIPPET_CHARS = 80
+_MAX_OBJECT_STARTS = 32
 
 
 def response_format_payload(model: type[BaseModel]) -> dict[str, Any]:
@@ -74,6 +76,9 @@ def validate_reply(content: str, model: type[BaseModel]) -> BaseModel:
 
     Models often wrap JSON in a Markdown fence (sometimes after a sentence of
     preamble) even when asked not to, so a fenced block is unwrapped first.
+    A reply that is still not JSON, typically one asked for in the prompt
+    rather than by a ``response_format`` the server enforces, is read as its
+    first JSON object, which must then validate in full.
 
     Raises:
         ResponseValidationError: the reply is not JSON or does not validate;
@@ -83,7 +88,16 @@ def validate_reply(content: str, model: type[BaseModel]) -> BaseModel:
     try:
         return model.model_validate_json(text)
     except ValidationError as exc:
-        raise ResponseValidationError(_describe(exc, model, text)) from exc
+        problems = exc.errors(include_url=False)
+        embedded = (
+            _first_object(text) if problems and problems[0]["type"] == "json_invalid" else None
+        )
+        if embedded is None:
+            raise ResponseValidationError(_describe(exc, model, text)) from exc
+    try:
+        return model.model_validate_json(embedded)
+    except ValidationError as exc:
+        raise ResponseValidationError(_describe(exc, model, embedded)) from exc
 
 
 def _schema_name(model: type[BaseModel]) -> str:
@@ -149,6 +163,27 @@ def _unfence(content: str) -> str:
         return stripped
     match = _FENCED_BLOCK.search(stripped)
     return match.group(1).strip() if match else stripped
+
+
+def _first_object(text: str) -> str | None:
+    """The first JSON object inside ``text``, as text, or None.
+
+    Only the first few opening braces are tried, so a long reply full of
+    braces that are not JSON costs a bounded amount of parsing.
+    """
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    for _ in range(_MAX_OBJECT_STARTS):
+        if start < 0:
+            return None
+        try:
+            # Text that parses from a "{" is an object, and ends where it ends.
+            _, end = decoder.raw_decode(text, start)
+        except ValueError:
+            start = text.find("{", start + 1)
+            continue
+        return text[start:end]
+    return None
 
 
 def _describe(exc: ValidationError, model: type[BaseModel], text: str) -> str:

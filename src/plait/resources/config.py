@@ -45,6 +45,8 @@ from plait.resources.config_file import read_config_file
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
+_DIALECTS = ("auto", "json_schema", "json_object", "prompt")
+
 
 def _default_base_url() -> str:
     return os.environ.get("PLAIT_BASE_URL") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
@@ -80,7 +82,10 @@ class EndpointConfig(BaseModel):
     ``prices`` table, or :meth:`ResourceConfig.with_prices`, sets them per
     model). ``cache`` decides whether replies are cached: None follows the
     run's ``cache=`` setting, False never caches this endpoint, True caches in
-    the default location and a path caches there.
+    the default location and a path caches there. ``structured_output`` is
+    the dialect a ``response_format`` is sent in (see
+    ``plait.clients.dialects``); ``auto`` starts with ``json_schema`` and falls
+    back once when the endpoint refuses the form.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
@@ -101,6 +106,7 @@ class EndpointConfig(BaseModel):
     input_price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     output_price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     cache: bool | str | None = None
+    structured_output: Literal["auto", "json_schema", "json_object", "prompt"] = "auto"
 
     if not TYPE_CHECKING:
         # Hidden from type checkers so the pydantic plugin keeps the typed
@@ -131,6 +137,22 @@ class EndpointConfig(BaseModel):
     @classmethod
     def _expand_headers(cls, value: Any) -> Any:
         return expand_header_values(value) if isinstance(value, Mapping) else value
+
+    @field_validator("structured_output", mode="before")
+    @classmethod
+    def _check_dialect(cls, value: Any) -> Any:
+        # Named with the servers each dialect is for, since the server is what
+        # a user knows; pydantic's own message would only list the words.
+        if isinstance(value, str) and value not in _DIALECTS:
+            close = difflib.get_close_matches(value.lower().replace("-", "_"), _DIALECTS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(
+                f"unknown structured output dialect {value!r}; {hint}use 'auto' (json_schema, "
+                "falling back when refused), 'json_schema' (OpenAI, vLLM, Ollama, llama.cpp "
+                "server), 'json_object' (llama-cpp-python) or 'prompt' (a server without "
+                "constrained decoding)"
+            )
+        return value
 
     @field_validator("base_url")
     @classmethod

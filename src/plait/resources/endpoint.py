@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from plait.clients.base import LLMClient
 from plait.resources.config import EndpointConfig
+from plait.resources.dialects import DialectChoice
 from plait.resources.rate_limit import RateLimiter
 from plait.resources.slots import Slots
 
@@ -61,6 +62,7 @@ class Endpoint:
     __slots__ = (
         "_cache",
         "config",
+        "dialect",
         "index",
         "inherit_cache",
         "input_price",
@@ -77,6 +79,7 @@ class Endpoint:
         self.index = index
         self.label = label
         self.model = config.model
+        self.dialect = DialectChoice(config, label)
         self.token_limited = config.token_rate_limit is not None
         self.limiter = RateLimiter(
             config.rate_limit, config.token_rate_limit, max_backoff=MAX_ENDPOINT_PAUSE

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncGenerator, Coroutine, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -38,6 +38,7 @@ from plait.errors import (
 )
 from plait.profiling.observer import CallProbe
 from plait.resources.config import ResourceConfig
+from plait.resources.dialects import Send, send_structured
 from plait.resources.endpoint import ClientFactory, Endpoint, LoopState, default_client_factory
 from plait.resources.pool import EndpointPool, PoolMember
 from plait.resources.queueing import HAND_BACK_AFTER, hold
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
 _QUOTA_COOLDOWN = 300.0
 
 
-async def _within(reply: Coroutine[Any, Any, ChatResponse], seconds: float, to: Endpoint) -> Any:
+async def _within(reply: Awaitable[ChatResponse], seconds: float, to: Endpoint) -> Any:
     """``reply``, or TaskTimeoutError once it has been on the wire ``seconds``."""
     scope = asyncio.timeout(seconds)
     try:
@@ -266,10 +267,15 @@ class ResourceManager:
                 limiter.on_sent()
                 ttft = None if on_delta is None else FirstToken(on_delta)
                 try:
-                    reply = (
-                        client.complete(request)
+                    send: Send = (
+                        client.complete
                         if ttft is None
-                        else stream_call(client, request, ttft)
+                        else functools.partial(stream_call, client, first=ttft)
+                    )
+                    reply = (
+                        send(request)
+                        if request.response_format is None
+                        else send_structured(send, request, endpoint.dialect)
                     )
                     if reply_within is None:
                         response = await reply

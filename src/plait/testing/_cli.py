@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from plait.testing._config import FAULT_KINDS, OPT_IN_FAULT_KINDS, RuleReply, SimulatorConfig
+from plait.testing._dialects import STRUCTURED_DIALECTS
 from plait.testing._tool_calls import ToolCallReply
 
 
@@ -50,6 +51,12 @@ def build_parser(prog: str = "python -m plait.testing") -> argparse.ArgumentPars
     add("--stream-pace", type=float, default=0.0, help="seconds between streamed chunks")
     add("--stream-chunk-chars", type=int, default=4, help="characters per streamed chunk")
     add(
+        "--structured-dialect",
+        choices=STRUCTURED_DIALECTS,
+        default="any",
+        help="which response_format forms to admit, imitating a real server (default: any)",
+    )
+    add(
         "--rule",
         nargs=2,
         action="append",
@@ -85,6 +92,7 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "stream_pace": args.stream_pace,
         "stream_chunk_chars": args.stream_chunk_chars,
+        "structured_dialect": args.structured_dialect,
         "rules": [tuple(rule) for rule in args.rule] + list(args.rules_json),
     }
 
@@ -106,6 +114,7 @@ def config_to_argv(config: SimulatorConfig) -> list[str]:
         f"--retry-after={config.retry_after!r}",
         f"--stream-pace={config.stream_pace!r}",
         f"--stream-chunk-chars={config.stream_chunk_chars}",
+        f"--structured-dialect={config.structured_dialect}",
     ]
     if config.rate_limit is not None:
         argv.append(f"--rate-limit={config.rate_limit!r}")

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from plait.testing._dialects import STRUCTURED_DIALECTS, StructuredDialectName
 from plait.testing._tool_calls import ToolCallReply
 
 FAULT_KINDS: tuple[str, ...] = ("503", "reset", "malformed", "stall", "429")
@@ -48,6 +49,7 @@ class SimulatorConfig:
     rules: Sequence[tuple[str, RuleReply]] = ()
     stream_pace: float = 0.0
     stream_chunk_chars: int = 4
+    structured_dialect: StructuredDialectName = "any"
 
     def __post_init__(self) -> None:
         if isinstance(self.faults, str):
@@ -78,6 +80,11 @@ class SimulatorConfig:
         _require(
             isinstance(self.stream_chunk_chars, int) and self.stream_chunk_chars >= 1,
             "stream_chunk_chars must be an int >= 1",
+        )
+        _require(
+            self.structured_dialect in STRUCTURED_DIALECTS,
+            f"structured_dialect must be one of {', '.join(STRUCTURED_DIALECTS)}, "
+            f"got {self.structured_dialect!r}",
         )
         for pattern, _ in self.rules:
             try:

@@ -15,6 +15,7 @@ from typing import Any
 
 from plait.resources.tokens import prompt_tokens, text_tokens
 from plait.testing._config import SimulatorConfig, check_fault_kind
+from plait.testing._dialects import refusal
 from plait.testing._http import Connection
 from plait.testing._limiter import TokenBucket
 from plait.testing._replies import Replier, reply_text
@@ -111,6 +112,11 @@ class Engine:
         problem = _validate(body)
         if problem:
             conn.send(400, error_body(400, problem))
+            return
+        refused = refusal(self.config.structured_dialect, body)
+        if refused is not None:
+            stats.refused_formats += 1
+            conn.send(refused[0], error_body(refused[0], refused[1]))
             return
         model = body.get("model") or DEFAULT_MODEL
         stats.models[model] = stats.models.get(model, 0) + 1

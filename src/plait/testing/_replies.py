@@ -2,10 +2,11 @@
 
 Tests need replies they can predict from the prompt alone, and structured
 output calls need replies that parse, so the order is: the ``reply``
-callable, then the first matching rule, then (for ``json_schema`` requests)
-a minimal object that satisfies the schema, then an echo of the last user
-message. A reply may be a :class:`ToolCallReply`, sent as tool calls; a
-rule with one is passed over once the conversation holds a tool's answer.
+callable, then the first matching rule, then (for a request that carries a
+schema, as ``response_format`` or in its system message) a minimal object
+that satisfies the schema, then an echo of the last user message. A reply
+may be a :class:`ToolCallReply`, sent as tool calls; a rule with one is
+passed over once the conversation holds a tool's answer.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from plait.testing._config import ReplyFn, RuleReply
+from plait.testing._dialects import requested_schema, schema_in_prompt
 from plait.testing._tool_calls import ToolCallReply, has_tool_results
 
 _STRING_FORMATS = {
@@ -63,15 +65,19 @@ class Replier:
                     continue
                 if pattern.search(prompt):
                     return answer
+        schema = requested_schema(body)
+        if schema is not None:
+            return json.dumps(synthesize(schema))
         response_format = body.get("response_format")
-        if isinstance(response_format, dict):
-            kind = response_format.get("type")
-            if kind == "json_schema":
-                spec = response_format.get("json_schema") or {}
-                schema = spec.get("schema", {}) if isinstance(spec, dict) else {}
-                return json.dumps(synthesize(schema))
-            if kind == "json_object":
-                return "{}"
+        if isinstance(response_format, dict) and response_format.get("type") == "json_object":
+            return "{}"
+        system = [
+            message_text(m) for m in messages if isinstance(m, dict) and m.get("role") == "system"
+        ]
+        prompted = schema_in_prompt(system)
+        if prompted is not None:
+            # As a chat model asked in words answers: a sentence, then a fence.
+            return f"Here is the JSON:\n```json\n{json.dumps(synthesize(prompted))}\n```"
         return "ECHO: " + _last_user_text(messages)
 
 

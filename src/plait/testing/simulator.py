@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from plait.testing._config import FAULT_KINDS, FaultFn, ReplyFn, RuleReply, SimulatorConfig
+from plait.testing._dialects import StructuredDialectName
 from plait.testing._engine import Engine
 from plait.testing._http import Connection
 from plait.testing._spawn import SpawnedSimulator
@@ -65,6 +66,11 @@ class Simulator:
         stream_pace: seconds between the chunks of a ``stream: true`` reply
             (0: all at once, still as separate SSE events).
         stream_chunk_chars: characters of content per streamed chunk.
+        structured_dialect: which ``response_format`` forms the server admits, to
+            imitate a real server: ``"any"``, ``"llama_cpp"`` (llama-cpp-python:
+            ``json_object`` with a ``schema``; ``json_schema`` gets that server's
+            500) or ``"text_only"`` (no constrained decoding: a 400). A schema
+            written into a system message is answered as a fenced JSON block.
 
     A ``stream: true`` request is answered as server-sent events (see
     ``plait.testing._stream``); the fault ``"cut"`` (opt-in) drops such a
@@ -91,6 +97,7 @@ class Simulator:
         rules: Sequence[tuple[str, RuleReply]] = (),
         stream_pace: float = 0.0,
         stream_chunk_chars: int = 4,
+        structured_dialect: StructuredDialectName = "any",
     ) -> None:
         self._config = SimulatorConfig(
             port=port,
@@ -109,6 +116,7 @@ class Simulator:
             rules=rules,
             stream_pace=stream_pace,
             stream_chunk_chars=stream_chunk_chars,
+            structured_dialect=structured_dialect,
         )
         self._engine = Engine(self._config)
         self._server: asyncio.Server | None = None

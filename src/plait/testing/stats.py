@@ -21,8 +21,10 @@ class SimulatorStats:
     ones refused; ``completed`` counts well-formed 200 replies only, so a
     malformed-body fault is a fault, not a completion. ``rate_limited`` counts
     every 429, from the limiter and injected alike (an injected 429 is also
-    counted under ``faults["429"]``). ``in_flight`` and ``peak_concurrency``
-    count chat requests between being read and being answered (or dropped).
+    counted under ``faults["429"]``). ``refused_formats`` counts requests whose
+    ``response_format`` the simulated server's ``structured_dialect`` refused.
+    ``in_flight`` and ``peak_concurrency`` count chat requests between being
+    read and being answered (or dropped).
     ``first_request_at``/``last_request_at`` are ``time.monotonic()`` readings,
     comparable across processes on the same machine. ``streams`` counts
     ``stream: true`` replies begun, ``streams_completed`` those sent to the
@@ -33,6 +35,7 @@ class SimulatorStats:
     requests: int = 0
     completed: int = 0
     rate_limited: int = 0
+    refused_formats: int = 0
     faults: dict[str, int] = field(default_factory=dict)
     in_flight: int = 0
     peak_concurrency: int = 0
