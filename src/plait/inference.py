@@ -212,7 +212,10 @@ class LLMInference(Module):
     async def backward(self, feedback: str, ctx: BackwardContext) -> BackwardResult:
         """TextGrad-style: an LLM reads this call's request, reply and the feedback,
         and writes feedback for its learnable parameters and for the parts of its
-        prompt that earlier nodes wrote."""
+        prompt that earlier nodes wrote. A tool loop's turns were recorded as
+        calls of their own, so feedback on it walks them instead."""
+        if ctx.record is not None:
+            return await ctx.walk_inside(feedback)
         return await _llm_backward(self, feedback, ctx)
 
     def extra_repr(self) -> str:
