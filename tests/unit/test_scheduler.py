@@ -274,3 +274,24 @@ async def test_the_timer_counter_sees_plait_retries(monkeypatch: pytest.MonkeyPa
     module = LLMInference("fast").bind(resources=fake, task_retry_delay=0.001)
     assert await asyncio.wait_for(module("x"), GUARD) == "fast(x)"
     assert counter["timers"] == 1
+
+
+async def test_a_wide_fan_out_queues_each_node_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queue work grows with the nodes, not their square: 300 ready branches of one
+    input are each queued once, and no entry is queued again when another starts."""
+    pushes = {"count": 0}
+    original = Scheduler._push
+
+    def counted(self: Scheduler, *args: Any) -> None:
+        pushes["count"] += 1
+        original(self, *args)
+
+    monkeypatch.setattr(Scheduler, "_push", counted)
+    fake = FakeResources(record=False)
+    module = FanOut(300).bind(resources=fake, max_concurrent=8)
+
+    output = await asyncio.wait_for(module.batch(["x", "y"]), GUARD)
+
+    assert fake.call_count == 2 * 301
+    assert output[1].startswith("fast(fast(b0:y) | fast(b1:y)")
+    assert pushes["count"] == 2 * 301

@@ -90,14 +90,20 @@ class Scheduler:
         if state.done:
             self._finished(state)
             return
-        for _ in range(len(state.pending)):
-            self._push(state)
+        for key in state.pending:
+            self._push(state, key)
         self.dispatch()
 
-    def _push(self, state: ExecutionState) -> None:
-        key = state.next_key()
-        if key is not None:
-            heapq.heappush(self._heap, (key[0], state.index, key[1], next(self._tiebreak), state))
+    def _push(self, state: ExecutionState, key: tuple[int, int, str]) -> None:
+        """Queue one ready node of ``state`` under its own key.
+
+        One entry per ready node, each ranked by that node, keeps an input's
+        wide fan-out at one push and one pop per node. An entry outlives its
+        node only if the node was cancelled or requeued meanwhile; the worker
+        that pops it finds the input's most urgent node ranked behind it and
+        drops it.
+        """
+        heapq.heappush(self._heap, (key[0], state.index, key[1], next(self._tiebreak), state))
 
     # -- dispatch -------------------------------------------------------------
 
@@ -137,12 +143,9 @@ class Scheduler:
             entry = heapq.heappop(heap)
             state = entry[4]
             key = state.next_key()
-            if key is None:
-                continue
-            if key[0] != entry[0] or key[1] != entry[2]:
-                # Keyed by a node of this input that has since started: rank the
-                # input again by the most urgent node it has left.
-                self._push(state)
+            if key is None or key[0] != entry[0] or key[1] != entry[2]:
+                # Its node was cancelled or requeued; every node still
+                # pending has an entry of its own.
                 continue
             node_id = state.pop_next()
             if node_id is None:
@@ -283,8 +286,9 @@ class Scheduler:
         node_done = self._node_done
         if node_done is not None and state.owner is None:
             node_done(state, node_id, value)
-        for _ in ready:
-            self._push(state)
+        keys = state.plan.keys
+        for node in ready:
+            self._push(state, keys[node])
         if len(ready) > 1:
             self.dispatch()
         callback = self.settings.on_task_complete
@@ -333,7 +337,7 @@ class Scheduler:
             self._timers.discard(handle)
             if not self.closed:
                 state.requeue(node_id)
-                self._push(state)
+                self._push(state, state.plan.keys[node_id])
                 self.dispatch()
 
         handle = self._loop.call_later(max(delay, 0.0), requeue)
