@@ -32,6 +32,7 @@ class GraphPlan:
         "aliases",
         "dynamic",
         "graph",
+        "initial_keys",
         "initial_ready",
         "input_ids",
         "keys",
@@ -57,6 +58,7 @@ class GraphPlan:
             if nid not in inputs
         }
         self.initial_ready = tuple(nid for nid, count in self.remaining.items() if count == 0)
+        self.initial_keys = sorted(self.keys[nid] for nid in self.initial_ready)
         self.node_count = len(self.remaining)
         self.dynamic = frozenset(
             nid for nid, node in self.nodes.items() if node.kind is NodeKind.DYNAMIC
@@ -135,6 +137,10 @@ def resolve(spec: Any, results: dict[str, Any]) -> Any:
     return spec
 
 
+_POSITIONS = tuple(f"input:{position}" for position in range(16))
+"""Result names of the first positional inputs, so starting an input formats none."""
+
+
 class ExecutionState:
     """Where one input's graph stands: pending, running, done, failed, cancelled."""
 
@@ -170,17 +176,17 @@ class ExecutionState:
         self.plan = plan
         self.index = index
         self.input = input
-        results: dict[str, Any] = {}
-        for position, value in enumerate(args):
-            results[f"input:{position}"] = value
+        results: dict[str, Any]
+        if len(args) <= len(_POSITIONS):
+            results = dict(zip(_POSITIONS, args, strict=False))
+        else:
+            results = {f"input:{position}": value for position, value in enumerate(args)}
         if kwargs:
             for key, value in kwargs.items():
                 results[f"input:{key}"] = value
         self.results = results
-        self.remaining = dict(plan.remaining)
-        keys = plan.keys
-        self.pending: list[tuple[int, int, str]] = [keys[nid] for nid in plan.initial_ready]
-        heapq.heapify(self.pending)
+        self.remaining = plan.remaining.copy()
+        self.pending: list[tuple[int, int, str]] = plan.initial_keys.copy()
         self.in_progress: set[str] = set()
         self.failed: dict[str, BaseException] = {}
         self.cancelled: set[str] = set()
