@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import crash, dynamic, overhead, throughput
+from benchmarks import crash, dynamic, overhead, tails, throughput
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 
@@ -34,7 +34,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     started = time.time()
-    rows = throughput.run() + overhead.run() + dynamic.run() + crash.run()
+    rows = throughput.run() + tails.run() + overhead.run() + dynamic.run() + crash.run()
     print(table(rows))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(

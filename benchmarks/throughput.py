@@ -37,10 +37,16 @@ def _timed(factory: Callable[[], Coroutine[Any, Any, Any]]) -> tuple[float, Any]
     return asyncio.run(go())
 
 
-def plait_batch(module: Module, base_url: str, count: int, **endpoint: Any) -> float:
+def plait_batch(
+    module: Module,
+    base_url: str,
+    count: int,
+    settings: dict[str, Any] | None = None,
+    **endpoint: Any,
+) -> float:
     """Seconds for plait to run ``count`` inputs through ``module``."""
     manager = _manager(base_url, **endpoint)
-    module.bind(resources=manager, max_concurrent=CONCURRENCY * 4)
+    module.bind(resources=manager, max_concurrent=CONCURRENCY * 4, **(settings or {}))
     prompts = [f"question {index}" for index in range(count)]
 
     async def go() -> list[Any]:

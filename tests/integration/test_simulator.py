@@ -258,6 +258,22 @@ async def test_latency_delays_each_reply() -> None:
     assert elapsed >= 0.1
 
 
+async def test_log_normal_latency_is_heavy_tailed_and_recorded_per_prompt() -> None:
+    """``latency`` is the median of the draws; the first draw per prompt is kept."""
+    async with (
+        Simulator(latency=0.02, latency_sigma=1.0, record_latencies=True, seed=4) as sim,
+        aiohttp.ClientSession() as session,
+    ):
+        for index in range(60):
+            messages = [{"role": "user", "content": f"p{index}"}]
+            await asyncio.gather(*(chat(session, sim, messages=messages) for _ in range(2)))
+        drawn = sim.stats().latencies
+    assert sorted(drawn) == sorted(f"p{index}" for index in range(60))
+    ordered = sorted(drawn.values())
+    assert 0.01 < ordered[30] < 0.04
+    assert ordered[-1] > 4 * ordered[30]  # a tail uniform jitter cannot make
+
+
 async def test_rate_limit_answers_429_with_both_retry_headers_once_burst_is_spent() -> None:
     async with Simulator(rate_limit=60, rate_window=60, rate_burst=2) as sim:
         async with aiohttp.ClientSession() as session:
@@ -525,6 +541,8 @@ def test_invalid_settings_fail_at_construction() -> None:
         Simulator(latency=-1)
     with pytest.raises(ValueError, match="regex"):
         Simulator(rules=[("(", "x")])
+    with pytest.raises(ValueError, match="latency_sigma and latency_jitter are alternatives"):
+        Simulator(latency=0.5, latency_jitter=0.1, latency_sigma=1.0)
 
 
 def test_cli_flags_round_trip_every_setting() -> None:
@@ -532,6 +550,7 @@ def test_cli_flags_round_trip_every_setting() -> None:
         port=1234,
         latency=0.25,
         latency_jitter=0.01,
+        record_latencies=True,
         rate_limit=600,
         rate_window=30,
         rate_burst=5,
@@ -544,3 +563,6 @@ def test_cli_flags_round_trip_every_setting() -> None:
     )
     options = options_from_args(build_parser().parse_args(config_to_argv(config)))
     assert SimulatorConfig(**options) == config
+    spread = SimulatorConfig(latency=0.5, latency_sigma=0.99)
+    options = options_from_args(build_parser().parse_args(config_to_argv(spread)))
+    assert SimulatorConfig(**options) == spread

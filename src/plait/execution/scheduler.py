@@ -24,12 +24,14 @@ from typing import TYPE_CHECKING, Any, cast
 from plait.clients.base import ChatRequest, ChatResponse
 from plait.errors import (
     BudgetExceededError,
+    ConfigError,
     ExecutionError,
     ResourcesNotBoundError,
     TaskTimeoutError,
 )
 from plait.execution.dynamic import launch
-from plait.execution.gate import Gate, gated, gates_for
+from plait.execution.gate import Gate, Key, gated, gates_for
+from plait.execution.hedge import Hedger, hedged
 from plait.execution.hooks import RunHooks
 from plait.execution.retry import RetryPolicy
 from plait.execution.settings import ResolvedSettings
@@ -74,6 +76,13 @@ class Scheduler:
         self._loop = asyncio.get_running_loop()
         self.context = contextvars.copy_context()
         self._gates: dict[str, Gate] = gates_for(resources)
+        self._hedgers = {alias: Hedger() for alias in self._gates} if settings.hedge else {}
+        if settings.hedge and resources is not None and not self._gates:
+            raise ConfigError(
+                "hedge=True needs resources that are a plait ResourceManager (or a "
+                f"ResourceConfig): copies run only on slots of its endpoints that would sit "
+                f"idle, and {type(resources).__name__} has no slot count"
+            )
         self.forwards: set[asyncio.Task[Any]] = set()
         self._heap: list[tuple[int, int, int, int, ExecutionState]] = []
         self._tiebreak = count()
@@ -221,15 +230,23 @@ class Scheduler:
                 "plait.run(module, ..., resources=...)"
             )
         attempt = state.attempts.get(node_id, 0)
+        alias = module.alias
         call: Awaitable[ChatResponse]
-        if record is None:
-            call = resources.complete(module.alias, request, attempt=attempt)
-        else:
-            call = self._call_observed(resources, module.alias, request, attempt, record)
-        gate = self._gates.get(module.alias) if self._gates else None
-        if gate is not None:
+        gate = self._gates.get(alias) if self._gates else None
+        hedger = self._hedgers.get(alias) if self._hedgers else None
+        if gate is not None and hedger is not None:
             key = state.plan.keys[node_id]
-            call = gated(gate, (key[0], state.index, key[1]), call)
+            call = self._hedged(
+                hedger, gate, (key[0], state.index, key[1]), alias, request, attempt, record
+            )
+        else:
+            if record is None:
+                call = resources.complete(alias, request, attempt=attempt)
+            else:
+                call = self._call_observed(resources, alias, request, attempt, record)
+            if gate is not None:
+                key = state.plan.keys[node_id]
+                call = gated(gate, (key[0], state.index, key[1]), call)
         response = await (
             call if self.settings.task_timeout is None else self._bounded(node_id, call)
         )
@@ -237,6 +254,29 @@ class Scheduler:
             record.response = response
             self._charge(record, response)
         return module.parse_response(response)
+
+    async def _hedged(
+        self,
+        hedger: Hedger,
+        gate: Gate,
+        key: Key,
+        alias: str,
+        request: ChatRequest,
+        attempt: int,
+        record: NodeRun | None,
+    ) -> ChatResponse:
+        """The call with a second copy if it straggles; the winner's probe is the record's."""
+        resources = cast(ResourceManagerLike, self.resources)
+
+        def make() -> tuple[Awaitable[ChatResponse], CallProbe | None]:
+            if record is None:
+                return resources.complete(alias, request, attempt=attempt), None
+            return self._call_observed(resources, alias, request, attempt, record), record.probe
+
+        response, probe = await hedged(hedger, gate, key, make)
+        if record is not None:
+            record.probe = probe
+        return response
 
     def _call_observed(
         self,

@@ -40,6 +40,10 @@ class ResolvedSettings:
     ``Retry-After`` says. Spans go to the
     global OpenTelemetry provider, or ``tracer_provider``; prompt and reply
     text only with ``capture_content``.
+
+    ``hedge`` sends a second copy of a call still unanswered after its
+    alias's observed p95, on an otherwise idle slot, and keeps the first
+    answer (at most 5% extra calls; see :mod:`plait.execution.hedge`).
     """
 
     resources: Any = None
@@ -65,6 +69,7 @@ class ResolvedSettings:
     profile_path: str | os.PathLike[str] | None = None
     capture_content: bool = False
     tracer_provider: Any = None
+    hedge: bool = False
 
 
 SETTING_NAMES = frozenset(field.name for field in fields(ResolvedSettings))
@@ -75,7 +80,7 @@ _NON_NEGATIVE_INT = ("max_task_retries",)
 _POSITIVE_FLOAT = ("max_rate_limit_wait",)
 _POSITIVE_FLOAT_OR_NONE = ("task_timeout", "max_cost")
 _NON_NEGATIVE_FLOAT = ("task_retry_delay", "max_retry_after")
-_BOOL = ("streaming", "preserve_order", "progress", "profile", "capture_content")
+_BOOL = ("streaming", "preserve_order", "progress", "profile", "capture_content", "hedge")
 _CALLABLE = ("on_progress", "on_task_complete", "on_task_failed")
 _PATH_OR_NONE = ("checkpoint_dir", "profile_path")
 _MISMATCH_POLICIES = ("error", "reuse", "new")

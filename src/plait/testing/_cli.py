@@ -28,6 +28,17 @@ def build_parser(prog: str = "python -m plait.testing") -> argparse.ArgumentPars
     add("--port", type=int, default=0, help="port to listen on (0 picks a free one)")
     add("--latency", type=float, default=0.0, help="seconds each request takes")
     add("--latency-jitter", type=float, default=0.0, help="uniform +/- jitter on the latency")
+    add(
+        "--latency-sigma",
+        type=float,
+        default=0.0,
+        help="log-normal spread: latency is the median, each request draws its own",
+    )
+    add(
+        "--record-latencies",
+        action="store_true",
+        help="keep each prompt's first drawn latency in the stats (benchmarks)",
+    )
     add("--rate-limit", type=float, default=None, help="requests allowed per --rate-window")
     add("--rate-window", type=float, default=60.0, help="seconds the rate limit counts over")
     add("--rate-burst", type=float, default=None, help="bucket capacity (default: 1 s of tokens)")
@@ -69,6 +80,8 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "port": args.port,
         "latency": args.latency,
         "latency_jitter": args.latency_jitter,
+        "latency_sigma": args.latency_sigma,
+        "record_latencies": args.record_latencies,
         "rate_limit": args.rate_limit,
         "rate_window": args.rate_window,
         "rate_burst": args.rate_burst,
@@ -91,12 +104,15 @@ def config_to_argv(config: SimulatorConfig) -> list[str]:
         f"--port={config.port}",
         f"--latency={config.latency!r}",
         f"--latency-jitter={config.latency_jitter!r}",
+        f"--latency-sigma={config.latency_sigma!r}",
         f"--rate-window={config.rate_window!r}",
         f"--fault-rate={config.fault_rate!r}",
         f"--faults={','.join(config.faults)}",
         f"--stall-seconds={config.stall_seconds!r}",
         f"--retry-after={config.retry_after!r}",
     ]
+    if config.record_latencies:
+        argv.append("--record-latencies")
     if config.rate_limit is not None:
         argv.append(f"--rate-limit={config.rate_limit!r}")
     if config.rate_burst is not None:

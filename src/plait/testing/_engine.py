@@ -17,7 +17,7 @@ from plait.resources.tokens import message_tokens, text_tokens
 from plait.testing._config import SimulatorConfig, check_fault_kind
 from plait.testing._http import Connection
 from plait.testing._limiter import TokenBucket
-from plait.testing._replies import Replier, reply_text
+from plait.testing._replies import Replier, last_user_text, reply_text
 from plait.testing.stats import SimulatorStats
 
 DEFAULT_MODEL = "plait-simulator"
@@ -135,6 +135,8 @@ class Engine:
             self._refuse(conn, kind)
             return
         delay = self.config.stall_seconds if kind == "stall" else self._latency()
+        if self.config.record_latencies:
+            stats.latencies.setdefault(last_user_text(body["messages"]), delay)
         if delay > 0.0:
             conn.defer(delay, self.release, self._finish, conn, body, model, kind, seq)
         else:
@@ -185,6 +187,8 @@ class Engine:
 
     def _latency(self) -> float:
         config = self.config
+        if config.latency_sigma > 0.0 and config.latency > 0.0:
+            return self._rng.lognormvariate(math.log(config.latency), config.latency_sigma)
         if config.latency_jitter > 0.0:
             jitter = self._rng.uniform(-config.latency_jitter, config.latency_jitter)
             return max(0.0, config.latency + jitter)

@@ -72,7 +72,7 @@ class Replier:
                 return json.dumps(synthesize(schema))
             if kind == "json_object":
                 return "{}"
-        return "ECHO: " + _last_user_text(messages)
+        return "ECHO: " + last_user_text(messages)
 
 
 def reply_text(message: dict[str, Any]) -> str:
@@ -191,7 +191,7 @@ def _first_non_null(options: list[Any]) -> Any:
     return options[0]
 
 
-def _last_user_text(messages: list[Any]) -> str:
+def last_user_text(messages: list[Any]) -> str:
     for message in reversed(messages):
         if isinstance(message, dict) and message.get("role") == "user":
             return message_text(message)
