@@ -48,9 +48,9 @@ class GraphPlan:
         self.input_ids = tuple(graph.input_ids)
         self.output = graph.output
         inputs = set(self.input_ids)
-        order = {nid: index for index, nid in enumerate(graph.topological_order())}
+        rank = _longest_path_first(graph)
         self.keys: dict[str, tuple[int, int, str]] = {
-            nid: (-node.priority, order[nid], nid) for nid, node in self.nodes.items()
+            nid: (-node.priority, rank[nid], nid) for nid, node in self.nodes.items()
         }
         self.remaining: dict[str, int] = {
             nid: sum(1 for dep in node.dependencies if dep not in inputs)
@@ -71,6 +71,26 @@ class GraphPlan:
         if found is None:
             found = self._descendants[node_id] = frozenset(self.graph.descendants(node_id))
         return found
+
+
+def _longest_path_first(graph: InferenceGraph) -> dict[str, int]:
+    """Each node's rank among its input's ready nodes: most model calls still ahead first.
+
+    Of two ready branches the one with the longer chain of calls behind it
+    bounds when the input can finish, so it starts first; ties keep the
+    order the calls were written in. Inputs are still ranked before nodes
+    (older inputs first), so this never delays an earlier input's result.
+    """
+    order = graph.topological_order()
+    nodes = graph.nodes
+    ahead: dict[str, int] = {}
+    for nid in reversed(order):
+        node = nodes[nid]
+        own = 1 if node.kind is NodeKind.LLM or node.kind is NodeKind.DYNAMIC else 0
+        ahead[nid] = own + max((ahead[dep] for dep in node.dependents), default=0)
+    position = {nid: index for index, nid in enumerate(order)}
+    ranked = sorted(order, key=lambda nid: (-ahead[nid], position[nid]))
+    return {nid: index for index, nid in enumerate(ranked)}
 
 
 def _aliases(nodes: Any) -> set[str]:
