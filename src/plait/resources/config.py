@@ -23,7 +23,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -330,6 +329,8 @@ def _read_file(file: Path) -> Any:
         raise ConfigError(f"{file}: config file not found") from None
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read config file: {exc.strerror}") from None
+    import yaml  # only config files need it: a tenth of `import plait` otherwise
+
     try:
         if suffix == ".json":
             return json.loads(text)
