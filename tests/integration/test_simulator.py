@@ -300,6 +300,21 @@ async def test_rate_limit_bucket_refills_over_time() -> None:
         assert (await chat(session, sim))[0] == 200
 
 
+async def test_sliding_window_admits_the_limit_in_any_window_then_429s_until_one_leaves() -> None:
+    """Unlike the bucket, a paced burst of exactly the limit leaves no slack for one more."""
+    async with (
+        Simulator(rate_limit=5, rate_window=0.5, rate_sliding=True) as sim,
+        aiohttp.ClientSession() as session,
+    ):
+        statuses = [(await chat(session, sim))[0] for _ in range(5)]
+        status, headers, _ = await chat(session, sim)
+        await asyncio.sleep(int(headers["retry-after-ms"]) / 1000)
+        after = (await chat(session, sim))[0]
+    assert statuses == [200] * 5
+    assert status == 429
+    assert after == 200
+
+
 def force(kind: str) -> Any:
     return lambda seq, body: kind
 
@@ -554,6 +569,7 @@ def test_cli_flags_round_trip_every_setting() -> None:
         rate_limit=600,
         rate_window=30,
         rate_burst=5,
+        rate_sliding=True,
         fault_rate=0.2,
         faults=("reset", "stall"),
         stall_seconds=2.5,

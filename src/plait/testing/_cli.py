@@ -42,6 +42,11 @@ def build_parser(prog: str = "python -m plait.testing") -> argparse.ArgumentPars
     add("--rate-limit", type=float, default=None, help="requests allowed per --rate-window")
     add("--rate-window", type=float, default=60.0, help="seconds the rate limit counts over")
     add("--rate-burst", type=float, default=None, help="bucket capacity (default: 1 s of tokens)")
+    add(
+        "--rate-sliding",
+        action="store_true",
+        help="count --rate-limit over a sliding --rate-window instead of a token bucket",
+    )
     add("--fault-rate", type=float, default=0.0, help="probability a request fails")
     add(
         "--faults",
@@ -85,6 +90,7 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "rate_limit": args.rate_limit,
         "rate_window": args.rate_window,
         "rate_burst": args.rate_burst,
+        "rate_sliding": args.rate_sliding,
         "fault_rate": args.fault_rate,
         "faults": tuple(args.faults),
         "stall_seconds": args.stall_seconds,
@@ -115,6 +121,8 @@ def config_to_argv(config: SimulatorConfig) -> list[str]:
         argv.append("--record-latencies")
     if config.rate_limit is not None:
         argv.append(f"--rate-limit={config.rate_limit!r}")
+    if config.rate_sliding:
+        argv.append("--rate-sliding")
     if config.rate_burst is not None:
         argv.append(f"--rate-burst={config.rate_burst!r}")
     if config.seed is not None:

@@ -39,6 +39,7 @@ class SimulatorConfig:
     rate_limit: float | None = None
     rate_window: float = 60.0
     rate_burst: float | None = None
+    rate_sliding: bool = False
     fault_rate: float = 0.0
     faults: Sequence[str] = FAULT_KINDS
     stall_seconds: float = 30.0

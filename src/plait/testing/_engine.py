@@ -16,7 +16,7 @@ from typing import Any
 from plait.resources.tokens import message_tokens, text_tokens
 from plait.testing._config import SimulatorConfig, check_fault_kind
 from plait.testing._http import Connection
-from plait.testing._limiter import TokenBucket
+from plait.testing._limiter import SlidingWindow, TokenBucket
 from plait.testing._replies import Replier, last_user_text, reply_text
 from plait.testing.stats import SimulatorStats
 
@@ -51,7 +51,11 @@ class Engine:
         self.stats = SimulatorStats()
         self.connections: set[Connection] = set()
         rate = config.rate_per_second
-        self._limiter = None if rate is None else TokenBucket(rate, config.bucket_capacity)
+        self._limiter: TokenBucket | SlidingWindow | None = None
+        if config.rate_limit is not None and config.rate_sliding:
+            self._limiter = SlidingWindow(config.rate_limit, config.rate_window)
+        elif rate is not None:
+            self._limiter = TokenBucket(rate, config.bucket_capacity)
         self._rng = random.Random(config.seed)
         self._replier = Replier(config.reply, config.rules)
 

@@ -48,6 +48,8 @@ class Simulator:
             Excess requests get 429 with ``Retry-After`` and ``retry-after-ms``.
         rate_window: the window ``rate_limit`` is counted over.
         rate_burst: token-bucket capacity; default one second's worth (at least 1).
+        rate_sliding: count ``rate_limit`` over a sliding ``rate_window`` instead
+            of a bucket (any window of that length holds at most that many).
         fault_rate: probability that a request fails with a kind drawn from ``faults``.
         faults: kinds to draw from: ``"503"``, ``"reset"`` (connection dropped
             without a reply), ``"malformed"`` (200 with a body that is not
@@ -82,6 +84,7 @@ class Simulator:
         rate_limit: float | None = None,
         rate_window: float = 60.0,
         rate_burst: float | None = None,
+        rate_sliding: bool = False,
         fault_rate: float = 0.0,
         faults: Sequence[str] = FAULT_KINDS,
         stall_seconds: float = 30.0,
@@ -100,6 +103,7 @@ class Simulator:
             rate_limit=rate_limit,
             rate_window=rate_window,
             rate_burst=rate_burst,
+            rate_sliding=rate_sliding,
             fault_rate=fault_rate,
             faults=faults,
             stall_seconds=stall_seconds,
