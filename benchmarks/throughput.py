@@ -72,25 +72,32 @@ def flat_efficiency(latency: float, count: int = 2_000) -> dict[str, Any]:
     return _efficiency_row(figure, count, latency, elapsed, stats.peak_concurrency, 0.95)
 
 
-def versus_baseline(latency: float = 0.05, count: int = 2_000, rounds: int = 3) -> dict[str, Any]:
+def versus_baseline(
+    latency: float = 0.05, count: int = 2_000, rounds: int = 3, fan: bool = False
+) -> dict[str, Any]:
+    """Warm (imports done, in one process): plait's batch time against the baseline's."""
     prompts = [f"question {index}" for index in range(count)]
     plait_times, base_times = [], []
     with Simulator.spawn(latency=latency) as sim:
         for _ in range(rounds):
-            base_times.append(_timed(lambda: run_baseline(sim.base_url, prompts, CONCURRENCY))[0])
-            plait_times.append(plait_batch(single_call(), sim.base_url, count))
+            base_times.append(
+                _timed(lambda: run_baseline(sim.base_url, prompts, CONCURRENCY, fan=fan))[0]
+            )
+            module = FanOutFanIn() if fan else single_call()
+            plait_times.append(plait_batch(module, sim.base_url, count))
     ratio = statistics.median(base_times) / statistics.median(plait_times)
+    calls = count * 4 if fan else count
     return {
-        "figure": f"flat batch at latency {latency} s: plait throughput / hand-written "
-        "aiohttp + Semaphore",
+        "figure": f"{'fan' if fan else 'flat'} batch, {calls:,} calls at latency {latency} s, "
+        "warm: plait throughput / hand-written aiohttp + Semaphore",
         "value": ratio,
         "unit": "ratio",
-        "target": ">= 0.9",
-        "met": ratio >= 0.9,
+        "target": ">= 1.0",
+        "met": ratio >= 1.0,
         "detail": {
             "plait_seconds": plait_times,
             "baseline_seconds": base_times,
-            "baseline_ideal_ratio": math.ceil(count / CONCURRENCY)
+            "baseline_ideal_ratio": math.ceil(calls / CONCURRENCY)
             * latency
             / statistics.median(base_times),
         },
@@ -223,7 +230,7 @@ def run() -> list[dict[str, Any]]:
     flat = flat_efficiency(0.5)
     fan = fan_efficiency()
     peak = max(flat.pop("_peak"), fan.pop("_peak"))
-    rows = [flat, versus_baseline(), fan]
+    rows = [flat, versus_baseline(), versus_baseline(count=500, fan=True), fan]
     rows.append(
         {
             "figure": f"endpoint limit: server-observed peak concurrency / max_concurrent "
