@@ -10,6 +10,7 @@ speed targets.
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +109,33 @@ async def test_hedge_needs_a_resource_manager() -> None:
     module = Echo().bind(resources=FakeResources(), hedge=True)
     with pytest.raises(ConfigError, match="hedge=True needs resources that are a plait"):
         await module("x")
+
+
+async def test_a_copy_that_fails_leaves_the_first_copy_to_answer() -> None:
+    """The copy fails (503) while the slow first copy still runs: the node waits for
+    the first copy's answer instead of failing or retrying, and nothing is logged."""
+    seen: dict[str, int] = {}
+
+    def slow_then_503(seq: int, body: dict[str, Any]) -> str | None:
+        prompt = body["messages"][-1]["content"]
+        if prompt != "item 60":
+            return None
+        seen[prompt] = seen.get(prompt, 0) + 1
+        return "stall" if seen[prompt] == 1 else "503"
+
+    reported: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    inputs = [f"item {index}" for index in range(80)]
+    async with (
+        Simulator(latency=0.01, fault=slow_then_503, stall_seconds=1.0) as sim,
+        ResourceManager({"fast": endpoint(sim.base_url, max_concurrent=4)}) as manager,
+    ):
+        module = Echo().bind(resources=manager, hedge=True)
+        outputs = await asyncio.wait_for(module(inputs), timeout=STALL / 3)
+    gc.collect()
+    await asyncio.sleep(0)
+    loop.set_exception_handler(None)
+    assert outputs == [f"ECHO: {text}" for text in inputs]
+    assert seen == {"item 60": 2}
+    assert reported == []

@@ -80,6 +80,7 @@ async def hedged(
     loop = asyncio.get_running_loop()
     started: asyncio.Future[None] = loop.create_future()
     primary = loop.create_task(_copy(hedger, gate, key, make, started))
+    primary.add_done_callback(_settle)
     spare: asyncio.Task[tuple[T, Any] | None] | None = None
     try:
         await asyncio.wait((started, primary), return_when=asyncio.FIRST_COMPLETED)
@@ -90,6 +91,7 @@ async def hedged(
             return _answer(await primary)
         # Behind every ordinary call at the gate: it runs only on an idle slot.
         spare = loop.create_task(_copy(hedger, gate, (sys.maxsize, key[1], key[2]), make, None))
+        spare.add_done_callback(_settle)
         done, _ = await asyncio.wait((primary, spare), return_when=asyncio.FIRST_COMPLETED)
         if spare in done and spare.exception() is None and spare.result() is not None:
             return _answer(spare.result())
@@ -102,6 +104,12 @@ async def hedged(
                 task.cancel()
         if not started.done():
             started.cancel()
+
+
+def _settle(task: asyncio.Task[Any]) -> None:
+    """Mark a copy's outcome as seen: the losing copy's failure is no one's concern."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _answer(result: tuple[T, Any] | None) -> tuple[T, Any]:
