@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import crash, dynamic, overhead, throughput
+from benchmarks import cold, crash, dynamic, overhead, scale, tails, throughput
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 
@@ -34,7 +34,15 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     started = time.time()
-    rows = throughput.run() + overhead.run() + dynamic.run() + crash.run()
+    rows = (
+        throughput.run()
+        + cold.run()
+        + tails.run()
+        + scale.run()
+        + overhead.run()
+        + dynamic.run()
+        + crash.run()
+    )
     print(table(rows))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(

@@ -13,7 +13,10 @@ import json
 import aiohttp
 
 
-async def run_baseline(base_url: str, prompts: list[str], concurrency: int) -> list[str]:
+async def run_baseline(
+    base_url: str, prompts: list[str], concurrency: int, *, fan: bool = False
+) -> list[str]:
+    """Every prompt's reply; with ``fan``, three parallel calls then a joining one each."""
     url = f"{base_url}/chat/completions"
     limit = asyncio.Semaphore(concurrency)
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -30,4 +33,11 @@ async def run_baseline(base_url: str, prompts: list[str], concurrency: int) -> l
             content: str = reply["choices"][0]["message"]["content"]
             return content
 
-        return await asyncio.gather(*(one(prompt) for prompt in prompts))
+        async def fanned(text: str) -> str:
+            parts = await asyncio.gather(
+                one(f"Facts in: {text}"), one(f"Risks in: {text}"), one(f"Tone of: {text}")
+            )
+            return await one("Combine:\n" + "\n".join(parts))
+
+        work = fanned if fan else one
+        return await asyncio.gather(*(work(prompt) for prompt in prompts))

@@ -26,3 +26,17 @@ class FanOutFanIn(Module):
 
 def single_call(alias: str = "sim") -> LLMInference:
     return LLMInference(alias, temperature=None)
+
+
+class Wide(Module):
+    """``width`` independent calls on the input, then one call that joins them all."""
+
+    def __init__(self, width: int, alias: str = "sim") -> None:
+        super().__init__()
+        self.width = width
+        self.branch = LLMInference(alias, temperature=None)
+        self.join = LLMInference(alias, temperature=None)
+
+    def forward(self, text: str) -> Any:
+        parts = [self.branch(f"Part {index} of: {text}") for index in range(self.width)]
+        return self.join("\n".join(f"{part}" for part in parts))

@@ -37,10 +37,16 @@ def _timed(factory: Callable[[], Coroutine[Any, Any, Any]]) -> tuple[float, Any]
     return asyncio.run(go())
 
 
-def plait_batch(module: Module, base_url: str, count: int, **endpoint: Any) -> float:
+def plait_batch(
+    module: Module,
+    base_url: str,
+    count: int,
+    settings: dict[str, Any] | None = None,
+    **endpoint: Any,
+) -> float:
     """Seconds for plait to run ``count`` inputs through ``module``."""
     manager = _manager(base_url, **endpoint)
-    module.bind(resources=manager, max_concurrent=CONCURRENCY * 4)
+    module.bind(resources=manager, max_concurrent=CONCURRENCY * 4, **(settings or {}))
     prompts = [f"question {index}" for index in range(count)]
 
     async def go() -> list[Any]:
@@ -66,25 +72,32 @@ def flat_efficiency(latency: float, count: int = 2_000) -> dict[str, Any]:
     return _efficiency_row(figure, count, latency, elapsed, stats.peak_concurrency, 0.95)
 
 
-def versus_baseline(latency: float = 0.05, count: int = 2_000, rounds: int = 3) -> dict[str, Any]:
+def versus_baseline(
+    latency: float = 0.05, count: int = 2_000, rounds: int = 3, fan: bool = False
+) -> dict[str, Any]:
+    """Warm (imports done, in one process): plait's batch time against the baseline's."""
     prompts = [f"question {index}" for index in range(count)]
     plait_times, base_times = [], []
     with Simulator.spawn(latency=latency) as sim:
         for _ in range(rounds):
-            base_times.append(_timed(lambda: run_baseline(sim.base_url, prompts, CONCURRENCY))[0])
-            plait_times.append(plait_batch(single_call(), sim.base_url, count))
+            base_times.append(
+                _timed(lambda: run_baseline(sim.base_url, prompts, CONCURRENCY, fan=fan))[0]
+            )
+            module = FanOutFanIn() if fan else single_call()
+            plait_times.append(plait_batch(module, sim.base_url, count))
     ratio = statistics.median(base_times) / statistics.median(plait_times)
+    calls = count * 4 if fan else count
     return {
-        "figure": f"flat batch at latency {latency} s: plait throughput / hand-written "
-        "aiohttp + Semaphore",
+        "figure": f"{'fan' if fan else 'flat'} batch, {calls:,} calls at latency {latency} s, "
+        "warm: plait throughput / hand-written aiohttp + Semaphore",
         "value": ratio,
         "unit": "ratio",
-        "target": ">= 0.9",
-        "met": ratio >= 0.9,
+        "target": ">= 1.0",
+        "met": ratio >= 1.0,
         "detail": {
             "plait_seconds": plait_times,
             "baseline_seconds": base_times,
-            "baseline_ideal_ratio": math.ceil(count / CONCURRENCY)
+            "baseline_ideal_ratio": math.ceil(calls / CONCURRENCY)
             * latency
             / statistics.median(base_times),
         },
@@ -121,18 +134,29 @@ def _efficiency_row(
     }
 
 
-def rate_limit_adherence(rpm: float = 600, requests: int = 200) -> dict[str, Any]:
-    """A client limited to ``rpm`` against a server enforcing the same ``rpm``."""
-    with Simulator.spawn(rate_limit=rpm, rate_window=60) as sim:
+def rate_limit_adherence(
+    rpm: float = 600, requests: int = 200, sliding_window: float | None = None
+) -> dict[str, Any]:
+    """A client limited to ``rpm`` against a server enforcing the same ``rpm``.
+
+    The server is a bucket refilling at that rate, or with ``sliding_window``
+    the stricter count of requests in any window of that many seconds.
+    """
+    window = 60.0 if sliding_window is None else sliding_window
+    server = {"rate_limit": rpm * window / 60, "rate_window": window}
+    if sliding_window is not None:
+        server["rate_sliding"] = True
+    with Simulator.spawn(**server) as sim:
         plait_batch(single_call(), sim.base_url, requests, rate_limit=rpm, max_concurrent=50)
         stats = sim.stats()
     if stats.first_request_at is None or stats.last_request_at is None:
         raise RuntimeError("the simulator saw no requests")
     span = stats.last_request_at - stats.first_request_at
     achieved = (stats.requests - 1) / span * 60 if span > 0 else float("inf")
+    against = "" if sliding_window is None else f" over a {sliding_window:.0f} s sliding window"
     return {
-        "figure": f"configured {rpm:.0f} RPM vs a server enforcing {rpm:.0f} RPM: achieved / "
-        "limit (429s must be 0)",
+        "figure": f"configured {rpm:.0f} RPM vs a server enforcing {rpm:.0f} RPM{against}: "
+        "achieved / limit (429s must be 0)",
         "value": achieved / rpm,
         "unit": "ratio",
         "target": ">= 0.95, no 429s",
@@ -206,7 +230,7 @@ def run() -> list[dict[str, Any]]:
     flat = flat_efficiency(0.5)
     fan = fan_efficiency()
     peak = max(flat.pop("_peak"), fan.pop("_peak"))
-    rows = [flat, versus_baseline(), fan]
+    rows = [flat, versus_baseline(), versus_baseline(count=500, fan=True), fan]
     rows.append(
         {
             "figure": f"endpoint limit: server-observed peak concurrency / max_concurrent "
@@ -218,6 +242,7 @@ def run() -> list[dict[str, Any]]:
         }
     )
     rows.append(rate_limit_adherence())
+    rows.append(rate_limit_adherence(sliding_window=10))
     rows.append(sporadic_429s())
     rows.append(simulator_capacity())
     return rows

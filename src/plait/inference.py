@@ -138,8 +138,9 @@ class LLMInference(Module):
         They are checked here, when the call is traced or made, so a misspelt
         option fails before any request is sent rather than once per request.
         """
-        overrides = {key: value for key, value in kwargs.items() if key != "prompt"}
-        check_options(overrides, self._where(), also_known=frozenset(self.request_options))
+        if kwargs:
+            overrides = {key: value for key, value in kwargs.items() if key != "prompt"}
+            check_options(overrides, self._where(), also_known=frozenset(self.request_options))
         return super().__call__(*args, **kwargs)
 
     def forward(self, prompt: Any, **overrides: Any) -> ChatRequest:

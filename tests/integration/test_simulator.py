@@ -258,6 +258,22 @@ async def test_latency_delays_each_reply() -> None:
     assert elapsed >= 0.1
 
 
+async def test_log_normal_latency_is_heavy_tailed_and_recorded_per_prompt() -> None:
+    """``latency`` is the median of the draws; the first draw per prompt is kept."""
+    async with (
+        Simulator(latency=0.02, latency_sigma=1.0, record_latencies=True, seed=4) as sim,
+        aiohttp.ClientSession() as session,
+    ):
+        for index in range(60):
+            messages = [{"role": "user", "content": f"p{index}"}]
+            await asyncio.gather(*(chat(session, sim, messages=messages) for _ in range(2)))
+        drawn = sim.stats().latencies
+    assert sorted(drawn) == sorted(f"p{index}" for index in range(60))
+    ordered = sorted(drawn.values())
+    assert 0.01 < ordered[30] < 0.04
+    assert ordered[-1] > 4 * ordered[30]  # a tail uniform jitter cannot make
+
+
 async def test_rate_limit_answers_429_with_both_retry_headers_once_burst_is_spent() -> None:
     async with Simulator(rate_limit=60, rate_window=60, rate_burst=2) as sim:
         async with aiohttp.ClientSession() as session:
@@ -282,6 +298,21 @@ async def test_rate_limit_bucket_refills_over_time() -> None:
         assert status == 429
         await asyncio.sleep(int(headers["retry-after-ms"]) / 1000)
         assert (await chat(session, sim))[0] == 200
+
+
+async def test_sliding_window_admits_the_limit_in_any_window_then_429s_until_one_leaves() -> None:
+    """Unlike the bucket, a paced burst of exactly the limit leaves no slack for one more."""
+    async with (
+        Simulator(rate_limit=5, rate_window=0.5, rate_sliding=True) as sim,
+        aiohttp.ClientSession() as session,
+    ):
+        statuses = [(await chat(session, sim))[0] for _ in range(5)]
+        status, headers, _ = await chat(session, sim)
+        await asyncio.sleep(int(headers["retry-after-ms"]) / 1000)
+        after = (await chat(session, sim))[0]
+    assert statuses == [200] * 5
+    assert status == 429
+    assert after == 200
 
 
 def force(kind: str) -> Any:
@@ -525,6 +556,8 @@ def test_invalid_settings_fail_at_construction() -> None:
         Simulator(latency=-1)
     with pytest.raises(ValueError, match="regex"):
         Simulator(rules=[("(", "x")])
+    with pytest.raises(ValueError, match="latency_sigma and latency_jitter are alternatives"):
+        Simulator(latency=0.5, latency_jitter=0.1, latency_sigma=1.0)
 
 
 def test_cli_flags_round_trip_every_setting() -> None:
@@ -532,9 +565,11 @@ def test_cli_flags_round_trip_every_setting() -> None:
         port=1234,
         latency=0.25,
         latency_jitter=0.01,
+        record_latencies=True,
         rate_limit=600,
         rate_window=30,
         rate_burst=5,
+        rate_sliding=True,
         fault_rate=0.2,
         faults=("reset", "stall"),
         stall_seconds=2.5,
@@ -547,3 +582,6 @@ def test_cli_flags_round_trip_every_setting() -> None:
     )
     options = options_from_args(build_parser().parse_args(config_to_argv(config)))
     assert SimulatorConfig(**options) == config
+    spread = SimulatorConfig(latency=0.5, latency_sigma=0.99)
+    options = options_from_args(build_parser().parse_args(config_to_argv(spread)))
+    assert SimulatorConfig(**options) == spread

@@ -274,3 +274,53 @@ async def test_the_timer_counter_sees_plait_retries(monkeypatch: pytest.MonkeyPa
     module = LLMInference("fast").bind(resources=fake, task_retry_delay=0.001)
     assert await asyncio.wait_for(module("x"), GUARD) == "fast(x)"
     assert counter["timers"] == 1
+
+
+async def test_a_wide_fan_out_queues_each_node_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queue work grows with the nodes, not their square: 300 ready branches of one
+    input are each queued once, and no entry is queued again when another starts."""
+    pushes = {"count": 0}
+    original = Scheduler._push
+
+    def counted(self: Scheduler, *args: Any) -> None:
+        pushes["count"] += 1
+        original(self, *args)
+
+    monkeypatch.setattr(Scheduler, "_push", counted)
+    fake = FakeResources(record=False)
+    module = FanOut(300).bind(resources=fake, max_concurrent=8)
+
+    output = await asyncio.wait_for(module.batch(["x", "y"]), GUARD)
+
+    assert fake.call_count == 2 * 301
+    assert output[1].startswith("fast(fast(b0:y) | fast(b1:y)")
+    assert pushes["count"] == 2 * 301
+
+
+class ShortAndLong(Module):
+    """One call written first, then a chain of three: the chain bounds the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.short = LLMInference("fast")
+        self.first = LLMInference("fast")
+        self.second = LLMInference("fast")
+        self.third = LLMInference("fast")
+
+    def forward(self, text: str) -> Any:
+        quick = self.short(f"short:{text}")
+        one = self.first(f"1:{text}")
+        two = self.second(f"2:{one}")
+        chain = self.third(f"3:{two}")
+        return quick, chain
+
+
+async def test_the_branch_with_more_calls_ahead_starts_first() -> None:
+    fake = FakeResources()
+    states = [ExecutionState(GraphPlan(trace(ShortAndLong(), "x")), ("A",), index=0)]
+
+    await run_states(states, fake, max_concurrent=1)
+
+    assert fake.prompts()[0] == "1:A"
+    assert fake.prompts()[-1].startswith("3:")
+    assert "short:A" in fake.prompts()[1:3]

@@ -241,6 +241,10 @@ class ChildCall:
         self.state: ExecutionState | None = None
 
     def finished(self, state: ExecutionState) -> None:
+        # The sub-run is over: dropping it breaks the cycle state.owner ->
+        # self -> state, so reference counting frees both at once instead of
+        # leaving them to the cyclic collector (a third of a call's CPU).
+        self.state = None
         future = self.future
         if future.done():
             return
@@ -344,6 +348,8 @@ def _finish(
     """The forward ended: complete or fail its node (never retried as a whole:
     each call inside it has had its own retries)."""
     runner.forwards.discard(task)
+    # Task -> its context -> scope -> task is a cycle; break it as for a child call.
+    scope.task = None
     state, node_id = scope.state, scope.node_id
     error: BaseException | None = None
     value: Any = None

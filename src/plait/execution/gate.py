@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 Key = tuple[int, int, int]
-"""(-priority, input index, the node's topological position): smaller goes first."""
+"""(-priority, input index, the node's rank in its graph, see GraphPlan): smaller goes first."""
 
 
 class Gate:

@@ -25,13 +25,15 @@ from plait.clients.base import ChatRequest, ChatResponse
 from plait.clients.sse import DeltaSink
 from plait.errors import (
     BudgetExceededError,
+    ConfigError,
     ExecutionError,
     ResourcesNotBoundError,
     TaskTimeoutError,
 )
 from plait.execution.delivery import Delivery, streams_node
 from plait.execution.dynamic import launch
-from plait.execution.gate import Gate, gated, gates_for
+from plait.execution.gate import Gate, Key, gated, gates_for
+from plait.execution.hedge import Hedger, hedged
 from plait.execution.hooks import RunHooks
 from plait.execution.retry import RetryPolicy
 from plait.execution.settings import ResolvedSettings
@@ -80,6 +82,13 @@ class Scheduler:
         self._loop = asyncio.get_running_loop()
         self.context = contextvars.copy_context()
         self._gates: dict[str, Gate] = gates_for(resources)
+        self._hedgers = {alias: Hedger() for alias in self._gates} if settings.hedge else {}
+        if settings.hedge and resources is not None and not self._gates:
+            raise ConfigError(
+                "hedge=True needs resources that are a plait ResourceManager (or a "
+                f"ResourceConfig): copies run only on slots of its endpoints that would sit "
+                f"idle, and {type(resources).__name__} has no slot count"
+            )
         self.forwards: set[asyncio.Task[Any]] = set()
         self._heap: list[tuple[int, int, int, int, ExecutionState]] = []
         self._tiebreak = count()
@@ -96,14 +105,20 @@ class Scheduler:
         if state.done:
             self._finished(state)
             return
-        for _ in range(len(state.pending)):
-            self._push(state)
+        for key in state.pending:
+            self._push(state, key)
         self.dispatch()
 
-    def _push(self, state: ExecutionState) -> None:
-        key = state.next_key()
-        if key is not None:
-            heapq.heappush(self._heap, (key[0], state.index, key[1], next(self._tiebreak), state))
+    def _push(self, state: ExecutionState, key: tuple[int, int, str]) -> None:
+        """Queue one ready node of ``state`` under its own key.
+
+        One entry per ready node, each ranked by that node, keeps an input's
+        wide fan-out at one push and one pop per node. An entry outlives its
+        node only if the node was cancelled or requeued meanwhile; the worker
+        that pops it finds the input's most urgent node ranked behind it and
+        drops it.
+        """
+        heapq.heappush(self._heap, (key[0], state.index, key[1], next(self._tiebreak), state))
 
     # -- dispatch -------------------------------------------------------------
 
@@ -143,12 +158,9 @@ class Scheduler:
             entry = heapq.heappop(heap)
             state = entry[4]
             key = state.next_key()
-            if key is None:
-                continue
-            if key[0] != entry[0] or key[1] != entry[2]:
-                # Keyed by a node of this input that has since started: rank the
-                # input again by the most urgent node it has left.
-                self._push(state)
+            if key is None or key[0] != entry[0] or key[1] != entry[2]:
+                # Its node was cancelled or requeued; every node still
+                # pending has an entry of its own.
                 continue
             node_id = state.pop_next()
             if node_id is None:
@@ -227,22 +239,38 @@ class Scheduler:
         on_delta = None
         if self.deltas is not None and streams_node(resources, state, node_id):
             on_delta = Delivery(self.deltas)
+        alias = module.alias
         call: Awaitable[ChatResponse]
         timeout = self.settings.task_timeout
         on_wire = timeout if self._timed_on_the_wire else None
-        if record is not None:
-            call = self._call_observed(resources, module.alias, request, attempt, record, on_delta)
-        elif on_wire is not None or on_delta is not None:
-            manager = cast("ResourceManager", resources)
-            call = manager.complete(
-                module.alias, request, attempt=attempt, reply_within=on_wire, on_delta=on_delta
+        gate = self._gates.get(alias) if self._gates else None
+        # A token stream is never hedged: two copies would both write deltas.
+        hedger = self._hedgers.get(alias) if self._hedgers and on_delta is None else None
+        if gate is not None and hedger is not None:
+            key = state.plan.keys[node_id]
+            call = self._hedged(
+                hedger,
+                gate,
+                (key[0], state.index, key[1]),
+                alias,
+                request,
+                attempt,
+                record,
+                on_wire,
             )
         else:
-            call = resources.complete(module.alias, request, attempt=attempt)
-        gate = self._gates.get(module.alias) if self._gates else None
-        if gate is not None:
-            key = state.plan.keys[node_id]
-            call = gated(gate, (key[0], state.index, key[1]), call)
+            if record is not None:
+                call = self._call_observed(resources, alias, request, attempt, record, on_delta)
+            elif on_wire is not None or on_delta is not None:
+                manager = cast("ResourceManager", resources)
+                call = manager.complete(
+                    alias, request, attempt=attempt, reply_within=on_wire, on_delta=on_delta
+                )
+            else:
+                call = resources.complete(alias, request, attempt=attempt)
+            if gate is not None:
+                key = state.plan.keys[node_id]
+                call = gated(gate, (key[0], state.index, key[1]), call)
         if on_wire is not None:
             call = self._named(node_id, call)
         elif timeout is not None:
@@ -254,6 +282,34 @@ class Scheduler:
             record.response = response
             self._charge(record, response)
         return module.parse_response(response)
+
+    async def _hedged(
+        self,
+        hedger: Hedger,
+        gate: Gate,
+        key: Key,
+        alias: str,
+        request: ChatRequest,
+        attempt: int,
+        record: NodeRun | None,
+        on_wire: float | None,
+    ) -> ChatResponse:
+        """The call with a second copy if it straggles; the winner's probe is the record's."""
+        resources = cast(ResourceManagerLike, self.resources)
+
+        def make() -> tuple[Awaitable[ChatResponse], CallProbe | None]:
+            if record is not None:
+                call = self._call_observed(resources, alias, request, attempt, record, None)
+                return call, record.probe
+            if on_wire is not None:
+                manager = cast("ResourceManager", resources)
+                return manager.complete(alias, request, attempt=attempt, reply_within=on_wire), None
+            return resources.complete(alias, request, attempt=attempt), None
+
+        response, probe = await hedged(hedger, gate, key, make)
+        if record is not None:
+            record.probe = probe
+        return response
 
     def _call_observed(
         self,
@@ -320,8 +376,9 @@ class Scheduler:
         node_done = self._node_done
         if node_done is not None and state.owner is None:
             node_done(state, node_id, value)
-        for _ in ready:
-            self._push(state)
+        keys = state.plan.keys
+        for node in ready:
+            self._push(state, keys[node])
         if len(ready) > 1:
             self.dispatch()
         callback = self.settings.on_task_complete
@@ -370,7 +427,7 @@ class Scheduler:
             self._timers.discard(handle)
             if not self.closed:
                 state.requeue(node_id)
-                self._push(state)
+                self._push(state, state.plan.keys[node_id])
                 self.dispatch()
 
         handle = self._loop.call_later(max(delay, 0.0), requeue)

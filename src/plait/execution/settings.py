@@ -48,6 +48,10 @@ class ResolvedSettings:
     ``Retry-After`` says. Spans go to the
     global OpenTelemetry provider, or ``tracer_provider``; prompt and reply
     text only with ``capture_content``.
+
+    ``hedge`` sends a second copy of a call still unanswered after its
+    alias's observed p95, on an otherwise idle slot, and keeps the first
+    answer (at most 5% extra calls; see :mod:`plait.execution.hedge`).
     """
 
     resources: Any = None
@@ -74,6 +78,7 @@ class ResolvedSettings:
     profile_path: str | os.PathLike[str] | None = None
     capture_content: bool = False
     tracer_provider: Any = None
+    hedge: bool = False
 
 
 SETTING_NAMES = frozenset(field.name for field in fields(ResolvedSettings))
@@ -91,6 +96,7 @@ _BOOL = (
     "progress",
     "profile",
     "capture_content",
+    "hedge",
 )
 _CALLABLE = ("on_progress", "on_task_complete", "on_task_failed")
 _PATH_OR_NONE = ("checkpoint_dir", "profile_path")

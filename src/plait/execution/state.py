@@ -32,6 +32,7 @@ class GraphPlan:
         "aliases",
         "dynamic",
         "graph",
+        "initial_keys",
         "initial_ready",
         "input_ids",
         "keys",
@@ -47,9 +48,9 @@ class GraphPlan:
         self.input_ids = tuple(graph.input_ids)
         self.output = graph.output
         inputs = set(self.input_ids)
-        order = {nid: index for index, nid in enumerate(graph.topological_order())}
+        rank = _longest_path_first(graph)
         self.keys: dict[str, tuple[int, int, str]] = {
-            nid: (-node.priority, order[nid], nid) for nid, node in self.nodes.items()
+            nid: (-node.priority, rank[nid], nid) for nid, node in self.nodes.items()
         }
         self.remaining: dict[str, int] = {
             nid: sum(1 for dep in node.dependencies if dep not in inputs)
@@ -57,6 +58,7 @@ class GraphPlan:
             if nid not in inputs
         }
         self.initial_ready = tuple(nid for nid, count in self.remaining.items() if count == 0)
+        self.initial_keys = sorted(self.keys[nid] for nid in self.initial_ready)
         self.node_count = len(self.remaining)
         self.dynamic = frozenset(
             nid for nid, node in self.nodes.items() if node.kind is NodeKind.DYNAMIC
@@ -69,6 +71,26 @@ class GraphPlan:
         if found is None:
             found = self._descendants[node_id] = frozenset(self.graph.descendants(node_id))
         return found
+
+
+def _longest_path_first(graph: InferenceGraph) -> dict[str, int]:
+    """Each node's rank among its input's ready nodes: most model calls still ahead first.
+
+    Of two ready branches the one with the longer chain of calls behind it
+    bounds when the input can finish, so it starts first; ties keep the
+    order the calls were written in. Inputs are still ranked before nodes
+    (older inputs first), so this never delays an earlier input's result.
+    """
+    order = graph.topological_order()
+    nodes = graph.nodes
+    ahead: dict[str, int] = {}
+    for nid in reversed(order):
+        node = nodes[nid]
+        own = 1 if node.kind is NodeKind.LLM or node.kind is NodeKind.DYNAMIC else 0
+        ahead[nid] = own + max((ahead[dep] for dep in node.dependents), default=0)
+    position = {nid: index for index, nid in enumerate(order)}
+    ranked = sorted(order, key=lambda nid: (-ahead[nid], position[nid]))
+    return {nid: index for index, nid in enumerate(ranked)}
 
 
 def _aliases(nodes: Any) -> set[str]:
@@ -135,6 +157,10 @@ def resolve(spec: Any, results: dict[str, Any]) -> Any:
     return spec
 
 
+_POSITIONS = tuple(f"input:{position}" for position in range(16))
+"""Result names of the first positional inputs, so starting an input formats none."""
+
+
 class ExecutionState:
     """Where one input's graph stands: pending, running, done, failed, cancelled."""
 
@@ -170,17 +196,17 @@ class ExecutionState:
         self.plan = plan
         self.index = index
         self.input = input
-        results: dict[str, Any] = {}
-        for position, value in enumerate(args):
-            results[f"input:{position}"] = value
+        results: dict[str, Any]
+        if len(args) <= len(_POSITIONS):
+            results = dict(zip(_POSITIONS, args, strict=False))
+        else:
+            results = {f"input:{position}": value for position, value in enumerate(args)}
         if kwargs:
             for key, value in kwargs.items():
                 results[f"input:{key}"] = value
         self.results = results
-        self.remaining = dict(plan.remaining)
-        keys = plan.keys
-        self.pending: list[tuple[int, int, str]] = [keys[nid] for nid in plan.initial_ready]
-        heapq.heapify(self.pending)
+        self.remaining = plan.remaining.copy()
+        self.pending: list[tuple[int, int, str]] = plan.initial_keys.copy()
         self.in_progress: set[str] = set()
         self.failed: dict[str, BaseException] = {}
         self.cancelled: set[str] = set()

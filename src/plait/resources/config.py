@@ -41,7 +41,6 @@ from plait.resources.config_checks import (
     expand_header_values,
     refuse_bool,
 )
-from plait.resources.config_file import read_config_file
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -261,6 +260,9 @@ class ResourceConfig(RootModel[dict[str, list[EndpointConfig]]]):
         ``endpoints`` key holding it (so the file can say what it is).
         """
         file = Path(path)
+        # Only config files need PyYAML: a tenth of `import plait` otherwise.
+        from plait.resources.config_file import read_config_file
+
         data = read_config_file(file)
         if not isinstance(data, Mapping):
             raise ConfigError(f"{file}: the top level must be a mapping of alias to endpoint")

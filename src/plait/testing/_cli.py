@@ -30,9 +30,25 @@ def build_parser(prog: str = "python -m plait.testing") -> argparse.ArgumentPars
     add("--port", type=int, default=0, help="port to listen on (0 picks a free one)")
     add("--latency", type=float, default=0.0, help="seconds each request takes")
     add("--latency-jitter", type=float, default=0.0, help="uniform +/- jitter on the latency")
+    add(
+        "--latency-sigma",
+        type=float,
+        default=0.0,
+        help="log-normal spread: latency is the median, each request draws its own",
+    )
+    add(
+        "--record-latencies",
+        action="store_true",
+        help="keep each prompt's first drawn latency in the stats (benchmarks)",
+    )
     add("--rate-limit", type=float, default=None, help="requests allowed per --rate-window")
     add("--rate-window", type=float, default=60.0, help="seconds the rate limit counts over")
     add("--rate-burst", type=float, default=None, help="bucket capacity (default: 1 s of tokens)")
+    add(
+        "--rate-sliding",
+        action="store_true",
+        help="count --rate-limit over a sliding --rate-window instead of a token bucket",
+    )
     add("--fault-rate", type=float, default=0.0, help="probability a request fails")
     add(
         "--faults",
@@ -82,9 +98,12 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "port": args.port,
         "latency": args.latency,
         "latency_jitter": args.latency_jitter,
+        "latency_sigma": args.latency_sigma,
+        "record_latencies": args.record_latencies,
         "rate_limit": args.rate_limit,
         "rate_window": args.rate_window,
         "rate_burst": args.rate_burst,
+        "rate_sliding": args.rate_sliding,
         "fault_rate": args.fault_rate,
         "faults": tuple(args.faults),
         "stall_seconds": args.stall_seconds,
@@ -107,6 +126,7 @@ def config_to_argv(config: SimulatorConfig) -> list[str]:
         f"--port={config.port}",
         f"--latency={config.latency!r}",
         f"--latency-jitter={config.latency_jitter!r}",
+        f"--latency-sigma={config.latency_sigma!r}",
         f"--rate-window={config.rate_window!r}",
         f"--fault-rate={config.fault_rate!r}",
         f"--faults={','.join(config.faults)}",
@@ -116,8 +136,12 @@ def config_to_argv(config: SimulatorConfig) -> list[str]:
         f"--stream-chunk-chars={config.stream_chunk_chars}",
         f"--structured-dialect={config.structured_dialect}",
     ]
+    if config.record_latencies:
+        argv.append("--record-latencies")
     if config.rate_limit is not None:
         argv.append(f"--rate-limit={config.rate_limit!r}")
+    if config.rate_sliding:
+        argv.append("--rate-sliding")
     if config.rate_burst is not None:
         argv.append(f"--rate-burst={config.rate_burst!r}")
     if config.seed is not None:

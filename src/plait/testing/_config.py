@@ -36,9 +36,12 @@ class SimulatorConfig:
     port: int = 0
     latency: float = 0.0
     latency_jitter: float = 0.0
+    latency_sigma: float = 0.0
+    record_latencies: bool = False
     rate_limit: float | None = None
     rate_window: float = 60.0
     rate_burst: float | None = None
+    rate_sliding: bool = False
     fault_rate: float = 0.0
     faults: Sequence[str] = FAULT_KINDS
     stall_seconds: float = 30.0
@@ -62,6 +65,13 @@ class SimulatorConfig:
         _require(
             _finite(self.latency_jitter) and self.latency_jitter >= 0,
             "latency_jitter must be >= 0",
+        )
+        _require(
+            _finite(self.latency_sigma) and self.latency_sigma >= 0, "latency_sigma must be >= 0"
+        )
+        _require(
+            not (self.latency_sigma and self.latency_jitter),
+            "latency_sigma and latency_jitter are alternatives; set one",
         )
         _require(_finite(self.rate_window) and self.rate_window > 0, "rate_window must be > 0")
         if self.rate_limit is not None:

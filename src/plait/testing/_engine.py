@@ -17,8 +17,8 @@ from plait.resources.tokens import prompt_tokens, text_tokens
 from plait.testing._config import SimulatorConfig, check_fault_kind
 from plait.testing._dialects import refusal
 from plait.testing._http import Connection
-from plait.testing._limiter import TokenBucket
-from plait.testing._replies import Replier, reply_text
+from plait.testing._limiter import SlidingWindow, TokenBucket
+from plait.testing._replies import Replier, last_user_text, reply_text
 from plait.testing._stream import SseReply
 from plait.testing.stats import SimulatorStats
 
@@ -53,7 +53,11 @@ class Engine:
         self.stats = SimulatorStats()
         self.connections: set[Connection] = set()
         rate = config.rate_per_second
-        self._limiter = None if rate is None else TokenBucket(rate, config.bucket_capacity)
+        self._limiter: TokenBucket | SlidingWindow | None = None
+        if config.rate_limit is not None and config.rate_sliding:
+            self._limiter = SlidingWindow(config.rate_limit, config.rate_window)
+        elif rate is not None:
+            self._limiter = TokenBucket(rate, config.bucket_capacity)
         self._rng = random.Random(config.seed)
         self._replier = Replier(config.reply, config.rules)
 
@@ -142,6 +146,8 @@ class Engine:
             self._refuse(conn, kind)
             return
         delay = self.config.stall_seconds if kind == "stall" else self._latency()
+        if self.config.record_latencies:
+            stats.latencies.setdefault(last_user_text(body["messages"]), delay)
         if delay > 0.0:
             conn.defer(delay, self.release, self._finish, conn, body, model, kind, seq)
         else:
@@ -192,6 +198,8 @@ class Engine:
 
     def _latency(self) -> float:
         config = self.config
+        if config.latency_sigma > 0.0 and config.latency > 0.0:
+            return self._rng.lognormvariate(math.log(config.latency), config.latency_sigma)
         if config.latency_jitter > 0.0:
             jitter = self._rng.uniform(-config.latency_jitter, config.latency_jitter)
             return max(0.0, config.latency + jitter)

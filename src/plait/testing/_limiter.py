@@ -8,6 +8,7 @@ refills continuously, so a client that paces itself correctly never sees a
 from __future__ import annotations
 
 import time
+from collections import deque
 
 
 class TokenBucket:
@@ -40,3 +41,33 @@ class TokenBucket:
         """Make the bucket full again (used when the counters are reset)."""
         self._tokens = self._capacity
         self._stamp = time.monotonic()
+
+
+class SlidingWindow:
+    """At most ``limit`` requests in any ``window`` seconds, as some hosted APIs count.
+
+    Stricter than a bucket refilling at the same rate: a client pacing at
+    exactly the limit has ``limit + 1`` requests in a closed window of that
+    length whenever its timer fires a little early once.
+    """
+
+    __slots__ = ("_limit", "_seen", "_window")
+
+    def __init__(self, limit: float, window: float) -> None:
+        self._limit = limit
+        self._window = window
+        self._seen: deque[float] = deque()
+
+    def try_acquire(self) -> float:
+        """Admit one request and return 0.0, or return the seconds until one fits."""
+        now = time.monotonic()
+        seen = self._seen
+        while seen and seen[0] <= now - self._window:
+            seen.popleft()
+        if len(seen) < self._limit:
+            seen.append(now)
+            return 0.0
+        return seen[0] + self._window - now
+
+    def refill(self) -> None:
+        self._seen.clear()

@@ -78,7 +78,7 @@ class Replier:
         if prompted is not None:
             # As a chat model asked in words answers: a sentence, then a fence.
             return f"Here is the JSON:\n```json\n{json.dumps(synthesize(prompted))}\n```"
-        return "ECHO: " + _last_user_text(messages)
+        return "ECHO: " + last_user_text(messages)
 
 
 def reply_text(message: dict[str, Any]) -> str:
@@ -197,7 +197,7 @@ def _first_non_null(options: list[Any]) -> Any:
     return options[0]
 
 
-def _last_user_text(messages: list[Any]) -> str:
+def last_user_text(messages: list[Any]) -> str:
     for message in reversed(messages):
         if isinstance(message, dict) and message.get("role") == "user":
             return message_text(message)

@@ -40,10 +40,17 @@ class Simulator:
         port: TCP port on 127.0.0.1; 0 picks a free one.
         latency: seconds each request takes before it is answered.
         latency_jitter: uniform +/- spread around ``latency``.
+        latency_sigma: log-normal spread instead: each request draws its own
+            latency, ``latency`` is the median (sigma 0.99 puts p99 at 10x it).
+        record_latencies: keep the first latency drawn for each prompt (its last
+            user message) in ``stats().latencies``, so a benchmark can compute
+            the bound a run's latencies set.
         rate_limit: requests allowed per ``rate_window`` seconds (None: unlimited).
             Excess requests get 429 with ``Retry-After`` and ``retry-after-ms``.
         rate_window: the window ``rate_limit`` is counted over.
         rate_burst: token-bucket capacity; default one second's worth (at least 1).
+        rate_sliding: count ``rate_limit`` over a sliding ``rate_window`` instead
+            of a bucket (any window of that length holds at most that many).
         fault_rate: probability that a request fails with a kind drawn from ``faults``.
         faults: kinds to draw from: ``"503"``, ``"reset"`` (connection dropped
             without a reply), ``"malformed"`` (200 with a body that is not
@@ -84,9 +91,12 @@ class Simulator:
         port: int = 0,
         latency: float = 0.0,
         latency_jitter: float = 0.0,
+        latency_sigma: float = 0.0,
+        record_latencies: bool = False,
         rate_limit: float | None = None,
         rate_window: float = 60.0,
         rate_burst: float | None = None,
+        rate_sliding: bool = False,
         fault_rate: float = 0.0,
         faults: Sequence[str] = FAULT_KINDS,
         stall_seconds: float = 30.0,
@@ -103,9 +113,12 @@ class Simulator:
             port=port,
             latency=latency,
             latency_jitter=latency_jitter,
+            latency_sigma=latency_sigma,
+            record_latencies=record_latencies,
             rate_limit=rate_limit,
             rate_window=rate_window,
             rate_burst=rate_burst,
+            rate_sliding=rate_sliding,
             fault_rate=fault_rate,
             faults=faults,
             stall_seconds=stall_seconds,

@@ -47,12 +47,14 @@ class SimulatorStats:
     streams: int = 0
     streams_completed: int = 0
     streams_aborted: int = 0
+    latencies: dict[str, float] = field(default_factory=dict)
 
     def snapshot(self) -> SimulatorStats:
         """Return an independent copy, so callers never see later updates."""
         copy = SimulatorStats(**{f.name: getattr(self, f.name) for f in fields(self)})
         copy.faults = dict(self.faults)
         copy.models = dict(self.models)
+        copy.latencies = dict(self.latencies)
         return copy
 
     def reset(self) -> None:
@@ -63,7 +65,7 @@ class SimulatorStats:
         """
         in_flight = self.in_flight
         for f in fields(self):
-            if f.name in ("faults", "models"):
+            if f.name in ("faults", "models", "latencies"):
                 getattr(self, f.name).clear()
             else:
                 setattr(self, f.name, f.default)
@@ -75,6 +77,7 @@ class SimulatorStats:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["faults"] = dict(self.faults)
         data["models"] = dict(self.models)
+        data["latencies"] = dict(self.latencies)
         return data
 
     @classmethod
