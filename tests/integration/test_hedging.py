@@ -78,7 +78,12 @@ async def test_a_straggler_is_answered_by_its_copy_and_the_loser_is_cancelled(
 
 
 async def test_copies_stay_within_five_percent_of_calls_and_the_endpoint_limit() -> None:
-    """A fifth of the prompts straggle, far more than the cap allows copies for."""
+    """A fifth of the prompts straggle, far more than the cap allows copies for.
+
+    The run's concurrency equals the endpoint's slots, so a slot that frees
+    finds no ordinary call queued at the gate and a waiting copy gets it all
+    through the batch: the 5% cap, not the lack of idle slots, is what binds.
+    """
     count = 200
     inputs = [f"item {index}" for index in range(count)]
     slow = {text for index, text in enumerate(inputs) if index >= 30 and index % 5 == 0}
@@ -86,7 +91,7 @@ async def test_copies_stay_within_five_percent_of_calls_and_the_endpoint_limit()
         Simulator(latency=0.01, fault=stall_first_copy(slow), stall_seconds=0.5) as sim,
         ResourceManager({"fast": endpoint(sim.base_url, max_concurrent=8)}) as manager,
     ):
-        module = Echo().bind(resources=manager, hedge=True, max_concurrent=32)
+        module = Echo().bind(resources=manager, hedge=True, max_concurrent=8)
         outputs = await asyncio.wait_for(module(inputs), timeout=STALL)
         stats = sim.stats()
     assert outputs == [f"ECHO: {text}" for text in inputs]
