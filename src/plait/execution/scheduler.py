@@ -28,7 +28,6 @@ from plait.errors import (
     ConfigError,
     ExecutionError,
     ResourcesNotBoundError,
-    TaskTimeoutError,
 )
 from plait.execution.delivery import Delivery, streams_node
 from plait.execution.dynamic import launch
@@ -36,6 +35,7 @@ from plait.execution.gate import Gate, Key, gated, gates_for
 from plait.execution.hedge import Hedger, hedged
 from plait.execution.hooks import RunHooks
 from plait.execution.retry import RetryPolicy
+from plait.execution.sending import bounded, call_observed, named
 from plait.execution.settings import ResolvedSettings
 from plait.execution.state import ExecutionState
 from plait.graph import NodeKind
@@ -225,7 +225,7 @@ class Scheduler:
         if node.kind is not NodeKind.LLM:
             result = module.forward(*args, **kwargs)
             if inspect.isawaitable(result):
-                return await self._bounded(node_id, result)
+                return await bounded(node_id, result, self.settings.task_timeout)
             return result
         request = module.forward(*args, **kwargs)
         resources = self.resources
@@ -260,7 +260,16 @@ class Scheduler:
             )
         else:
             if record is not None:
-                call = self._call_observed(resources, alias, request, attempt, record, on_delta)
+                call = call_observed(
+                    resources,
+                    cast(RunHooks, self.hooks),
+                    timeout,
+                    alias,
+                    request,
+                    attempt,
+                    record,
+                    on_delta,
+                )
             elif on_wire is not None or on_delta is not None:
                 manager = cast("ResourceManager", resources)
                 call = manager.complete(
@@ -272,9 +281,9 @@ class Scheduler:
                 key = state.plan.keys[node_id]
                 call = gated(gate, (key[0], state.index, key[1]), call)
         if on_wire is not None:
-            call = self._named(node_id, call)
+            call = named(node_id, call)
         elif timeout is not None:
-            call = self._bounded(node_id, call)
+            call = bounded(node_id, call, timeout)
         if on_delta is not None:
             call = on_delta.guard(call)
         response = await call
@@ -299,7 +308,10 @@ class Scheduler:
 
         def make() -> tuple[Awaitable[ChatResponse], CallProbe | None]:
             if record is not None:
-                call = self._call_observed(resources, alias, request, attempt, record, None)
+                hooks, timeout = cast(RunHooks, self.hooks), self.settings.task_timeout
+                call = call_observed(
+                    resources, hooks, timeout, alias, request, attempt, record, None
+                )
                 return call, record.probe
             if on_wire is not None:
                 manager = cast("ResourceManager", resources)
@@ -310,32 +322,6 @@ class Scheduler:
         if record is not None:
             record.probe = probe
         return response
-
-    def _call_observed(
-        self,
-        resources: ResourceManagerLike,
-        alias: str,
-        request: ChatRequest,
-        attempt: int,
-        record: NodeRun,
-        on_delta: DeltaSink | None,
-    ) -> Awaitable[ChatResponse]:
-        hooks = cast(RunHooks, self.hooks)
-        record.request = request
-        if not hooks.probes:  # a test double: on_delta is None, nothing streams
-            return resources.complete(alias, request, attempt=attempt)
-        probe = record.probe = CallProbe(hooks.budget)
-        manager = cast("ResourceManager", resources)
-        return manager.complete(
-            alias,
-            request,
-            attempt=attempt,
-            cache=hooks.cache,
-            probe=probe,
-            reply_within=self.settings.task_timeout,
-            max_pause=hooks.max_pause,
-            on_delta=on_delta,
-        )
 
     def _charge(self, record: NodeRun, response: ChatResponse) -> None:
         """Book a reply against the budget; stop starting work once it is spent."""
@@ -349,25 +335,6 @@ class Scheduler:
             self.stop_starting()
             if hooks.on_budget_exceeded is not None:
                 hooks.on_budget_exceeded()
-
-    async def _named(self, node_id: str, call: Awaitable[ChatResponse]) -> ChatResponse:
-        """``call``, whose wire timeout (the manager's) is told which node it cut."""
-        try:
-            return await call
-        except TaskTimeoutError as error:
-            raise TaskTimeoutError(f"node {node_id!r}: {error}") from error
-
-    async def _bounded(self, node_id: str, awaitable: Awaitable[Any]) -> Any:
-        timeout = self.settings.task_timeout
-        if timeout is None:
-            return await awaitable
-        try:
-            async with asyncio.timeout(timeout):
-                return await awaitable
-        except TimeoutError as error:
-            raise TaskTimeoutError(
-                f"node {node_id!r} took longer than task_timeout={timeout}s"
-            ) from error
 
     # -- completion -----------------------------------------------------------
 
