@@ -101,7 +101,8 @@ def decode_reply(
     try:
         data = json.loads(raw)
     except ValueError:
-        kind = (headers or {}).get("Content-Type") or "no content type"
+        lowered = {name.lower(): value for name, value in (headers or {}).items()}
+        kind = lowered.get("content-type") or "no content type"
         head = raw[: 4 * _MAX_EXCERPT].decode("utf-8", "replace")
         text = redact(" ".join(head.split()), secret)
         excerpt = _clip(text, _MAX_EXCERPT)
