@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks._rounds import ROUNDS
 from benchmarks.throughput import CONCURRENCY
 from plait.testing import Simulator
 
@@ -97,7 +98,7 @@ def _alternate(
     return plait_runs, base_runs
 
 
-def cold_start(rounds: int = 3) -> dict[str, Any]:
+def cold_start(rounds: int = ROUNDS) -> dict[str, Any]:
     """CPU of import + pipeline + first call, against import aiohttp + session + request."""
     with Simulator.spawn() as sim:
         plait_runs, base_runs = _alternate(sim.base_url, 1, "flat", rounds)
@@ -115,7 +116,9 @@ def cold_start(rounds: int = 3) -> dict[str, Any]:
     }
 
 
-def whole_process(shape: str, count: int, latency: float = 0.05, rounds: int = 3) -> dict[str, Any]:
+def whole_process(
+    shape: str, count: int, latency: float = 0.05, rounds: int = ROUNDS
+) -> dict[str, Any]:
     """Throughput of a fresh process doing the whole batch: plait / the baseline."""
     with Simulator.spawn(latency=latency) as sim:
         plait_runs, base_runs = _alternate(sim.base_url, count, shape, rounds)

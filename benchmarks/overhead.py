@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+from benchmarks._rounds import ROUNDS
 from benchmarks.pipelines import FanOutFanIn, Wide, single_call
 from plait import ExecutionSettings, Module
 from plait.clients.base import ChatRequest, ChatResponse
@@ -65,7 +66,7 @@ def cpu_per_node_by_width(widths: tuple[int, ...] = (1, 50, 200, 1_000)) -> dict
     for width in widths:
         inputs = max(1, 10_000 // (width + 1))
         found[width] = statistics.median(
-            cpu_per_node(Wide(width), inputs, width + 1) for _ in range(3)
+            cpu_per_node(Wide(width), inputs, width + 1) for _ in range(ROUNDS)
         )
     return found
 
@@ -107,8 +108,8 @@ def streaming_rss_growth(count: int, max_inflight: int) -> dict[str, Any]:
 
 
 def run() -> list[dict[str, Any]]:
-    single = min(cpu_per_node(single_call(), 10_000, 1) for _ in range(3))
-    fan = min(cpu_per_node(FanOutFanIn(), 2_500, 4) for _ in range(3))
+    single = statistics.median(cpu_per_node(single_call(), 10_000, 1) for _ in range(ROUNDS))
+    fan = statistics.median(cpu_per_node(FanOutFanIn(), 2_500, 4) for _ in range(ROUNDS))
     wide = cpu_per_node_by_width()
     stream = streaming_rss_growth(100_000, 256)
     return [

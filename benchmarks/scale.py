@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from benchmarks._rounds import ROUNDS
 from benchmarks.pipelines import single_call
 from plait import ExecutionSettings
 from plait.resources import ResourceConfig, ResourceManager
@@ -53,7 +54,7 @@ def flat_with_size(
     with Simulator.spawn(latency=0.05) as sim:
         cpu_per_call(sim.base_url, small, concurrency)  # imports and first connections
         at_small = statistics.median(
-            cpu_per_call(sim.base_url, small, concurrency) for _ in range(3)
+            cpu_per_call(sim.base_url, small, concurrency) for _ in range(ROUNDS)
         )
         at_large = cpu_per_call(sim.base_url, large, concurrency)
     ratio = at_large / at_small

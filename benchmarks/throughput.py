@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from benchmarks._baseline import run_baseline
+from benchmarks._rounds import ROUNDS, median_row
 from benchmarks.pipelines import FanOutFanIn, single_call
 from plait import Module
 from plait.resources import ResourceConfig, ResourceManager
@@ -73,7 +74,7 @@ def flat_efficiency(latency: float, count: int = 2_000) -> dict[str, Any]:
 
 
 def versus_baseline(
-    latency: float = 0.05, count: int = 2_000, rounds: int = 3, fan: bool = False
+    latency: float = 0.05, count: int = 2_000, rounds: int = ROUNDS, fan: bool = False
 ) -> dict[str, Any]:
     """Warm (imports done, in one process): plait's batch time against the baseline's."""
     prompts = [f"question {index}" for index in range(count)]
@@ -227,8 +228,8 @@ def _process_cpu(pid: int) -> float:
 
 
 def run() -> list[dict[str, Any]]:
-    flat = flat_efficiency(0.5)
-    fan = fan_efficiency()
+    flat = median_row(lambda: flat_efficiency(0.5))
+    fan = median_row(fan_efficiency)
     peak = max(flat.pop("_peak"), fan.pop("_peak"))
     rows = [flat, versus_baseline(), versus_baseline(count=500, fan=True), fan]
     rows.append(
@@ -241,8 +242,8 @@ def run() -> list[dict[str, Any]]:
             "met": peak <= CONCURRENCY,
         }
     )
-    rows.append(rate_limit_adherence())
-    rows.append(rate_limit_adherence(sliding_window=10))
-    rows.append(sporadic_429s())
-    rows.append(simulator_capacity())
+    rows.append(median_row(rate_limit_adherence, strict=True))
+    rows.append(median_row(lambda: rate_limit_adherence(sliding_window=10), strict=True))
+    rows.append(median_row(sporadic_429s))
+    rows.append(median_row(simulator_capacity))
     return rows
