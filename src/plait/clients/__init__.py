@@ -1,11 +1,11 @@
 """OpenAI-compatible LLM clients behind one small protocol.
 
-:class:`LeanClient` is the default (a bare aiohttp session, lowest CPU per
-request); :class:`OpenAIClient` runs on the official SDK for endpoints that
-need it. Both raise the same plait errors for the same failures. The client
-classes are imported on first use: the HTTP stacks take most of a second to
-import, which ``import plait`` (and tracing, which never sends a request)
-should not pay.
+:class:`LeanClient` is the default (plait's own HTTP/1.1 pool on asyncio
+streams, lowest CPU per request); :class:`OpenAIClient` runs on the official
+SDK for endpoints that need it. Both raise the same plait errors for the same
+failures. The client classes are imported on first use, so ``import plait``
+(and tracing, which never sends a request) pays for neither; the SDK and its
+HTTP stack take most of a second to import.
 """
 
 from typing import TYPE_CHECKING, Any

@@ -42,6 +42,14 @@ class HttpProtocolError(ConnectionError):
     """
 
 
+class _Unanswered(HttpProtocolError):
+    """The server closed the connection before a byte of the reply arrived."""
+
+
+# How a connection the server dropped while idle answers a request written to it.
+_STALE = (_Unanswered, ConnectionResetError, BrokenPipeError)
+
+
 class _Connection:
     __slots__ = ("idle_since", "reader", "writer")
 
@@ -84,7 +92,7 @@ class HttpPool:
             host = f"{host}:{parts.port}"
         lines = [f"POST {parts.path or '/'} HTTP/1.1", f"Host: {host}"]
         lines += [f"{name}: {value}" for name, value in _checked(headers).items()]
-        self._prefix = "\r\n".join(lines).encode("latin-1")
+        self._prefix = _latin1("\r\n".join(lines), headers)
         self._idle: list[_Connection] = []
         self._limit = asyncio.Semaphore(max_connections)
 
@@ -98,23 +106,30 @@ class HttpPool:
         head = self._prefix
         if headers:
             extra = "".join(f"\r\n{name}: {value}" for name, value in _checked(headers).items())
-            head += extra.encode("latin-1")
+            head += _latin1(extra, headers)
         data = b"%s\r\nContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
         await self._limit.acquire()
+        connection = None
         try:
-            connection = await self._connection()
+            while True:
+                connection = await self._connection()
+                response = HttpResponse(self, connection)
+                try:
+                    connection.writer.write(data)
+                    await connection.writer.drain()
+                    await response.read_head()
+                    return response
+                except _STALE:
+                    # Sent again only if the connection was reused (idle_since is
+                    # set): on a new one this is the server's answer, not staleness.
+                    if not connection.idle_since:
+                        raise
+                    connection.close()
         except BaseException:
+            if connection is not None:
+                connection.close()
             self._limit.release()
             raise
-        response = HttpResponse(self, connection)
-        try:
-            connection.writer.write(data)
-            await connection.writer.drain()
-            await response.read_head()
-        except BaseException:
-            response.close()
-            raise
-        return response
 
     async def aclose(self) -> None:
         """Close every idle connection; connections still in use close when released."""
@@ -201,18 +216,25 @@ class HttpResponse:
 
     async def read_head(self) -> None:
         reader = self._reader()
-        try:
-            raw = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError as exc:
-            raise HttpProtocolError("the server closed the connection before replying") from exc
-        except asyncio.LimitOverrunError as exc:
-            raise HttpProtocolError(f"reply headers over {_MAX_HEAD_BYTES} bytes") from exc
-        lines = raw.decode("latin-1").split("\r\n")
-        version, _, rest = lines[0].partition(" ")
-        code = rest[:3]
-        if not version.startswith("HTTP/1.") or not code.isdigit():
-            raise HttpProtocolError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-        self.status = int(code)
+        # An interim 1xx reply (100 Continue, 103 Early Hints) precedes the real
+        # one; taken for it, it would leave the real reply for the next request.
+        while 100 <= self.status < 200 or not self.status:
+            try:
+                raw = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial or self.status:  # some of a reply, if only a 1xx, came
+                    raise HttpProtocolError("the server closed the connection mid-headers") from exc
+                raise _Unanswered("the server closed the connection before replying") from exc
+            except asyncio.LimitOverrunError as exc:
+                raise HttpProtocolError(f"reply headers over {_MAX_HEAD_BYTES} bytes") from exc
+            lines = raw.decode("latin-1").split("\r\n")
+            version, _, rest = lines[0].partition(" ")
+            try:  # int() takes only ASCII digits from Latin-1 text; isdigit() takes "\xb2"
+                self.status = int(rest[:3]) if rest[3:4] in ("", " ") else 0
+            except ValueError:
+                self.status = 0
+            if not version.startswith("HTTP/1.") or not 100 <= self.status < 600:
+                raise HttpProtocolError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
         headers = self.headers
         for line in lines[1:-2]:
             name, colon, value = line.partition(":")
@@ -228,13 +250,14 @@ class HttpResponse:
         self._frame(headers)
 
     def _frame(self, headers: dict[str, str]) -> None:
-        if self.status in _NO_BODY or 100 <= self.status < 200:
+        if self.status in _NO_BODY:
             self._remaining = 0
         elif "chunked" in headers.get("transfer-encoding", "").lower():
             self._framing = "chunked"
         elif "content-length" in headers:
             length = headers["content-length"]
-            if not length.isdigit():
+            # isdigit() alone passes "\xb2" (superscript two), which int() refuses.
+            if not (length.isdigit() and length.isascii()):
                 raise HttpProtocolError(f"bad Content-Length: {length[:40]!r}")
             self._remaining = int(length)
         else:
@@ -274,6 +297,8 @@ class HttpResponse:
                         yield decoded
             if self._inflate is not None:
                 tail = self._inflate.flush()
+                if not self._inflate.eof:
+                    raise HttpProtocolError("the compressed body ends early")
                 if tail:
                     yield tail
         except zlib.error as exc:
@@ -327,10 +352,10 @@ async def _dechunk(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
     while True:
         line = await reader.readuntil(b"\r\n")
         size_text = line.partition(b";")[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise HttpProtocolError(f"bad chunk size {size_text[:20]!r}") from None
+        # int(..., 16) alone would take "-5", "+5", "0x5" and "5_0".
+        if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
+            raise HttpProtocolError(f"bad chunk size {size_text[:20]!r}")
+        size = int(size_text, 16)
         if size == 0:
             # Trailer fields, if any, end with an empty line.
             while await reader.readuntil(b"\r\n") != b"\r\n":
@@ -347,12 +372,26 @@ async def _dechunk(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
 
 
 def _checked(headers: Mapping[str, str]) -> Mapping[str, str]:
-    """``headers``, refused if a name or value could end the header block early."""
+    """``headers``, refused if a name or value could end the header block early;
+    the error quotes neither a value nor a bad name: either may hold a key."""
     for name, value in headers.items():
-        if any(c in name for c in "\r\n:") or "\r" in value or "\n" in value:
-            # The value is not quoted: it may be a credential.
-            raise ValueError(f"header {name!r} holds a line break or a colon in its name")
+        if any(c in name for c in "\r\n:"):
+            raise ValueError("a header name holds a line break or a colon: not a valid header name")
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header {name!r}: its value holds a line break")
     return headers
+
+
+def _latin1(text: str, headers: Mapping[str, str]) -> bytes:
+    """The header lines as bytes, refusing what Latin-1 lacks without letting the
+    ``UnicodeEncodeError`` out or chained: it holds the whole block, key and all."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        pass
+    bad = [name for name, value in headers.items() if not value.isascii() and max(value) > "\xff"]
+    where = f"header {bad[0]!r}: its value" if bad else "the host or a header name"
+    raise ValueError(f"{where} holds a character that HTTP headers cannot carry (not Latin-1)")
 
 
 async def _closed(connection: _Connection) -> None:

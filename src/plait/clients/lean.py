@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import Callable, Mapping
 
 from plait.clients._http import HttpPool, HttpResponse
@@ -26,12 +27,12 @@ from plait.clients._wire import (
 )
 from plait.clients.base import DEFAULT_MAX_RESPONSE_BYTES, ChatRequest, ChatResponse
 from plait.clients.sse import StreamAssembler, is_event_stream, stream_body
-from plait.errors import TransientError
+from plait.errors import LLMError, PermanentError, TransientError
 
 __all__ = ["LeanClient"]
 
 # Failures below HTTP: refused, reset, cut short (HttpProtocolError is a
-# ConnectionError), timed out, or a TLS handshake that failed.
+# ConnectionError), timed out, or a TLS handshake that failed (see _failure).
 _TRANSPORT_ERRORS = (OSError, TimeoutError)
 _JSON_ACCEPT = {"Accept": "application/json"}
 _STREAM_ACCEPT = {"Accept": "text/event-stream"}
@@ -102,7 +103,7 @@ class LeanClient:
                 response = await self._pool.post(data, _JSON_ACCEPT)
                 raw = await self._read(response)
         except _TRANSPORT_ERRORS as exc:
-            raise transport_error(exc, self._url_text) from exc
+            raise _failure(exc, self._url_text) from exc
         if response.status >= 300:
             raise error_for_status(response.status, response.headers, raw, self._api_key)
         return decode_reply(raw, request.response_format, response.headers, self._api_key)
@@ -145,7 +146,7 @@ class LeanClient:
                 finally:
                     response.close()
         except _TRANSPORT_ERRORS as exc:
-            failure = transport_error(exc, self._url_text)
+            failure = _failure(exc, self._url_text)
             raise (assembler.interrupted(failure) or failure) from exc
         except TransientError as exc:
             interrupted = assembler.interrupted(exc)
@@ -172,3 +173,19 @@ class LeanClient:
         finally:
             # A no-op once the body was read; otherwise the rest is never read.
             response.close()
+
+
+def _failure(exc: BaseException, url: str) -> LLMError:
+    """The plait error for a failure below HTTP.
+
+    All are transient but one: a certificate that does not verify will not
+    verify on a retry either, and retrying would only hide, for as long as
+    the retry policy lasts, a setup problem that the message can name.
+    """
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return PermanentError(
+            f"connection to {url} failed: the server's TLS certificate could not be verified "
+            f"({exc.verify_message or exc.reason}). If the endpoint uses a private CA or a "
+            "self-signed certificate, point SSL_CERT_FILE at a PEM file that holds it"
+        )
+    return transport_error(exc, url)
