@@ -73,13 +73,13 @@ class HttpPool:
     """POSTs to one URL over at most ``max_connections`` kept-alive connections.
 
     Build it anywhere; connections are opened inside the loop that sends.
-    ``headers`` go on every request; their bytes are built once here, so a
-    request costs one write of ready bytes plus its body.
+    A caller builds each set of headers it sends into bytes once, with
+    :meth:`head`, so a request costs one write of ready bytes plus its body.
     """
 
-    __slots__ = ("_host", "_idle", "_limit", "_port", "_prefix", "_ssl", "_tls")
+    __slots__ = ("_host", "_idle", "_limit", "_port", "_request_line", "_ssl", "_tls")
 
-    def __init__(self, url: str, headers: Mapping[str, str], max_connections: int) -> None:
+    def __init__(self, url: str, max_connections: int) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
@@ -90,23 +90,28 @@ class HttpPool:
         host = f"[{self._host}]" if ":" in self._host else self._host
         if parts.port is not None:
             host = f"{host}:{parts.port}"
-        lines = [f"POST {parts.path or '/'} HTTP/1.1", f"Host: {host}"]
-        lines += [f"{name}: {value}" for name, value in _checked(headers).items()]
-        self._prefix = _latin1("\r\n".join(lines), headers)
+        self._request_line = f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {host}"
         self._idle: list[_Connection] = []
         self._limit = asyncio.Semaphore(max_connections)
 
-    async def post(self, body: bytes, headers: Mapping[str, str] | None = None) -> HttpResponse:
-        """Send ``body`` and read the status line and headers of the reply.
+    def head(self, headers: Mapping[str, str]) -> bytes:
+        """The request line and ``headers`` as the bytes :meth:`post` sends before a body.
+
+        Raises:
+            ValueError: a header that would end the block early or that
+                HTTP cannot carry; the message never quotes a value.
+        """
+        lines = [self._request_line]
+        lines += [f"{name}: {value}" for name, value in _checked(headers).items()]
+        return _latin1("\r\n".join(lines), headers)
+
+    async def post(self, head: bytes, body: bytes) -> HttpResponse:
+        """Send ``body`` after ``head`` (from :meth:`head`) and read the reply's status and headers.
 
         The caller reads the body from the returned response, which gives
         its connection back to the pool once the body is all read, or closes
         it on :meth:`HttpResponse.close`.
         """
-        head = self._prefix
-        if headers:
-            extra = "".join(f"\r\n{name}: {value}" for name, value in _checked(headers).items())
-            head += _latin1(extra, headers)
         data = b"%s\r\nContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
         await self._limit.acquire()
         connection = None

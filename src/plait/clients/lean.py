@@ -34,8 +34,6 @@ __all__ = ["LeanClient"]
 # Failures below HTTP: refused, reset, cut short (HttpProtocolError is a
 # ConnectionError), timed out, or a TLS handshake that failed (see _failure).
 _TRANSPORT_ERRORS = (OSError, TimeoutError)
-_JSON_ACCEPT = {"Accept": "application/json"}
-_STREAM_ACCEPT = {"Accept": "text/event-stream"}
 
 
 class LeanClient:
@@ -53,6 +51,8 @@ class LeanClient:
         "_max_connections",
         "_max_response_bytes",
         "_pool",
+        "_reply_head",
+        "_stream_head",
         "_timeout",
         "_url_text",
     )
@@ -77,7 +77,9 @@ class LeanClient:
         fixed.update(headers or {})
         if api_key:
             fixed["Authorization"] = f"Bearer {api_key}"
-        self._pool = HttpPool(self._url_text, fixed, max_connections)
+        self._pool = HttpPool(self._url_text, max_connections)
+        self._reply_head = self._pool.head({**fixed, "Accept": "application/json"})
+        self._stream_head = self._pool.head({**fixed, "Accept": "text/event-stream"})
 
     def __repr__(self) -> str:
         key = "'***'" if self._api_key else "None"
@@ -100,7 +102,7 @@ class LeanClient:
         data = encode_body(request)
         try:
             async with asyncio.timeout(self._timeout):
-                response = await self._pool.post(data, _JSON_ACCEPT)
+                response = await self._pool.post(self._reply_head, data)
                 raw = await self._read(response)
         except _TRANSPORT_ERRORS as exc:
             raise _failure(exc, self._url_text) from exc
@@ -125,7 +127,7 @@ class LeanClient:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._timeout) as deadline:
-                response = await self._pool.post(data, _STREAM_ACCEPT)
+                response = await self._pool.post(self._stream_head, data)
                 try:
                     if response.status >= 300 or not is_event_stream(response.content_type):
                         raw = await self._read(response)
