@@ -29,12 +29,12 @@ class ResultStream:
 
     def __init__(self, call: Job) -> None:
         self._buffer: deque[BatchResult] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+        self._waker = Waker()
         self._preserve = call.settings.preserve_order
         self._reorder: dict[int, BatchResult] = {}
         self._next_index = 0
         self._run = RunDriver(call, weakly(self._put), streaming=True)
-        self._wake_weakly = weakly(self._wake)
+        self._wake_weakly = weakly(self._waker.wake)
 
     def _put(self, result: BatchResult) -> None:
         if self._preserve:
@@ -44,12 +44,7 @@ class ResultStream:
                 self._next_index += 1
         else:
             self._buffer.append(result)
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._waker.wake()
 
     def __aiter__(self) -> ResultStream:
         return self
@@ -66,15 +61,12 @@ class ResultStream:
                 if run.fatal is not None:
                     raise run.fatal
                 raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
             run.on_change = self._wake_weakly
             try:
-                await self._waiter
+                await self._waker.wait()
             except BaseException:
                 await self.aclose()
                 raise
-            finally:
-                self._waiter = None
         result = self._buffer.popleft()
         run.release()
         return result
@@ -84,6 +76,34 @@ class ResultStream:
 
     def __del__(self) -> None:
         self._run.cancel()
+
+
+class Waker:
+    """Wakes the one consumer of a stream when something arrives or the run ends.
+
+    Both kinds of stream (results here, tokens in ``token_stream``) buffer
+    what the run produces and park their consumer on a future between
+    items; this is that future, made once per wait and dropped after it.
+    """
+
+    __slots__ = ("__weakref__", "_waiter")
+
+    def __init__(self) -> None:
+        self._waiter: asyncio.Future[None] | None = None
+
+    def wake(self, *_: object) -> None:
+        """Wake the consumer, if one waits (callable as a done-callback too)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Park until the next :meth:`wake`."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
 
 def weakly(method: Callable[..., None]) -> Callable[..., None]:

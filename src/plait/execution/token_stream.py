@@ -24,7 +24,7 @@ from typing import Any, Self
 from plait.errors import ExecutionError
 from plait.execution.call import Call
 from plait.execution.dynamic import current_scope
-from plait.execution.stream import weakly
+from plait.execution.stream import Waker, weakly
 from plait.tracing.context import current_tracer
 from plait.values import to_text
 
@@ -44,9 +44,9 @@ class TokenStream:
         # Weakly, as everything the run holds: a ``break`` must be able to drop
         # the stream while its run is still going, so ``__del__`` can stop it.
         call.deltas = weakly(self._put)
-        self._wake_weakly = weakly(self._wake)
+        self._waker = Waker()
+        self._wake_weakly = weakly(self._waker.wake)
         self._buffer: deque[str] = deque()
-        self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[Any] | None = None
         self._streamed = False
         self._ended = False
@@ -67,12 +67,7 @@ class TokenStream:
     def _put(self, text: str) -> None:
         self._streamed = True
         self._buffer.append(text)
-        self._wake()
-
-    def _wake(self, _: object = None) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._waker.wake()
 
     def __aiter__(self) -> TokenStream:
         return self
@@ -93,14 +88,11 @@ class TokenStream:
                 # Nothing came as a stream: the output's text is the one delta.
                 self._streamed = True
                 return to_text(self.output)
-            self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await self._waiter
+                await self._waker.wait()
             except BaseException:
                 await self.aclose()
                 raise
-            finally:
-                self._waiter = None
         return self._buffer.popleft()
 
     async def aclose(self) -> None:
