@@ -30,6 +30,7 @@ import pytest
 
 from plait.clients import ChatRequest, LeanClient, _http
 from plait.errors import PermanentError, RateLimitError, TransientError
+from support import replies
 
 KEY = "sk-pool-secret"
 GUARD = 2.0
@@ -42,22 +43,8 @@ def ask(text: str = "hello") -> ChatRequest:
 
 
 def completion(content: str) -> bytes:
-    """A chat.completion body whose answer is ``content``."""
-    reply = {
-        "id": "c",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "m",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
-    }
-    return json.dumps(reply).encode()
+    """A chat.completion body whose answer is ``content``, as bytes to write."""
+    return json.dumps(replies.completion(content)).encode()
 
 
 def head(*fields: str, status: str = "200 OK", version: str = "HTTP/1.1") -> bytes:

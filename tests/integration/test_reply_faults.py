@@ -26,6 +26,7 @@ from plait import LLMInference
 from plait.clients import ChatRequest, LeanClient, OpenAIClient
 from plait.errors import ConfigError, PermanentError, ResponseTooLargeError, TransientError
 from plait.resources import ResourceManager
+from support.replies import completion
 
 KEY = "sk-fault-secret"
 GUARD = 10.0
@@ -35,23 +36,6 @@ CLIENTS: dict[str, type[LeanClient | OpenAIClient]] = {"lean": LeanClient, "open
 
 def ask(text: str = "hello") -> ChatRequest:
     return ChatRequest(messages=[{"role": "user", "content": text}], model="m")
-
-
-def completion(content: str | None, **message: Any) -> dict[str, Any]:
-    return {
-        "id": "c",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "m",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content, **message},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
-    }
 
 
 @dataclass
