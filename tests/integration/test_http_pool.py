@@ -335,12 +335,15 @@ async def test_an_idle_connection_the_server_closed_is_not_reused(
     assert server.accepted == 2
 
 
-async def test_a_reused_connection_closed_as_the_request_went_out_is_retried_on_a_new_one(
+async def test_a_reused_connection_dropped_unanswered_fails_once_and_is_never_resent(
     make: Callable[..., LeanClient],
 ) -> None:
-    """The race every keep-alive client meets: the server drops an idle connection
-    just as a request is written into it. Nothing of a reply arrived, so the pool
-    sends the request again, once, on a fresh connection, instead of failing it."""
+    """The server reads a request on a kept-alive connection and hangs up without
+    a reply. From the client that looks just like the keep-alive race (the server
+    closed the idle connection as the request left), but the server may have done
+    the work: a silent resend would be a request that usage, budgets and the
+    retry policy never see. So it fails as a TransientError, sent once, and the
+    retry policy decides; the next request goes out on a fresh connection."""
 
     async def handle(link: Link) -> None:
         body = await link.request()
@@ -354,7 +357,10 @@ async def test_a_reused_connection_closed_as_the_request_went_out_is_retried_on_
     async with wire(handle) as server:
         client = make(server.base_url)
         assert await complete(client, "ab") == "ba"
-        assert await complete(client, "cd") == "dc"
+        with pytest.raises(TransientError, match="closed the connection before replying"):
+            await complete(client, "cd")
+        assert len(server.heads) == 2
+        assert await complete(client, "ef") == "fe"
     assert server.accepted == 2
     assert len(server.heads) == 3
 
@@ -362,8 +368,8 @@ async def test_a_reused_connection_closed_as_the_request_went_out_is_retried_on_
 async def test_a_fresh_connection_closed_unanswered_fails_without_a_resend(
     make: Callable[..., LeanClient],
 ) -> None:
-    """On a new connection the same hang-up is the server's answer, not a stale
-    connection: it is a TransientError for the retry policy, sent exactly once."""
+    """On a new connection too, a hang-up is a TransientError for the retry
+    policy, sent exactly once."""
 
     async def handle(link: Link) -> None:
         await link.request()

@@ -42,14 +42,6 @@ class HttpProtocolError(ConnectionError):
     """
 
 
-class _Unanswered(HttpProtocolError):
-    """The server closed the connection before a byte of the reply arrived."""
-
-
-# How a connection the server dropped while idle answers a request written to it.
-_STALE = (_Unanswered, ConnectionResetError, BrokenPipeError)
-
-
 class _Connection:
     __slots__ = ("idle_since", "reader", "writer")
 
@@ -116,25 +108,17 @@ class HttpPool:
         await self._limit.acquire()
         connection = None
         try:
-            while True:
-                connection = await self._connection()
-                response = HttpResponse(self, connection)
-                try:
-                    connection.writer.write(data)
-                    await connection.writer.drain()
-                    await response.read_head()
-                    return response
-                except _STALE:
-                    # Sent again only if the connection was reused (idle_since is
-                    # set): on a new one this is the server's answer, not staleness.
-                    if not connection.idle_since:
-                        raise
-                    connection.close()
+            connection = await self._connection()
+            response = HttpResponse(self, connection)
+            connection.writer.write(data)
+            await connection.writer.drain()
+            await response.read_head()
         except BaseException:
             if connection is not None:
                 connection.close()
             self._limit.release()
             raise
+        return response
 
     async def aclose(self) -> None:
         """Close every idle connection; connections still in use close when released."""
@@ -229,7 +213,7 @@ class HttpResponse:
             except asyncio.IncompleteReadError as exc:
                 if exc.partial or self.status:  # some of a reply, if only a 1xx, came
                     raise HttpProtocolError("the server closed the connection mid-headers") from exc
-                raise _Unanswered("the server closed the connection before replying") from exc
+                raise HttpProtocolError("the server closed the connection before replying") from exc
             except asyncio.LimitOverrunError as exc:
                 raise HttpProtocolError(f"reply headers over {_MAX_HEAD_BYTES} bytes") from exc
             lines = raw.decode("latin-1").split("\r\n")
