@@ -382,6 +382,32 @@ async def test_a_fresh_connection_closed_unanswered_fails_without_a_resend(
     assert (server.accepted, len(server.heads)) == (1, 1)
 
 
+async def test_a_connection_in_use_when_the_client_closes_is_closed_not_pooled(
+    make: Callable[..., LeanClient],
+) -> None:
+    """``aclose`` closes the idle connections at once; one whose reply is still on
+    its way is closed when that reply is read, never parked in a pool that nobody
+    will close again (it would stay open until the process ends)."""
+    asked, answered = asyncio.Event(), asyncio.Event()
+
+    async def handle(link: Link) -> None:
+        body = await link.request()
+        assert body is not None
+        asked.set()
+        await answered.wait()
+        await link.send(echo(body))
+        await link.until_closed()
+
+    async with wire(handle) as server:
+        client = make(server.base_url)
+        call = asyncio.ensure_future(complete(client, "ab"))
+        await asyncio.wait_for(asked.wait(), GUARD)
+        await client.aclose()
+        answered.set()
+        assert await asyncio.wait_for(call, GUARD) == "ba"
+        await asyncio.wait_for(server.disconnected.wait(), GUARD)
+
+
 async def test_an_idle_connection_past_the_expiry_is_not_reused(
     make: Callable[..., LeanClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:

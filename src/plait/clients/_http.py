@@ -2,7 +2,7 @@
 
 Why not aiohttp: at low latency the HTTP stack, not the network, bounds a
 batch. aiohttp spends about 280 us of CPU per request here and 0.5 s on its
-own import; these few functions need about 100 us and the standard library
+own import (0.3 s from bytecode); these few functions need about 100 us and the standard library
 (design_docs/performance.md has the measurements). The scope is what the
 chat-completions API uses and no more: POST with a known length, replies
 framed by ``Content-Length``, chunked transfer or connection close, gzip or
@@ -69,7 +69,7 @@ class HttpPool:
     :meth:`head`, so a request costs one write of ready bytes plus its body.
     """
 
-    __slots__ = ("_host", "_idle", "_limit", "_port", "_request_line", "_ssl", "_tls")
+    __slots__ = ("_closed", "_host", "_idle", "_limit", "_port", "_request_line", "_ssl", "_tls")
 
     def __init__(self, url: str, max_connections: int) -> None:
         parts = urlsplit(url)
@@ -85,6 +85,7 @@ class HttpPool:
         self._request_line = f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {host}"
         self._idle: list[_Connection] = []
         self._limit = asyncio.Semaphore(max_connections)
+        self._closed = False
 
     def head(self, headers: Mapping[str, str]) -> bytes:
         """The request line and ``headers`` as the bytes :meth:`post` sends before a body.
@@ -122,6 +123,7 @@ class HttpPool:
 
     async def aclose(self) -> None:
         """Close every idle connection; connections still in use close when released."""
+        self._closed = True
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
@@ -153,7 +155,7 @@ class HttpPool:
         self._limit.release()
         if connection is None:
             return
-        if reusable:
+        if reusable and not self._closed:
             connection.idle_since = time.monotonic()
             self._idle.append(connection)
         else:
