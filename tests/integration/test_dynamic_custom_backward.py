@@ -7,45 +7,29 @@ through ``ctx.walk_inside``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from plait import LLMInference, Module, Parameter
+from plait import Module
 from plait.errors import BackwardError
 from plait.feedback import BackwardContext, BackwardResult
-from plait.inference import HEADER
 from plait.optimization import VerifierLoss
-from plait.resources import ResourceConfig, ResourceManager
-from plait.testing import Simulator
+from plait.resources import ResourceManager
+from support.refine import Refine, feedback_reply, never_good, refine_resources
 
 
-def reply(body: dict[str, Any]) -> str:
-    """Backward prompts get feedback quoting the critique they were given; the
-    judge passes a draft fixed twice; everything else is echoed."""
-    prompt = str(body["messages"][-1]["content"])
-    if prompt.startswith(HEADER):
-        critique = prompt.split("<CRITIQUE>\n", 1)[1].split("\n</CRITIQUE>", 1)[0]
-        items = re.findall(r'<FEEDBACK item="([^"]+)">\.\.\.</FEEDBACK>', prompt)
-        return "".join(f'<FEEDBACK item="{i}">{i}: {critique}</FEEDBACK>' for i in items)
-    if prompt.startswith("Judge:"):
-        return "PASS" if prompt.count("Fix") >= 2 else "FAIL too vague"
-    return "ECHO " + prompt
+def critique_quoted(prompt: str, item: str) -> str:
+    """Feedback on ``item`` that quotes the critique the backward prompt carried."""
+    critique = prompt.split("<CRITIQUE>\n", 1)[1].split("\n</CRITIQUE>", 1)[0]
+    return f"{item}: {critique}"
 
 
 @pytest.fixture
 async def resources() -> AsyncIterator[ResourceManager]:
-    async with Simulator(latency=0.01, reply=reply) as sim:
-        endpoint = {"model": "sim", "base_url": sim.base_url, "max_concurrent": 8}
-        manager = ResourceManager(
-            ResourceConfig({"fast": endpoint, "judge": endpoint, "optimizer": endpoint})
-        )
-        try:
-            yield manager
-        finally:
-            await manager.aclose()
+    async with refine_resources(feedback_reply(critique_quoted)) as manager:
+        yield manager
 
 
 class Source(Module):
@@ -63,25 +47,15 @@ class Source(Module):
         return BackwardResult()
 
 
-class Refine(Module):
+class Watched(Refine):
+    """Keeps what its own backward was called with."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.style = Parameter("Write plainly.", description="how drafts are written")
-        self.write = LLMInference("fast", system_prompt=self.style)
-        self.judge = LLMInference("judge")
         self.seen: list[tuple[str, int]] = []
 
-    async def forward(self, task: str) -> str:
-        draft = await self.write(task)
-        for _ in range(4):
-            verdict = await self.judge(f"Judge: {draft}")
-            if verdict == "PASS":
-                break
-            draft = await self.write(f"Fix ({verdict}): {draft}")
-        return draft
 
-
-class Routed(Refine):
+class Routed(Watched):
     """Blames its input only: the tape is not walked, so ``style`` hears nothing."""
 
     async def backward(self, feedback: str, ctx: BackwardContext) -> BackwardResult:
@@ -90,7 +64,7 @@ class Routed(Refine):
         return BackwardResult(inputs={0: f"the task was unclear ({feedback})"})
 
 
-class Focused(Refine):
+class Focused(Watched):
     """Rewrites the feedback, then walks the tape with it."""
 
     async def backward(self, feedback: str, ctx: BackwardContext) -> BackwardResult:
@@ -108,10 +82,6 @@ class Pipeline(Module):
 
     def forward(self, text: str) -> Any:
         return self.refine(self.source(text))
-
-
-def never_good(output: Any, target: Any) -> str:
-    return "too long"
 
 
 async def train_once(module: Pipeline, resources: ResourceManager) -> None:

@@ -10,64 +10,28 @@ import pytest
 
 from plait import LLMInference, Module, Parameter
 from plait.graph import NodeKind
-from plait.inference import HEADER
 from plait.optimization import VerifierLoss
-from plait.resources import ResourceConfig, ResourceManager
-from plait.testing import Simulator
+from plait.resources import ResourceManager
+from support.refine import Refine, feedback_reply, never_good, refine_resources
 
 
-def reply(body: dict[str, Any]) -> str:
-    """Backward prompts get feedback naming the request judged; the judge passes a
-    draft once it has been fixed twice; everything else is echoed."""
-    prompt = str(body["messages"][-1]["content"])
-    if prompt.startswith(HEADER):
-        judged = re.findall(r"^\[user\] (.*)$", prompt, re.MULTILINE)[0]
-        items = re.findall(r'<FEEDBACK item="([^"]+)">\.\.\.</FEEDBACK>', prompt)
-        return "".join(f'<FEEDBACK item="{i}">{i} of [{judged}]</FEEDBACK>' for i in items)
-    if prompt.startswith("Judge:"):
-        return "PASS" if prompt.count("Fix") >= 2 else "FAIL too vague"
-    return "ECHO " + prompt
+def naming_the_judged(prompt: str, item: str) -> str:
+    """Feedback on ``item`` that names the request whose reply was judged."""
+    judged = re.findall(r"^\[user\] (.*)$", prompt, re.MULTILINE)[0]
+    return f"{item} of [{judged}]"
 
 
 @pytest.fixture
 async def resources() -> AsyncIterator[ResourceManager]:
-    async with Simulator(latency=0.01, reply=reply) as sim:
-        endpoint = {"model": "sim", "base_url": sim.base_url, "max_concurrent": 8}
-        manager = ResourceManager(
-            ResourceConfig({"fast": endpoint, "judge": endpoint, "optimizer": endpoint})
-        )
-        try:
-            yield manager
-        finally:
-            await manager.aclose()
-
-
-class Refine(Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.style = Parameter("Write plainly.", description="how drafts are written")
-        self.write = LLMInference("fast", system_prompt=self.style)
-        self.judge = LLMInference("judge")
-
-    async def forward(self, task: str) -> str:
-        draft = await self.write(f"Task {task}")
-        for _ in range(4):
-            verdict = await self.judge(f"Judge: {draft}")
-            if verdict == "PASS":
-                break
-            draft = await self.write(f"Fix ({verdict}): {draft}")
-        return draft
-
-
-def never_good(output: Any, target: Any) -> str:
-    return "too long"
+    async with refine_resources(feedback_reply(naming_the_judged)) as manager:
+        yield manager
 
 
 async def test_feedback_reaches_a_parameter_used_inside_a_loop_once_per_round(
     resources: ResourceManager,
 ) -> None:
     module = Refine().bind(resources=resources).train()
-    output = await module("tea")
+    output = await module("Task tea")
     record = output.record
     assert record is not None
     (tape,) = record.subrecords.values()
