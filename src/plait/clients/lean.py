@@ -26,7 +26,7 @@ from plait.clients._wire import (
     transport_error,
 )
 from plait.clients.base import DEFAULT_MAX_RESPONSE_BYTES, ChatRequest, ChatResponse
-from plait.clients.sse import StreamAssembler, is_event_stream, stream_body
+from plait.clients.sse import StreamAssembler, is_event_stream, stream_body, unstreamed_reply
 from plait.errors import LLMError, PermanentError, TransientError
 
 __all__ = ["LeanClient"]
@@ -135,12 +135,9 @@ class LeanClient:
                             raise error_for_status(
                                 response.status, response.headers, raw, self._api_key
                             )
-                        reply = decode_reply(
-                            raw, request.response_format, response.headers, self._api_key
+                        return unstreamed_reply(
+                            raw, request, response.headers, self._api_key, on_delta
                         )
-                        if reply.content:
-                            on_delta(reply.content)
-                        return reply
                     async for chunk in response.chunks():
                         deadline.reschedule(loop.time() + self._timeout)
                         assembler.feed(chunk)

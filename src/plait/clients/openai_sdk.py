@@ -26,7 +26,7 @@ from plait.clients._wire import (
     transport_error,
 )
 from plait.clients.base import DEFAULT_MAX_RESPONSE_BYTES, ChatRequest, ChatResponse
-from plait.clients.sse import StreamAssembler, is_event_stream, stream_body
+from plait.clients.sse import StreamAssembler, is_event_stream, stream_body, unstreamed_reply
 from plait.errors import ConfigError, LLMError, TransientError
 
 __all__ = ["OpenAIClient"]
@@ -170,12 +170,7 @@ class OpenAIClient:
                 http = reply.http_response
                 if not is_event_stream(http.headers.get("Content-Type")):
                     whole = await read_capped(http.aiter_bytes(), self._max_response_bytes, url)
-                    parsed = decode_reply(
-                        whole, request.response_format, http.headers, self._api_key
-                    )
-                    if parsed.content:
-                        on_delta(parsed.content)
-                    return parsed
+                    return unstreamed_reply(whole, request, http.headers, self._api_key, on_delta)
                 async for chunk in http.aiter_bytes():
                     assembler.feed(chunk)
                 return assembler.reply(request.response_format)

@@ -12,12 +12,12 @@ cached and checkpointed exactly like a whole one.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
 
-from plait.clients._wire import build_body, read_reply
+from plait.clients._wire import build_body, decode_reply, read_reply
 from plait.clients.base import ChatRequest, ChatResponse
 from plait.errors import (
     LLMError,
@@ -52,6 +52,21 @@ def is_event_stream(content_type: str | None) -> bool:
     """Whether a 2xx reply is an SSE stream (else the server ignored ``stream`` and
     sent one whole JSON reply, which is read as such)."""
     return bool(content_type) and "text/event-stream" in str(content_type).lower()
+
+
+def unstreamed_reply(
+    raw: bytes,
+    request: ChatRequest,
+    headers: Mapping[str, str],
+    secret: str | None,
+    on_delta: Callable[[str], None],
+) -> ChatResponse:
+    """A server that ignored ``stream`` sent one whole JSON reply: read it as such,
+    and pass its text on as the stream's one delta."""
+    reply = decode_reply(raw, request.response_format, headers, secret)
+    if reply.content:
+        on_delta(reply.content)
+    return reply
 
 
 class StreamAssembler:
