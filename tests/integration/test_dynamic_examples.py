@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from plait.testing import Simulator
 
@@ -55,42 +56,37 @@ def test_the_fallback_model_answers_only_what_the_primary_refused() -> None:
     assert "'fallback-model': 1" in out
 
 
-def test_plait_run_and_graph_handle_a_dynamic_pipeline(tmp_path: Path) -> None:
-    graph = run(PLAIT, "graph", "dynamic_pipelines.pipelines:build", cwd=tmp_path)
-    assert '[["grow: Grow (dynamic)"]]' in graph
+def graph_and_run(tmp_path: Path, target: str, count: int) -> tuple[str, list[Any], int]:
+    """``plait graph`` then ``plait run`` of ``target`` over ``count`` items against the
+    simulator: the drawing, the outputs written, and the calls the server completed."""
+    graph = run(PLAIT, "graph", target, cwd=tmp_path)
     inputs = tmp_path / "in.jsonl"
-    inputs.write_text("".join(json.dumps(f"item {index}") + "\n" for index in range(6)))
+    inputs.write_text("".join(json.dumps(f"item {index}") + "\n" for index in range(count)))
     with Simulator(latency=0.01) as sim:
         resources = tmp_path / "resources.yaml"
         resources.write_text(f"fast:\n  model: sim\n  base_url: {sim.base_url}\n")
         run(
-            PLAIT, "run", "dynamic_pipelines.pipelines:build", "--input", str(inputs),
+            PLAIT, "run", target, "--input", str(inputs),
             "--output", str(tmp_path / "out.jsonl"), "--resources", str(resources),
             "--no-progress", cwd=tmp_path,
         )  # fmt: skip
-        # "item N" (6 chars) -> "ECHO: item N" (12) -> "ECHO: ECHO: item N" (18) -> 24 chars
-        assert sim.stats().completed == 6 * 4
+        completed = sim.stats().completed
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert len(records) == 6
-    assert records[0]["output"] == "ECHO: Polish: ECHO: ECHO: ECHO: item 0"
+    return graph, [record["output"] for record in records], completed
+
+
+def test_plait_run_and_graph_handle_a_dynamic_pipeline(tmp_path: Path) -> None:
+    graph, outputs, completed = graph_and_run(tmp_path, "dynamic_pipelines.pipelines:build", 6)
+    assert '[["grow: Grow (dynamic)"]]' in graph
+    # "item N" (6 chars) -> "ECHO: item N" (12) -> "ECHO: ECHO: item N" (18) -> 24 chars
+    assert completed == 6 * 4
+    assert len(outputs) == 6
+    assert outputs[0] == "ECHO: Polish: ECHO: ECHO: ECHO: item 0"
 
 
 def test_plait_run_and_graph_handle_a_dynamic_module_at_the_top(tmp_path: Path) -> None:
-    graph = run(PLAIT, "graph", "dynamic_pipelines.pipelines:build_grow", cwd=tmp_path)
+    graph, outputs, completed = graph_and_run(tmp_path, "dynamic_pipelines.pipelines:build_grow", 4)
     assert '[["grow: Grow (dynamic)"]]' in graph
-    inputs = tmp_path / "in.jsonl"
-    inputs.write_text("".join(json.dumps(f"item {index}") + "\n" for index in range(4)))
-    with Simulator(latency=0.01) as sim:
-        resources = tmp_path / "resources.yaml"
-        resources.write_text(f"fast:\n  model: sim\n  base_url: {sim.base_url}\n")
-        run(
-            PLAIT, "run", "dynamic_pipelines.pipelines:build_grow", "--input", str(inputs),
-            "--output", str(tmp_path / "out.jsonl"), "--resources", str(resources),
-            "--no-progress", cwd=tmp_path,
-        )  # fmt: skip
-        # the loop follows the replies: three rounds until the text is 20 chars long
-        assert sim.stats().completed == 4 * 3
-    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert [record["output"] for record in records] == [
-        f"ECHO: ECHO: ECHO: item {index}" for index in range(4)
-    ]
+    # the loop follows the replies: three rounds until the text is 20 chars long
+    assert completed == 4 * 3
+    assert outputs == [f"ECHO: ECHO: ECHO: item {index}" for index in range(4)]
