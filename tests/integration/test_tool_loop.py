@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from plait import LLMInference, Module
 from plait.errors import ToolRoundsError
 from plait.testing import Simulator, ToolCallReply
+from support.threads import PeakThreads
 
 Client = Literal["lean", "openai"]
 CLIENTS: list[Client] = ["lean", "openai"]
@@ -398,18 +399,11 @@ async def test_an_unknown_alias_in_a_tool_loop_fails_before_any_request() -> Non
 async def test_sync_tools_share_a_bounded_pool_of_threads() -> None:
     from plait.tool_loop import TOOL_THREADS
 
-    lock = threading.Lock()
-    running, peak = 0, 0
+    threads = PeakThreads()
 
     def busy(n: int) -> str:
         """Hold a thread for a moment."""
-        nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
-        time.sleep(0.05)
-        with lock:
-            running -= 1
+        threads.hold()
         return str(n)
 
     calls = TOOL_THREADS + 8
@@ -419,4 +413,4 @@ async def test_sync_tools_share_a_bounded_pool_of_threads() -> None:
         assert await llm("go") == "ok"
 
     assert [m["content"] for m in tool_messages(script.bodies[1])] == [str(n) for n in range(calls)]
-    assert 1 < peak <= TOOL_THREADS
+    assert 1 < threads.peak <= TOOL_THREADS

@@ -24,6 +24,7 @@ from plait.storage.codec import decode, encode
 from plait.storage.fingerprint import describe, differences
 from plait.tools import AssistantMessage, Tool, ToolCall, as_tools, run_tool_calls
 from plait.tracing import Tracer
+from support.threads import PeakThreads
 
 
 class Unit(Enum):
@@ -255,24 +256,16 @@ async def test_sync_tools_run_concurrently_in_threads() -> None:
 
 
 async def test_the_thread_pool_bounds_sync_tools() -> None:
-    running = 0
-    peak = 0
-    lock = threading.Lock()
+    threads = PeakThreads()
 
     def slow(x: int) -> int:
-        nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
-        time.sleep(0.05)
-        with lock:
-            running -= 1
+        threads.hold()
         return x
 
     calls = [ToolCall(id=f"c{i}", name="slow", arguments={"x": i}) for i in range(6)]
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = await run_tool_calls(calls, [slow], executor=pool)
-    assert peak == 2
+    assert threads.peak == 2
     assert [result["content"] for result in results] == [str(i) for i in range(6)]
 
 
