@@ -36,6 +36,24 @@ async def test_a_gate_hands_a_freed_slot_to_the_earliest_input() -> None:
     assert gate.free == 1
 
 
+async def test_swapping_the_gate_order_ranks_waiters_by_node_before_input() -> None:
+    gate = Gate(1)
+    await gate.acquire((0, 0, 0))
+    order: list[tuple[int, int]] = []
+
+    async def take(index: int, rank: int) -> None:
+        await gate.acquire((0, index, rank))
+        order.append((index, rank))
+        gate.release()
+
+    tasks = [asyncio.create_task(take(index, rank)) for index, rank in ((1, 3), (2, 0), (1, 0))]
+    await asyncio.sleep(0)
+    gate.swap_order()
+    gate.release()
+    await asyncio.wait_for(asyncio.gather(*tasks), GUARD)
+    assert order == [(1, 0), (2, 0), (1, 3)]
+
+
 async def test_a_cancelled_waiter_does_not_keep_its_slot() -> None:
     gate = Gate(1)
     await gate.acquire((0, 0, 0))

@@ -162,6 +162,27 @@ async def test_batch_with_cap_one_drains_inputs_in_order() -> None:
     assert fake.prompts() == ["A", "then:fast(A)", "B", "then:fast(B)"]
 
 
+async def test_the_last_inputs_run_every_branch_before_any_join() -> None:
+    fake = FakeResources()
+    module = FanOut(3).bind(resources=fake, max_concurrent=2)
+    await asyncio.wait_for(module.batch(["A", "B", "C", "D", "E"]), GUARD)
+    order = fake.prompts()
+
+    def first(text: str) -> int:
+        return next(at for at, prompt in enumerate(order) if text in prompt)
+
+    def join(letter: str) -> int:
+        return order.index(" | ".join(f"fast(b{branch}:{letter})" for branch in range(3)))
+
+    # Depth first while more than two inputs are unfinished: the first
+    # result does not wait for later inputs' branches.
+    assert join("A") < first("b0:D")
+    # Once only two are left, their branches all go before either join, so
+    # the last joins share a wave instead of trailing one by one.
+    last_branches = [order.index(f"b{branch}:{letter}") for letter in "DE" for branch in range(3)]
+    assert max(last_branches) < min(join("D"), join("E"))
+
+
 # -- non-LLM nodes and callbacks -----------------------------------------------------
 
 

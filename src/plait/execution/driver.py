@@ -167,7 +167,7 @@ class RunDriver:
                 try:
                     item = next(self._iterator)
                 except StopIteration:
-                    self.exhausted = True
+                    self._inputs_ended()
                     break
                 except Exception as error:
                     self._abort(error)
@@ -189,8 +189,13 @@ class RunDriver:
         except Exception as error:
             self._abort(error)
         finally:
-            self.exhausted = True
+            self._inputs_ended()
             self._check_finished()
+
+    def _inputs_ended(self) -> None:
+        self.exhausted = True
+        if self.scheduler is not None:
+            self.scheduler.inputs_ended()
 
     def _add(self, item: Item) -> None:
         args, kwargs = item

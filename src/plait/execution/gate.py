@@ -7,7 +7,9 @@ input, and a batch's first result waits for almost every first stage. A
 gate per alias, sized to the pool's concurrency, lets through at most that
 many calls at once and hands each freed slot to the waiting call whose input
 was admitted earliest, so inputs finish roughly in admission order: results
-stream early and a killed run has paid for few half-done inputs.
+stream early and a killed run has paid for few half-done inputs. At the end
+of a batch the scheduler swaps the order (:meth:`Gate.swap_order`) so that the
+last inputs' branches go before their joins and fill the last waves.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 Key = tuple[int, int, int]
-"""(-priority, input index, the node's rank in its graph, see GraphPlan): smaller goes first."""
+"""-priority, then input index and the node's rank in its graph (see GraphPlan), in the
+order the scheduler uses at that point of the run (:meth:`Gate.swap_order`): smaller goes first."""
 
 
 class Gate:
@@ -47,6 +50,12 @@ class Gate:
                 # Granted in the tick it was cancelled: pass the slot on.
                 self.release()
             raise
+
+    def swap_order(self) -> None:
+        """Rank waiting calls by node rank before input index, as the scheduler now does."""
+        waiters = self._waiters
+        waiters[:] = [((key[0], key[2], key[1]), order, future) for key, order, future in waiters]
+        heapq.heapify(waiters)
 
     def release(self) -> None:
         waiters = self._waiters

@@ -90,6 +90,12 @@ class Scheduler:
                 f"idle, and {type(resources).__name__} has no slot count"
             )
         self.forwards: set[asyncio.Task[Any]] = set()
+        # Queued nodes go input by input (depth-first) while inputs may still
+        # arrive; see :meth:`_end_in_breadth`.
+        self._depth_first = True
+        self._more_inputs = True
+        self._open = 0
+        self._breadth_at = sum(gate.free for gate in self._gates.values()) or self.max_concurrent
         self._heap: list[tuple[int, int, int, int, ExecutionState]] = []
         self._tiebreak = count()
         self._workers: set[asyncio.Task[None]] = set()
@@ -102,6 +108,8 @@ class Scheduler:
 
     def add(self, state: ExecutionState) -> None:
         """Admit an input (or a dynamic forward's sub-run); its ready nodes join the queue."""
+        if state.owner is None:
+            self._open += 1
         if state.done:
             self._finished(state)
             return
@@ -118,7 +126,36 @@ class Scheduler:
         that pops it finds the input's most urgent node ranked behind it and
         drops it.
         """
-        heapq.heappush(self._heap, (key[0], state.index, key[1], next(self._tiebreak), state))
+        heapq.heappush(self._heap, (*self._order(key, state.index), next(self._tiebreak), state))
+
+    def _order(self, key: tuple[int, int, str], index: int) -> Key:
+        """Where a node of input ``index`` stands in the queue and at the gate."""
+        return (key[0], index, key[1]) if self._depth_first else (key[0], key[1], index)
+
+    def inputs_ended(self) -> None:
+        """No more inputs will be admitted to this run."""
+        self._more_inputs = False
+        self._end_in_breadth()
+
+    def _end_in_breadth(self) -> None:
+        """Once the last inputs are all in flight, run every input's early nodes first.
+
+        Depth-first order (an input's join before a later input's branches)
+        makes results arrive early, but at the end of a batch it leaves the
+        last inputs' joins for a last wave of their own, mostly empty. When
+        no more inputs can arrive and no more are unfinished than the
+        endpoints have slots, what is left is ordered by rank first (nodes
+        with the most calls still ahead go first), which fills the last waves;
+        results are late only for those last inputs, by a few waves at most.
+        """
+        if not self._depth_first or self._more_inputs or self._open > self._breadth_at:
+            return
+        self._depth_first = False
+        heap = self._heap
+        heap[:] = [(e[0], e[2], e[1], e[3], e[4]) for e in heap]
+        heapq.heapify(heap)
+        for gate in self._gates.values():
+            gate.swap_order()
 
     # -- dispatch -------------------------------------------------------------
 
@@ -158,7 +195,7 @@ class Scheduler:
             entry = heapq.heappop(heap)
             state = entry[4]
             key = state.next_key()
-            if key is None or key[0] != entry[0] or key[1] != entry[2]:
+            if key is None or self._order(key, state.index) != entry[:3]:
                 # Its node was cancelled or requeued; every node still
                 # pending has an entry of its own.
                 continue
@@ -251,7 +288,7 @@ class Scheduler:
             call = self._hedged(
                 hedger,
                 gate,
-                (key[0], state.index, key[1]),
+                self._order(key, state.index),
                 alias,
                 request,
                 attempt,
@@ -279,7 +316,7 @@ class Scheduler:
                 call = resources.complete(alias, request, attempt=attempt)
             if gate is not None:
                 key = state.plan.keys[node_id]
-                call = gated(gate, (key[0], state.index, key[1]), call)
+                call = gated(gate, self._order(key, state.index), call)
         if on_wire is not None:
             call = named(node_id, call)
         elif timeout is not None:
@@ -357,6 +394,8 @@ class Scheduler:
     def _finished(self, state: ExecutionState) -> None:
         owner = state.owner
         if owner is None:
+            self._open -= 1
+            self._end_in_breadth()
             self._on_state_done(state)
         else:
             owner.finished(state)
