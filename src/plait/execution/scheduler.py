@@ -195,7 +195,8 @@ class Scheduler:
             entry = heapq.heappop(heap)
             state = entry[4]
             key = state.next_key()
-            if key is None or self._order(key, state.index) != entry[:3]:
+            rank = entry[2] if self._depth_first else entry[1]
+            if key is None or key[0] != entry[0] or key[1] != rank:
                 # Its node was cancelled or requeued; every node still
                 # pending has an entry of its own.
                 continue
