@@ -311,7 +311,7 @@ async def test_tool_runs_are_slices_of_the_profile(tmp_path: Path) -> None:
 
 async def test_feedback_on_a_tool_loop_reaches_its_system_prompt_with_the_calls_shown() -> None:
     from plait import Parameter
-    from plait.inference import HEADER
+    from plait.backward_prompt import HEADER
     from plait.optimization import VerifierLoss
 
     backward_prompts: list[str] = []

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from plait import LLMInference, Module, Parameter
-from plait.inference import HEADER
+from plait.backward_prompt import HEADER
 from plait.optimization import (
     CompositeLoss,
     FeedbackOptimizer,

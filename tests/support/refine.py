@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from plait import LLMInference, Module, Parameter
-from plait.inference import HEADER
+from plait.backward_prompt import HEADER
 from plait.resources import ResourceConfig, ResourceManager
 from plait.testing import Simulator
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from plait import ExecutionSettings, LLMInference, Module, Parameter
-from plait.inference import HEADER
+from plait.backward_prompt import HEADER
 from plait.optimization import FeedbackOptimizer, VerifierLoss, fit
 from plait.optimization.optimizer import UPDATE_HEADER
 from plait.testing import FakeResources

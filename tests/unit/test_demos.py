@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from plait import LLMInference, Module, Parameter
+from plait.backward_prompt import HEADER
 from plait.demos import Demo, Demos
 from plait.errors import ConfigError
-from plait.inference import HEADER
 from plait.optimization import FeedbackOptimizer, VerifierLoss
 from plait.testing import FakeResources
 from support.learning import Classifier

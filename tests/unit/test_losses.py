@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from plait import LLMInference, Module, Parameter, Value, ValueKind
+from plait.backward_prompt import HEADER
 from plait.errors import ConfigError, LossCheckError
 from plait.feedback import Feedback
-from plait.inference import HEADER
 from plait.optimization import (
     CompositeLoss,
     LLMJudge,

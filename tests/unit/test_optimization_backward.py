@@ -15,9 +15,9 @@ import pytest
 
 from plait import ExecutionSettings, LLMInference, Module, Parameter, Value, ValueKind
 from plait import functional as F
+from plait.backward_prompt import HEADER
 from plait.errors import ResourcesNotBoundError
 from plait.graph import ForwardRecord, InferenceGraph
-from plait.inference import HEADER
 from plait.optimization import (
     BackwardContext,
     BackwardError,

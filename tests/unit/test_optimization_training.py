@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from plait import ExecutionSettings, LLMInference, Module, Parameter
+from plait.backward_prompt import HEADER
 from plait.errors import ConfigError
-from plait.inference import HEADER
 from plait.optimization import EpochReport, FeedbackOptimizer, VerifierLoss, evaluate, fit
 from plait.optimization.optimizer import UPDATE_HEADER
 from plait.testing import FakeResources
