@@ -12,6 +12,7 @@ import pytest
 
 from plait import LLMInference, Module, trace
 from plait.errors import PermanentError
+from plait.execution.ready import ReadyQueue
 from plait.execution.scheduler import Scheduler
 from plait.execution.settings import resolve_settings
 from plait.execution.state import ExecutionState, GraphPlan
@@ -301,13 +302,13 @@ async def test_a_wide_fan_out_queues_each_node_once(monkeypatch: pytest.MonkeyPa
     """Queue work grows with the nodes, not their square: 300 ready branches of one
     input are each queued once, and no entry is queued again when another starts."""
     pushes = {"count": 0}
-    original = Scheduler._push
+    original = ReadyQueue.push
 
-    def counted(self: Scheduler, *args: Any) -> None:
+    def counted(self: ReadyQueue, *args: Any) -> None:
         pushes["count"] += 1
         original(self, *args)
 
-    monkeypatch.setattr(Scheduler, "_push", counted)
+    monkeypatch.setattr(ReadyQueue, "push", counted)
     fake = FakeResources(record=False)
     module = FanOut(300).bind(resources=fake, max_concurrent=8)
 

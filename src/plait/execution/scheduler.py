@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import heapq
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from itertools import count
 from typing import Any, cast
 
 from plait.clients.base import ChatRequest, ChatResponse
@@ -34,6 +32,7 @@ from plait.execution.dynamic import launch
 from plait.execution.gate import Gate, Key, gated, gates_for
 from plait.execution.hedge import Hedger, hedged
 from plait.execution.hooks import RunHooks
+from plait.execution.ready import ReadyQueue
 from plait.execution.retry import RetryPolicy
 from plait.execution.sending import bounded, call_observed, named
 from plait.execution.settings import ResolvedSettings
@@ -90,14 +89,7 @@ class Scheduler:
                 f"idle, and {type(resources).__name__} has no slot count"
             )
         self.forwards: set[asyncio.Task[Any]] = set()
-        # Queued nodes go input by input (depth-first) while inputs may still
-        # arrive; see :meth:`_end_in_breadth`.
-        self._depth_first = True
-        self._more_inputs = True
-        self._open = 0
-        self._breadth_at = sum(gate.free for gate in self._gates.values()) or self.max_concurrent
-        self._heap: list[tuple[int, int, int, int, ExecutionState]] = []
-        self._tiebreak = count()
+        self._ready = ReadyQueue(tuple(self._gates.values()), self.max_concurrent)
         self._workers: set[asyncio.Task[None]] = set()
         self._parked: WaitQueue[None] = WaitQueue(on_lost_wake=self._lost_wake)
         self._starting = 0
@@ -109,53 +101,17 @@ class Scheduler:
     def add(self, state: ExecutionState) -> None:
         """Admit an input (or a dynamic forward's sub-run); its ready nodes join the queue."""
         if state.owner is None:
-            self._open += 1
+            self._ready.input_started()
         if state.done:
             self._finished(state)
             return
         for key in state.pending:
-            self._push(state, key)
+            self._ready.push(state, key)
         self.dispatch()
 
-    def _push(self, state: ExecutionState, key: tuple[int, int, str]) -> None:
-        """Queue one ready node of ``state`` under its own key.
-
-        One entry per ready node, each ranked by that node, keeps an input's
-        wide fan-out at one push and one pop per node. An entry outlives its
-        node only if the node was cancelled or requeued meanwhile; the worker
-        that pops it finds the input's most urgent node ranked behind it and
-        drops it.
-        """
-        heapq.heappush(self._heap, (*self._order(key, state.index), next(self._tiebreak), state))
-
-    def _order(self, key: tuple[int, int, str], index: int) -> Key:
-        """Where a node of input ``index`` stands in the queue and at the gate."""
-        return (key[0], index, key[1]) if self._depth_first else (key[0], key[1], index)
-
     def inputs_ended(self) -> None:
-        """No more inputs will be admitted to this run."""
-        self._more_inputs = False
-        self._end_in_breadth()
-
-    def _end_in_breadth(self) -> None:
-        """Once the last inputs are all in flight, run every input's early nodes first.
-
-        Depth-first order (an input's join before a later input's branches)
-        makes results arrive early, but at the end of a batch it leaves the
-        last inputs' joins for a last wave of their own, mostly empty. When
-        no more inputs can arrive and no more are unfinished than the
-        endpoints have slots, what is left is ordered by rank first (nodes
-        with the most calls still ahead go first), which fills the last waves;
-        results are late only for those last inputs, by a few waves at most.
-        """
-        if not self._depth_first or self._more_inputs or self._open > self._breadth_at:
-            return
-        self._depth_first = False
-        heap = self._heap
-        heap[:] = [(e[0], e[2], e[1], e[3], e[4]) for e in heap]
-        heapq.heapify(heap)
-        for gate in self._gates.values():
-            gate.swap_order()
+        """No more inputs will be admitted to this run (see :mod:`plait.execution.ready`)."""
+        self._ready.inputs_ended()
 
     # -- dispatch -------------------------------------------------------------
 
@@ -168,7 +124,7 @@ class Scheduler:
         """
         if self.closed:
             return
-        waiting = len(self._heap) - self._starting
+        waiting = len(self._ready) - self._starting
         parked = self._parked
         while waiting > 0 and parked.wake_one():
             self._starting += 1
@@ -184,19 +140,16 @@ class Scheduler:
             waiting -= 1
 
     async def _work(self) -> None:
-        heap = self._heap
+        ready = self._ready
         run_node = self._run_observed if self.observed else self._run_node
         self._starting -= 1
         while not self.closed:
-            if not heap:
+            if not ready:
                 await self._parked.wait(None)
                 self._starting -= 1
                 continue
-            entry = heapq.heappop(heap)
-            state = entry[4]
-            key = state.next_key()
-            rank = entry[2] if self._depth_first else entry[1]
-            if key is None or key[0] != entry[0] or key[1] != rank:
+            state = ready.pop()
+            if state is None:
                 # Its node was cancelled or requeued; every node still
                 # pending has an entry of its own.
                 continue
@@ -289,7 +242,7 @@ class Scheduler:
             call = self._hedged(
                 hedger,
                 gate,
-                self._order(key, state.index),
+                self._ready.order(key, state.index),
                 alias,
                 request,
                 attempt,
@@ -317,7 +270,7 @@ class Scheduler:
                 call = resources.complete(alias, request, attempt=attempt)
             if gate is not None:
                 key = state.plan.keys[node_id]
-                call = gated(gate, self._order(key, state.index), call)
+                call = gated(gate, self._ready.order(key, state.index), call)
         if on_wire is not None:
             call = named(node_id, call)
         elif timeout is not None:
@@ -383,7 +336,7 @@ class Scheduler:
             node_done(state, node_id, value)
         keys = state.plan.keys
         for node in ready:
-            self._push(state, keys[node])
+            self._ready.push(state, keys[node])
         if len(ready) > 1:
             self.dispatch()
         callback = self.settings.on_task_complete
@@ -395,8 +348,7 @@ class Scheduler:
     def _finished(self, state: ExecutionState) -> None:
         owner = state.owner
         if owner is None:
-            self._open -= 1
-            self._end_in_breadth()
+            self._ready.input_finished()
             self._on_state_done(state)
         else:
             owner.finished(state)
@@ -434,7 +386,7 @@ class Scheduler:
             self._timers.discard(handle)
             if not self.closed:
                 state.requeue(node_id)
-                self._push(state, state.plan.keys[node_id])
+                self._ready.push(state, state.plan.keys[node_id])
                 self.dispatch()
 
         handle = self._loop.call_later(max(delay, 0.0), requeue)
@@ -456,7 +408,7 @@ class Scheduler:
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()
-        self._heap.clear()
+        self._ready.clear()
         self._starting += self._parked.wake_all()
         # A dynamic forward cannot finish once its calls stop starting.
         for forward in self.forwards:
@@ -478,7 +430,7 @@ class Scheduler:
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()
-        self._heap.clear()
+        self._ready.clear()
         self._parked.clear()
         for worker in self._workers:
             worker.cancel()
