@@ -56,7 +56,9 @@ def flat_with_size(
         at_small = statistics.median(
             cpu_per_call(sim.base_url, small, concurrency) for _ in range(ROUNDS)
         )
-        at_large = cpu_per_call(sim.base_url, large, concurrency)
+        at_large = statistics.median(
+            cpu_per_call(sim.base_url, large, concurrency) for _ in range(ROUNDS)
+        )
     ratio = at_large / at_small
     return {
         "figure": f"streaming {large:,} inputs at latency 0.05 s, concurrency {concurrency}: "
