@@ -29,6 +29,11 @@ SCRIPT = Path(__file__).with_name("_durable_dynamic.py")
 GUARD = 60.0
 NESTED_CALLS = 2 * LOOP_CALLS + 1
 """Per input of the nested pipeline: two loops, then the summary."""
+RESENT_AT_MOST = 2 * MAX_CONCURRENT
+"""What a kill may cost on a rerun: the calls on the wire, plus replies that
+arrived while the last commit was under way (the checkpoint's group-commit
+contract). The second part is not zero: on a loaded machine a commit spans
+a few 30 ms replies (a kill at a moment with 4 in flight re-sent 6 and 7)."""
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +129,7 @@ def test_calls_returning_pydantic_models_replay_after_kill_9(
     saved = LOOP_CALLS * len(stored.finished) + sum(map(len, stored.calls.values()))
     # Every stored call, Verdicts included, comes back without a request.
     assert sim.stats().requests == needed - saved
-    assert first_run + sim.stats().requests <= needed + MAX_CONCURRENT
+    assert first_run + sim.stats().requests <= needed + RESENT_AT_MOST
 
 
 def nested_saved(calls: dict[str, str]) -> int:
@@ -162,14 +167,14 @@ def test_nested_dynamic_calls_replay_one_by_one_three_levels_deep(
             covered += (NESTED_CALLS - 1) * ("outer@0" in calls) + ("outer@1" in calls)
         return sim.stats().completed - covered
 
-    # Killed with more innermost calls answered than could be in flight: if
+    # Killed with more innermost calls answered than a kill may cost: if
     # those were lost, the rerun would have to pay for them again.
     directory = tmp_path / "ckpt"
     stored = kill_when(
         sim,
         "nested",
         directory,
-        lambda now: len(now.finished) >= 2 and unsaved_answers(now) > MAX_CONCURRENT,
+        lambda now: len(now.finished) >= 2 and unsaved_answers(now) > RESENT_AT_MOST,
     )
     first_run = sim.stats().requests
     sim.reset_stats()
@@ -178,7 +183,7 @@ def test_nested_dynamic_calls_replay_one_by_one_three_levels_deep(
     assert resumed == reference
     saved = NESTED_CALLS * len(stored.finished) + sum(map(nested_saved, stored.calls.values()))
     assert sim.stats().requests == needed - saved
-    assert first_run + sim.stats().requests <= needed + MAX_CONCURRENT
+    assert first_run + sim.stats().requests <= needed + RESENT_AT_MOST
     assert any(".inner#" in row for calls in stored.calls.values() for row in calls)
     assert not any(Stored(directory).calls.values())
 
